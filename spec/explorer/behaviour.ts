@@ -1,0 +1,43 @@
+// The one abstraction every spec model implements and every consumer (the explorer, shortest
+// paths, replay, wire-trace scenario generation in conformance/) works over, in the spirit of
+// xstate-graph's behaviour: a model is data plus pure functions, never I/O.
+//
+// Read it like TLA+: `initial` is Init, `enabled` + `step` are Next (each enabled action is one
+// disjunct, already guarded), `invariants` are the safety properties checked in every state.
+
+/** One transition label. `actor` names who acts ("R0", "W1", "job"), `action` the step. */
+export interface ActionLabel {
+  readonly actor: string;
+  readonly action: string;
+  /** Arguments that make the step readable: cluster numbers, offsets, values. */
+  readonly args?: Readonly<Record<string, string | number | boolean>>;
+}
+
+export interface Invariant<S> {
+  readonly name: string;
+  /** Returns undefined when the invariant holds, or a one-sentence violation in domain terms
+   * ("snapshot read R0 of cluster 2 returned data written by W0 at step 3, after the snapshot"). */
+  check(state: S): string | undefined;
+}
+
+export interface Behaviour<S, A> {
+  /** Model name as `fleece explore --model` accepts it. */
+  readonly name: string;
+  /** The parameters this instance was built with, for reports and replay files. */
+  readonly params: Readonly<Record<string, string | number | boolean>>;
+  initial(): readonly S[];
+  /** Every action enabled in `state` (guards already applied), in a deterministic order. */
+  enabled(state: S): readonly A[];
+  /** The successor state; must not mutate `state`. */
+  step(state: S, action: A): S;
+  label(action: A): ActionLabel;
+  /** Exact canonical key: equal keys iff the states are equal (after symmetry reduction when
+   * `symmetric` is true). */
+  key(state: S, symmetric: boolean): string;
+  readonly invariants: readonly Invariant<S>[];
+  /** True when some actor still has work to do: a state with no enabled action and pending work
+   * is a deadlock. */
+  pending(state: S): boolean;
+  /** Every action name the model can ever take, for coverage (taken / enabled / never enabled). */
+  readonly actionNames: readonly string[];
+}
