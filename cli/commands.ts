@@ -1,4 +1,7 @@
-// Subcommand table. Each pillar owns the module a line points at; add one line per subcommand.
+// Subcommand table. Each pillar owns the module a line points at.
 import { registerSubcommand } from './main.ts';
 
-void registerSubcommand;
+registerSubcommand('serve', async () => (await import('../reference/src/daemon/cli.ts')).default);
+registerSubcommand('explore', async () => (await import('../spec/cli.ts')).default);
+registerSubcommand('conform', async () => (await import('../conformance/cli.ts')).default);
+registerSubcommand('bench', async () => (await import('../bench/cli.ts')).default);
