@@ -1,0 +1,173 @@
+// The I/O edge of the NBD server: listening sockets (unix, TCP, an inherited fd), one NbdSession
+// per connection, and the export table. Nothing here parses or encodes protocol bytes.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { NbdSession, type ExportLookup, type NbdExport, type SessionLimits } from './session.ts';
+
+export type ListenAddress =
+  | { readonly type: 'unix'; readonly path: string }
+  | { readonly type: 'inet'; readonly host: string; readonly port: number }
+  /** An already-listening socket handed over by systemd socket activation. */
+  | { readonly type: 'fd'; readonly fd: number };
+
+export interface BoundAddress {
+  readonly type: 'unix' | 'inet' | 'fd';
+  readonly path?: string;
+  readonly host?: string;
+  readonly port?: number;
+}
+
+export class NbdServerError extends Error {
+  override readonly name = 'NbdServerError';
+}
+
+interface Conn {
+  readonly socket: net.Socket;
+  readonly session: NbdSession;
+}
+
+export interface NbdServerOptions {
+  readonly limits?: SessionLimits;
+  readonly log?: (msg: string) => void;
+  /** Called when the last connection on a deleted export is gone (QMP BLOCK_EXPORT_DELETED). */
+  readonly onConnectionClosed?: (exp: NbdExport | undefined) => void;
+}
+
+export class NbdServer implements ExportLookup {
+  private readonly exportsByName = new Map<string, NbdExport>();
+  private readonly listeners: net.Server[] = [];
+  private readonly conns = new Set<Conn>();
+  private stopping = false;
+
+  constructor(private readonly opts: NbdServerOptions = {}) {}
+
+  // ------------------------------------------------------------------ ExportLookup
+  find(name: string): NbdExport | undefined {
+    const e = this.exportsByName.get(name);
+    if (e || name !== '') return e;
+    return this.exportsByName.values().next().value;
+  }
+  list(): readonly NbdExport[] {
+    return [...this.exportsByName.values()];
+  }
+  get shuttingDown(): boolean {
+    return this.stopping;
+  }
+
+  // ------------------------------------------------------------------ exports
+  addExport(exp: NbdExport): void {
+    if (this.exportsByName.has(exp.name)) throw new NbdServerError(`NBD server already has export named '${exp.name}'`);
+    this.exportsByName.set(exp.name, exp);
+  }
+
+  /** Connections in transmission on an export. */
+  connectionsOn(exp: NbdExport): number {
+    let n = 0;
+    for (const c of this.conns) if (c.session.export === exp) n++;
+    return n;
+  }
+
+  /** Removes an export from the table; 'hard' also closes its connections (block-export-del mode). */
+  removeExport(name: string, mode: 'safe' | 'hard' = 'hard'): NbdExport {
+    const exp = this.exportsByName.get(name);
+    if (!exp) throw new NbdServerError(`Export '${name}' is not found`);
+    if (mode === 'safe' && this.connectionsOn(exp) > 0) throw new NbdServerError(`export '${name}' still in use`);
+    this.exportsByName.delete(name);
+    for (const c of [...this.conns]) if (c.session.export === exp) c.session.terminate(`export '${name}' deleted`);
+    return exp;
+  }
+
+  // ------------------------------------------------------------------ listening
+  async listen(addr: ListenAddress): Promise<BoundAddress> {
+    const srv = net.createServer({ noDelay: true } as net.ServerOpts, (s) => this.accept(s));
+    srv.on('error', (e) => this.opts.log?.(`nbd: listener error: ${e.message}`));
+    await new Promise<void>((resolve, reject) => {
+      const onErr = (e: Error) => reject(new NbdServerError(`cannot listen on ${describe(addr)}: ${e.message}`));
+      srv.once('error', onErr);
+      const done = () => {
+        srv.off('error', onErr);
+        resolve();
+      };
+      if (addr.type === 'unix') {
+        // A stale socket file from an earlier run would make bind fail; QEMU unlinks it too.
+        try {
+          if (fs.statSync(addr.path).isSocket()) fs.unlinkSync(addr.path);
+        } catch {
+          /* absent */
+        }
+        srv.listen(addr.path, done);
+      } else if (addr.type === 'inet') srv.listen(addr.port, addr.host, done);
+      else srv.listen({ fd: addr.fd }, done);
+    });
+    this.listeners.push(srv);
+    const a = srv.address();
+    if (addr.type === 'unix') return { type: 'unix', path: addr.path };
+    if (a && typeof a === 'object') return { type: addr.type, host: a.address, port: a.port };
+    return { type: addr.type };
+  }
+
+  get listening(): boolean {
+    return this.listeners.length > 0;
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    let conn: Conn;
+    const session = new NbdSession(
+      this,
+      {
+        send: (bufs) => {
+          if (socket.destroyed) return;
+          if (bufs.length === 1) socket.write(bufs[0]!);
+          else {
+            socket.cork();
+            for (const b of bufs) if (b.length) socket.write(b);
+            socket.uncork();
+          }
+        },
+        close: (_reason, error) => {
+          // A hard disconnect after a violation drops the link at once; a soft one (ABORT, DISC)
+          // lets written replies reach the client first.
+          if (error) socket.destroy();
+          else socket.end();
+        },
+        pause: () => socket.pause(),
+        resume: () => socket.resume(),
+        log: this.opts.log,
+      },
+      this.opts.limits,
+    );
+    conn = { socket, session };
+    this.conns.add(conn);
+    socket.on('data', (chunk: Buffer) => session.feed(chunk));
+    socket.on('error', (e) => this.opts.log?.(`nbd: connection error: ${e.message}`));
+    socket.on('close', () => {
+      session.clientGone();
+      this.conns.delete(conn);
+      this.opts.onConnectionClosed?.(session.export);
+    });
+    session.start();
+  }
+
+  /** Stops listening and closes every connection (nbd-server-stop, daemon exit). */
+  async close(): Promise<void> {
+    this.stopping = true;
+    const ls = this.listeners.splice(0);
+    await Promise.all(ls.map((l) => new Promise<void>((r) => l.close(() => r()))));
+    for (const c of [...this.conns]) {
+      c.session.terminate('server stopping');
+      c.socket.destroy();
+    }
+    this.conns.clear();
+    this.exportsByName.clear();
+    this.stopping = false;
+  }
+
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+}
+
+function describe(a: ListenAddress): string {
+  return a.type === 'unix' ? `unix:${a.path}` : a.type === 'inet' ? `${a.host}:${a.port}` : `fd ${a.fd}`;
+}
