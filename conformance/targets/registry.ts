@@ -1,0 +1,36 @@
+// Target registry: built-in targets register here; later suites register their own
+// (e.g. fleecing targets with 'live' and 'snapshot' exports). A URI is a target too.
+import { HarnessError } from './errors.ts';
+import type { RunningTarget, TargetDef } from './types.ts';
+import { isNbdUri, parseNbdUri } from './uri.ts';
+
+const TARGETS = new Map<string, TargetDef>();
+
+export function registerTarget(def: TargetDef): void {
+  TARGETS.set(def.name, def);
+}
+
+export function listTargets(): TargetDef[] {
+  return [...TARGETS.values()];
+}
+
+/** A target for a server the user runs: `nbd://` or `nbd+unix://`. Its export plays 'rw' and 'ro'
+ *  (cases check the READ_ONLY flag themselves); the content is unknown to the runner. */
+export function uriTarget(uri: string): TargetDef {
+  const ref = parseNbdUri(uri);
+  return {
+    name: uri,
+    summary: 'a server started by the user',
+    peers: [],
+    async start(): Promise<RunningTarget> {
+      return { name: uri, description: `external server at ${uri}`, exports: { rw: ref, ro: ref }, logs: () => '', stop: async () => undefined };
+    },
+  };
+}
+
+export function resolveTarget(spec: string): TargetDef {
+  if (isNbdUri(spec)) return uriTarget(spec);
+  const def = TARGETS.get(spec);
+  if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd:// / nbd+unix:// URI)`);
+  return def;
+}
