@@ -1,0 +1,82 @@
+// `file`: a raw image file on the host (QEMU's file-posix, without locking or O_DIRECT). Node has
+// no SEEK_DATA/SEEK_HOLE or hole punching, so every range reports allocated data and discard is a
+// no-op: both are allowed by the contract (discard is advisory; "holes as data" is legitimate).
+import * as fs from 'node:fs';
+import { BlockError, type Errno } from '../errors.ts';
+import { BlockNode } from '../node.ts';
+import type { PermPair } from '../perm.ts';
+import type { DriverContext } from './registry.ts';
+
+function ioError(e: unknown, node: string, op: string, offset: number, bytes: number): BlockError {
+  const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+  const known: Errno[] = ['EIO', 'ENOSPC', 'EPERM', 'EACCES', 'EINVAL'];
+  const errno = (known as string[]).includes(code) ? (code as Errno) : 'EIO';
+  return new BlockError(errno, `${op} on node '${node}' failed: ${(e as Error).message}`, { node, op, offset, bytes });
+}
+
+export class FileNode extends BlockNode {
+  readonly filename: string;
+  private readonly fd: number;
+  private size: number;
+
+  constructor(ctx: DriverContext) {
+    super(ctx.nodeName, 'file', ctx.common);
+    this.filename = ctx.opts.requiredString('filename');
+    ctx.opts.ignore('aio', 'locking', 'cache', 'x-check-cache-dropped', 'pr-manager', 'drop-cache');
+    try {
+      this.fd = fs.openSync(this.filename, this.readOnly ? 'r' : 'r+');
+      this.size = fs.fstatSync(this.fd).size;
+    } catch (e) {
+      throw new BlockError('ENOENT', `Could not open '${this.filename}': ${(e as Error).message}`, { node: ctx.nodeName });
+    }
+  }
+
+  length(): number {
+    return this.size;
+  }
+
+  childPerm(): PermPair {
+    throw new Error('file has no children');
+  }
+
+  protected coRead(offset: number, bytes: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(bytes);
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        if (done >= bytes) return resolve(buf);
+        fs.read(this.fd, buf, done, bytes - done, offset + done, (err, n) => {
+          if (err) return reject(ioError(err, this.nodeName, 'read', offset, bytes));
+          if (n === 0) {
+            buf.fill(0, done); // short file: past EOF reads as zeroes
+            return resolve(buf);
+          }
+          step(done + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  protected coWrite(offset: number, data: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        if (done >= data.length) return resolve();
+        fs.write(this.fd, data, done, data.length - done, offset + done, (err, n) => {
+          if (err) return reject(ioError(err, this.nodeName, 'write', offset, data.length));
+          step(done + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  protected override coFlush(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fs.fdatasync(this.fd, (err) => (err ? reject(ioError(err, this.nodeName, 'flush', 0, 0)) : resolve())),
+    );
+  }
+
+  override async close(): Promise<void> {
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,289 @@
+// The block node contract, in the spirit of QEMU's BlockDriver and nbdkit's filters: every driver
+// is one module subclassing BlockNode and implementing the same small set of operations
+// (co* methods) plus its child-permission rule. The public methods here are the generic layer of
+// block/io.c: bounds checks, tracked requests and the serialising wait rules, dirty bitmaps.
+import { ClusterBitmap } from './bitmap.ts';
+import { BlockError } from './errors.ts';
+import { filterDefaultPerms, PERM, PERM_ALL, permNames, type ChildRole, type PermPair } from './perm.ts';
+import { TrackedRequests, type TrackedRequestType } from './tracked-requests.ts';
+import type { Extent, RequestFlags } from './types.ts';
+
+/** Who holds an edge: a node, or a root user (export, job, device): BdrvChildClass's parent. */
+export interface Parent {
+  /** For conflict messages: "node 'fl-cbw'", "an unnamed block device", "backup job 'j0'". */
+  describe(): string;
+}
+
+/** An edge parent -> child node (BdrvChild) with the permissions the parent holds on it. */
+export class BdrvChild {
+  perm = 0;
+  shared = PERM_ALL;
+
+  constructor(
+    readonly parent: Parent,
+    /** Child name as QEMU shows it: file, backing, target, image, root. */
+    readonly name: string,
+    readonly role: ChildRole,
+    public node: BlockNode,
+  ) {}
+
+  private need(bits: number, op: string, offset: number, bytes: number): void {
+    if ((this.perm & bits) === 0) {
+      // QEMU asserts this (bdrv_co_write_req_prepare); a clear error serves a test better.
+      throw new BlockError(
+        'EPERM',
+        `${this.parent.describe()} does ${op} on node '${this.node.nodeName}' through its '${this.name}' child without permission '${permNames(bits)}'`,
+        { node: this.node.nodeName, op, offset, bytes },
+      );
+    }
+  }
+
+  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+    return this.node.read(offset, bytes, flags);
+  }
+
+  write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
+    this.need(flags.writeUnchanged ? PERM.WRITE | PERM.WRITE_UNCHANGED : PERM.WRITE, 'write', offset, data.length);
+    return this.node.write(offset, data, flags);
+  }
+
+  writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
+    this.need(PERM.WRITE, 'write-zeroes', offset, bytes);
+    return this.node.writeZeroes(offset, bytes, flags);
+  }
+
+  discard(offset: number, bytes: number): Promise<void> {
+    this.need(PERM.WRITE, 'discard', offset, bytes);
+    return this.node.discard(offset, bytes);
+  }
+
+  flush(): Promise<void> {
+    return this.node.flush();
+  }
+
+  blockStatus(offset: number, bytes: number): Promise<Extent> {
+    return this.node.blockStatusAbove(offset, bytes);
+  }
+}
+
+export interface NodeCommonOptions {
+  readonly readOnly: boolean;
+  /** discard=unmap: pass discards down; with discard=ignore they succeed and do nothing (B8). */
+  readonly discardUnmap: boolean;
+}
+
+export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+
+export abstract class BlockNode implements Parent {
+  readonly children: BdrvChild[] = [];
+  /** Newest first, as QLIST_INSERT_HEAD leaves bs->parents; conflict messages depend on order. */
+  readonly parents: BdrvChild[] = [];
+  readonly tracked = new TrackedRequests();
+  readonly dirtyBitmaps = new Map<string, ClusterBitmap>();
+  readonly readOnly: boolean;
+  readonly discardUnmap: boolean;
+
+  constructor(
+    readonly nodeName: string,
+    readonly driver: string,
+    common: NodeCommonOptions,
+  ) {
+    this.readOnly = common.readOnly;
+    this.discardUnmap = common.discardUnmap;
+  }
+
+  describe(): string {
+    return `node '${this.nodeName}'`;
+  }
+
+  // ---- the driver contract -------------------------------------------------------------------
+
+  abstract length(): number;
+  protected abstract coRead(offset: number, bytes: number, flags: RequestFlags): Promise<Buffer>;
+  protected abstract coWrite(offset: number, data: Buffer, flags: RequestFlags): Promise<void>;
+  /** Child permissions from this node's cumulative (perm, shared): .bdrv_child_perm. */
+  abstract childPerm(child: BdrvChild, perm: number, shared: number): PermPair;
+
+  /** Default: write zero buffers (the generic fallback of bdrv_co_do_pwrite_zeroes). */
+  protected async coWriteZeroes(offset: number, bytes: number, flags: RequestFlags): Promise<void> {
+    if (flags.fastZero) {
+      throw new BlockError('ENOTSUP', `node '${this.nodeName}' cannot write zeroes fast`, { node: this.nodeName, offset, bytes });
+    }
+    for (let done = 0; done < bytes; ) {
+      const n = Math.min(ZERO_CHUNK.length, bytes - done);
+      await this.coWrite(offset + done, ZERO_CHUNK.subarray(0, n), { fua: flags.fua });
+      done += n;
+    }
+  }
+
+  /** Default: discard is advisory, nothing to do. */
+  protected async coDiscard(_offset: number, _bytes: number): Promise<void> {}
+
+  protected async coFlush(): Promise<void> {
+    for (const c of this.children) if (c.perm & PERM.WRITE) await c.flush();
+  }
+
+  /** One extent starting at `offset`, at most `bytes` long. Default: all data, allocated here. */
+  protected async coBlockStatus(offset: number, bytes: number): Promise<Extent> {
+    return { offset, length: bytes, allocated: true, zero: false };
+  }
+
+  /** Alignment for serialising requests (bdrv_get_cluster_size: cluster size or
+   * request_alignment). */
+  clusterSize(): number {
+    return 1;
+  }
+
+  /** The child a read falls through to when this node does not allocate a range (COW). */
+  backing(): BdrvChild | undefined {
+    return this.children.find((c) => c.role === 'cow');
+  }
+
+  /** The filtered child, for filter drivers (bdrv_filter_child). */
+  filtered(): BdrvChild | undefined {
+    return this.children.find((c) => c.role === 'filtered');
+  }
+
+  async close(): Promise<void> {}
+
+  // ---- the generic layer (block/io.c) --------------------------------------------------------
+
+  private checkRange(op: string, offset: number, bytes: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
+      throw new BlockError('EINVAL', `${op} on node '${this.nodeName}': invalid range offset=${offset} bytes=${bytes}`, {
+        node: this.nodeName, op, offset, bytes,
+      });
+    }
+    const len = this.length();
+    if (offset + bytes > len) {
+      throw new BlockError('EIO', `${op} on node '${this.nodeName}' past its end: offset=${offset} bytes=${bytes} length=${len}`, {
+        node: this.nodeName, op, offset, bytes,
+      });
+    }
+  }
+
+  private async tracked_<T>(
+    type: TrackedRequestType,
+    offset: number,
+    bytes: number,
+    flags: RequestFlags,
+    body: () => Promise<T>,
+  ): Promise<T> {
+    this.checkRange(type, offset, bytes);
+    const req = this.tracked.begin(type, offset, bytes);
+    try {
+      if (flags.serialising) req.setSerialising(this.clusterSize());
+      await req.waitSerialising();
+      return await body();
+    } finally {
+      req.end();
+    }
+  }
+
+  private writable(op: string, offset: number, bytes: number): void {
+    if (this.readOnly) {
+      throw new BlockError('EPERM', `${op} on read-only node '${this.nodeName}'`, { node: this.nodeName, op, offset, bytes });
+    }
+  }
+
+  private markDirty(offset: number, bytes: number): void {
+    for (const b of this.dirtyBitmaps.values()) b.setRange(offset, bytes, true);
+  }
+
+  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+    if (bytes === 0) return Promise.resolve(Buffer.alloc(0));
+    return this.tracked_('read', offset, bytes, flags, () => this.coRead(offset, bytes, flags));
+  }
+
+  write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
+    this.writable('write', offset, data.length);
+    if (data.length === 0) return Promise.resolve();
+    return this.tracked_('write', offset, data.length, flags, async () => {
+      await this.coWrite(offset, data, flags);
+      if (!flags.writeUnchanged) this.markDirty(offset, data.length);
+    });
+  }
+
+  writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
+    this.writable('write-zeroes', offset, bytes);
+    if (bytes === 0) return Promise.resolve();
+    return this.tracked_('write-zeroes', offset, bytes, flags, async () => {
+      await this.coWriteZeroes(offset, bytes, flags);
+      this.markDirty(offset, bytes);
+    });
+  }
+
+  discard(offset: number, bytes: number): Promise<void> {
+    this.writable('discard', offset, bytes);
+    // bdrv_co_pdiscard returns 0 without BDRV_O_UNMAP (qemu-fleecing.md §6 B8).
+    if (bytes === 0 || !this.discardUnmap) return Promise.resolve();
+    return this.tracked_('discard', offset, bytes, {}, async () => {
+      await this.coDiscard(offset, bytes);
+      this.markDirty(offset, bytes);
+    });
+  }
+
+  flush(): Promise<void> {
+    return this.coFlush();
+  }
+
+  /** bdrv_co_block_status on this node alone. */
+  blockStatus(offset: number, bytes: number): Promise<Extent> {
+    this.checkRange('block-status', offset, bytes);
+    return this.coBlockStatus(offset, bytes);
+  }
+
+  /** bdrv_block_status_above: where this node does not allocate a range, ask its backing; a
+   * range unallocated in the whole chain reads as zeroes. */
+  async blockStatusAbove(offset: number, bytes: number): Promise<Extent> {
+    const ext = await this.blockStatus(offset, bytes);
+    if (ext.allocated) return ext;
+    const backing = this.backing();
+    if (!backing) return ext;
+    const below = await backing.node.blockStatusAbove(offset, ext.length);
+    return { ...below, offset, length: Math.min(ext.length, below.length) };
+  }
+
+  /** A named dirty bitmap on this node (block-dirty-bitmap-add); it records every write. */
+  addDirtyBitmap(name: string, granularity = 65536): ClusterBitmap {
+    if (this.dirtyBitmaps.has(name)) {
+      throw new BlockError('EEXIST', `Bitmap already exists: ${name}`, { node: this.nodeName });
+    }
+    const b = new ClusterBitmap(this.length(), granularity);
+    this.dirtyBitmaps.set(name, b);
+    return b;
+  }
+}
+
+/** Base for filters with one filtered child ("file" or "image"): everything passes through. */
+export abstract class FilterNode extends BlockNode {
+  protected get child(): BdrvChild {
+    const c = this.filtered();
+    if (!c) throw new BlockError('EINVAL', `filter node '${this.nodeName}' has no filtered child`, { node: this.nodeName });
+    return c;
+  }
+  length(): number {
+    return this.child.node.length();
+  }
+  childPerm(_child: BdrvChild, perm: number, shared: number): PermPair {
+    return filterDefaultPerms(perm, shared);
+  }
+  protected coRead(offset: number, bytes: number, flags: RequestFlags): Promise<Buffer> {
+    return this.child.read(offset, bytes, flags);
+  }
+  protected coWrite(offset: number, data: Buffer, flags: RequestFlags): Promise<void> {
+    return this.child.write(offset, data, flags);
+  }
+  protected override coWriteZeroes(offset: number, bytes: number, flags: RequestFlags): Promise<void> {
+    return this.child.writeZeroes(offset, bytes, flags);
+  }
+  protected override coDiscard(offset: number, bytes: number): Promise<void> {
+    return this.child.discard(offset, bytes);
+  }
+  protected override coBlockStatus(offset: number, bytes: number): Promise<Extent> {
+    return this.child.blockStatus(offset, bytes);
+  }
+  override clusterSize(): number {
+    return this.child.node.clusterSize();
+  }
+}
