@@ -40,4 +40,21 @@ export interface Behaviour<S, A> {
   pending(state: S): boolean;
   /** Every action name the model can ever take, for coverage (taken / enabled / never enabled). */
   readonly actionNames: readonly string[];
+
+  // Optional members (added compatibly; the explorer has a fallback for each).
+
+  /** The coverage bucket of an action, one of `actionNames`. Called once per transition, so keep
+   * it cheap; defaults to `label(action).action`. */
+  actionName?(action: A): string;
+  /** Flat, readable fields of a state ("W0.pc", "source[2]") for counterexample diffs; defaults
+   * to flattening the state object. */
+  view?(state: S): Readonly<Record<string, string | number | boolean>>;
+  /** Refines a violation sentence with the trace that led to it, e.g. to add "at step 3". */
+  annotate?(message: string, trace: readonly TraceStep<S>[]): string;
+}
+
+/** One step of a concrete trace: the label taken and the state it led to. */
+export interface TraceStep<S> {
+  readonly label: ActionLabel;
+  readonly state: S;
 }
