@@ -1,0 +1,92 @@
+// The qemu-storage-daemon command line, parsed without I/O (issue 3 outcome 1).
+import { describe, expect, it } from 'vitest';
+import { parseArgs, UsageError } from '../src/daemon/args.ts';
+import { parseKeyval } from '../src/daemon/keyval.ts';
+
+describe('keyval (QEMU util/keyval.c syntax)', () => {
+  it('dotted keys nest, ,, escapes a comma, implied first key, numeric keys make lists, JSON form', () => {
+    expect(parseKeyval('driver=qcow2,node-name=source,file.driver=file,file.filename=/a,,b')).toEqual({
+      driver: 'qcow2',
+      'node-name': 'source',
+      file: { driver: 'file', filename: '/a,b' },
+    });
+    expect(parseKeyval('raw,node-name=r', 'driver')).toEqual({ driver: 'raw', 'node-name': 'r' });
+    expect(parseKeyval('bitmaps.0=a,bitmaps.1=b')).toEqual({ bitmaps: ['a', 'b'] });
+    expect(parseKeyval('{"driver":"file","filename":"x","aio":"threads"}')).toEqual({ driver: 'file', filename: 'x', aio: 'threads' });
+    expect(parseKeyval('a=1,a=2')).toEqual({ a: '2' });
+  });
+  it('rejects bad syntax with the offending key', () => {
+    expect(() => parseKeyval('node-name')).toThrow(/expected '=' after parameter 'node-name'/);
+    expect(() => parseKeyval('file=x,file.driver=y')).toThrow(/'file\.\*' used inconsistently|'file.driver.*' used inconsistently/);
+    expect(() => parseKeyval('a.0=x,a.2=y')).toThrow(/'a\.1' missing/);
+    expect(() => parseKeyval('{"x":')).toThrow(/invalid JSON/);
+  });
+});
+
+describe('fleece serve argv', () => {
+  const D = '/tmp/fleece-lab';
+  // qemu-fleecing.md §5.1, verbatim apart from the program name.
+  const modern = [
+    '--blockdev', `driver=file,node-name=source,filename=${D}/src.raw`,
+    '--blockdev', `driver=file,node-name=temp,filename=${D}/tmp.raw`,
+    '--blockdev', 'driver=copy-before-write,node-name=fl-cbw,file=source,target=temp',
+    '--blockdev', 'driver=snapshot-access,node-name=fl-access,file=fl-cbw',
+    '--nbd-server', `addr.type=unix,addr.path=${D}/nbd.sock`,
+    '--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on',
+    '--export', 'type=nbd,id=exp-fleece,node-name=fl-access,name=fleece',
+    '--chardev', `socket,id=qmp0,path=${D}/qmp.sock,server=on,wait=off`, '--monitor', 'chardev=qmp0',
+  ];
+
+  it('parses the §5.1 modern fleecing command line into ordered actions', () => {
+    const c = parseArgs(modern);
+    expect(c.actions.map((a) => a.kind)).toEqual(['blockdev', 'blockdev', 'blockdev', 'blockdev', 'nbd-server', 'export', 'export', 'chardev', 'monitor']);
+    expect(c.actions[2]).toEqual({ kind: 'blockdev', options: { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp' } });
+    expect(c.actions[4]).toEqual({ kind: 'nbd-server', options: { addr: { type: 'unix', path: `${D}/nbd.sock` }, maxConnections: 0 } });
+    expect(c.actions[5]).toEqual({ kind: 'export', options: { type: 'nbd', id: 'exp-live', nodeName: 'fl-cbw', name: 'live', writable: true, bitmaps: [] } });
+    expect(c.actions[6]).toMatchObject({ options: { name: 'fleece', writable: false } });
+    expect(c.actions[7]).toEqual({ kind: 'chardev', options: { id: 'qmp0', path: `${D}/qmp.sock` } });
+    expect(c.actions[8]).toEqual({ kind: 'monitor', chardev: 'qmp0', pretty: false });
+    expect(c.activationFds).toEqual([]);
+  });
+
+  it('accepts --opt=value, inet addresses, JSON blockdevs, export name defaulting to the node name', () => {
+    const c = parseArgs([
+      '--blockdev={"driver":"memory","node-name":"m","size":1048576}',
+      '--nbd-server', 'addr.type=inet,addr.host=127.0.0.1,addr.port=0',
+      '--export', 'nbd,id=e,node-name=m',
+      '--pidfile', '/tmp/p',
+    ]);
+    expect(c.actions[0]).toEqual({ kind: 'blockdev', options: { driver: 'memory', 'node-name': 'm', size: 1048576 } });
+    expect(c.actions[1]).toMatchObject({ options: { addr: { type: 'inet', host: '127.0.0.1', port: 0 } } });
+    expect(c.actions[2]).toMatchObject({ options: { name: 'm', writable: false } });
+    expect(c.pidfile).toBe('/tmp/p');
+  });
+
+  it('socket activation: honoured only when LISTEN_PID is ours; exclusive with --nbd-server', () => {
+    expect(parseArgs([], { LISTEN_PID: '42', LISTEN_FDS: '1' }, 42).activationFds).toEqual([3]);
+    expect(parseArgs([], { LISTEN_PID: '41', LISTEN_FDS: '1' }, 42).activationFds).toEqual([]);
+    expect(() => parseArgs(['--nbd-server', 'addr.type=unix,addr.path=/x'], { LISTEN_PID: '42', LISTEN_FDS: '1' }, 42)).toThrow(
+      /cannot be used together with systemd socket activation/,
+    );
+  });
+
+  it.each([
+    [['--frobnicate'], /unknown option '--frobnicate'/],
+    [['stray'], /unexpected argument 'stray'/],
+    [['--export'], /option '--export' requires an argument/],
+    [['--export', 'type=nbd,id=e,node-name=n,colour=red'], /--export: invalid parameter 'colour'/],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n'], /export type 'vhost-user-blk' is not supported/],
+    [['--export', 'type=nbd,id=e,node-name=n,writable=maybe'], /parameter 'writable'.*'on' or 'off'/],
+    [['--export', 'type=nbd,id=e'], /parameter 'node-name' is missing/],
+    [['--nbd-server', 'addr.type=vsock,addr.cid=3'], /address type 'vsock' is not supported/],
+    [['--nbd-server', 'addr.type=inet,addr.host=h,addr.port=http'], /port 'http' is not a port number/],
+    [['--nbd-server', 'addr.type=unix,addr.path=/x,tls-creds=t'], /TLS/],
+    [['--chardev', 'socket,id=q,path=/x'], /client mode is not supported/],
+    [['--chardev', 'file,id=q,path=/x'], /backend 'file' is not supported/],
+    [['--monitor', 'chardev=q,mode=readline'], /mode 'readline' is not supported/],
+    [['--object', 'secret,id=s'], /'--object' is not supported/],
+  ])('%j → UsageError %s', (argv, re) => {
+    expect(() => parseArgs(argv)).toThrow(UsageError);
+    expect(() => parseArgs(argv)).toThrow(re);
+  });
+});
