@@ -44,7 +44,7 @@ export class BackendImpl implements BlockBackend, RootParent {
     return this.edge.node.length();
   }
 
-  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+  async read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
     return this.edge.read(offset, bytes, flags);
   }
 
@@ -60,7 +60,7 @@ export class BackendImpl implements BlockBackend, RootParent {
     if (flags.fua) await this.edge.flush();
   }
 
-  discard(offset: number, bytes: number): Promise<void> {
+  async discard(offset: number, bytes: number): Promise<void> {
     this.need(PERM.WRITE, 'discard', offset, bytes);
     return this.edge.discard(offset, bytes);
   }

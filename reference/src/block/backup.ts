@@ -115,20 +115,19 @@ export class BackupJob implements RootParent {
     };
   }
 
-  /** block-job-cancel: drop the filter (its parents go back to the source), release handles. */
+  /** block-job-cancel: drop the filter (bdrv_cbw_drop: its parents go back to the source and the
+   * filter goes away in one transaction), release the job's handles. */
   async cancel(): Promise<void> {
     const filter = this.filter;
     this.setStatus('aborting');
-    this.graph.transaction((tx) => {
-      for (const edge of [...filter.parents]) if (edge.parent !== this) this.graph.replaceChild(tx, edge, this.source);
-    });
-    this.graph.detachRoot(this);
     const info = this.info();
-    await this.graph.deleteNode(filter.nodeName).catch(async (e: unknown) => {
-      // Auto-named filters are implicit; remove them through the same path.
-      if (e instanceof BlockError && e.errno === 'EINVAL') await this.graph.removeImplicit(filter);
-      else throw e;
+    const closed: BlockNode[] = [];
+    this.graph.transaction((tx) => {
+      this.graph.detachRootTx(tx, this);
+      for (const edge of [...filter.parents]) this.graph.replaceChild(tx, edge, this.source);
+      this.graph.removeNodeTx(tx, filter, closed);
     });
+    for (const n of closed) await n.close();
     this.setStatus('concluded');
     this.setStatus('null');
     this.graph.emit('BLOCK_JOB_CANCELLED', {

@@ -7,7 +7,7 @@ import { BackendImpl, type RootParent } from './backend.ts';
 import { BackupJob, type BackupOptions } from './backup.ts';
 import { BlockError } from './errors.ts';
 import { DRIVER_HINTS, DRIVERS } from './drivers/index.ts';
-import type { DriverContext } from './drivers/registry.ts';
+import type { DriverContext, DriverFactory } from './drivers/registry.ts';
 import { BdrvChild, BlockNode, type Parent } from './node.ts';
 import { OptionReader } from './options.ts';
 import { PERM, PERM_ALL, permListQapi, permNames, type ChildRole } from './perm.ts';
@@ -48,6 +48,12 @@ export class BlockGraph {
   private autoNames = 0;
   /** QMP events as ('qmp-event', name, data). */
   readonly events = new EventEmitter();
+  private readonly drivers: Readonly<Record<string, DriverFactory>>;
+
+  /** `drivers` replaces the driver table: tests use it to run known-bad driver variants. */
+  constructor(opts: { drivers?: Readonly<Record<string, DriverFactory>> } = {}) {
+    this.drivers = opts.drivers ?? DRIVERS;
+  }
 
   // ---- queries -------------------------------------------------------------------------------
 
@@ -196,10 +202,10 @@ export class BlockGraph {
     if (typeof driver !== 'string') {
       throw new BlockError('EINVAL', `blockdev: parameter 'driver' is missing${implicit ? ' in a nested child' : ''}`);
     }
-    const factory = DRIVERS[driver];
+    const factory = this.drivers[driver];
     if (!factory) {
       const hint = DRIVER_HINTS[driver];
-      throw new BlockError('EINVAL', `Unknown driver '${driver}'${hint ? `: the reference does not implement it, ${hint}` : ''} (known: ${Object.keys(DRIVERS).join(', ')})`);
+      throw new BlockError('EINVAL', `Unknown driver '${driver}'${hint ? `: the reference does not implement it, ${hint}` : ''} (known: ${Object.keys(this.drivers).join(', ')})`);
     }
     let nodeName = options['node-name'];
     if (nodeName === undefined) {
@@ -268,23 +274,16 @@ export class BlockGraph {
     }
     if (node.parents.length > 0) throw new BlockError('EBUSY', `Node ${name} is in use`);
     const closed: BlockNode[] = [];
-    this.transaction((tx) => this.removeNode(tx, node, closed));
+    this.transaction((tx) => this.removeNodeTx(tx, node, closed));
     for (const n of closed) await n.close();
   }
 
-  /** Removes an implicit node that no longer has parents (a job's auto-named filter). */
-  async removeImplicit(node: BlockNode): Promise<void> {
-    if (node.parents.length > 0) throw new BlockError('EBUSY', `Node ${node.nodeName} is in use`);
-    const closed: BlockNode[] = [];
-    this.transaction((tx) => this.removeNode(tx, node, closed));
-    for (const n of closed) await n.close();
-  }
-
-  private removeNode(tx: Transaction, node: BlockNode, closed: BlockNode[]): void {
+  /** Unlinks a parentless node and its orphaned implicit children; close them after commit. */
+  removeNodeTx(tx: Transaction, node: BlockNode, closed: BlockNode[]): void {
     for (const c of [...node.children]) {
       this.unlink(tx, c);
       const child = c.node;
-      if ((child as { implicit?: boolean }).implicit && child.parents.length === 0) this.removeNode(tx, child, closed);
+      if ((child as { implicit?: boolean }).implicit && child.parents.length === 0) this.removeNodeTx(tx, child, closed);
     }
     this.nodes.delete(node.nodeName);
     tx.onAbort(() => this.nodes.set(node.nodeName, node));
@@ -319,10 +318,13 @@ export class BlockGraph {
   }
 
   detachRoot(root: RootParent): void {
-    this.transaction((tx) => {
-      for (const e of [...this.rootEdges]) if (e.parent === root) this.unlink(tx, e);
-      this.roots.delete(root);
-    });
+    this.transaction((tx) => this.detachRootTx(tx, root));
+  }
+
+  detachRootTx(tx: Transaction, root: RootParent): void {
+    for (const e of [...this.rootEdges]) if (e.parent === root) this.unlink(tx, e);
+    this.roots.delete(root);
+    tx.onAbort(() => this.roots.add(root));
   }
 
   /** block_resize's permission step: a temporary backend asking for RESIZE. The reference's

@@ -38,21 +38,21 @@ export class BdrvChild {
     }
   }
 
-  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+  async read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
     return this.node.read(offset, bytes, flags);
   }
 
-  write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
+  async write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
     this.need(flags.writeUnchanged ? PERM.WRITE | PERM.WRITE_UNCHANGED : PERM.WRITE, 'write', offset, data.length);
     return this.node.write(offset, data, flags);
   }
 
-  writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
+  async writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
     this.need(PERM.WRITE, 'write-zeroes', offset, bytes);
     return this.node.writeZeroes(offset, bytes, flags);
   }
 
-  discard(offset: number, bytes: number): Promise<void> {
+  async discard(offset: number, bytes: number): Promise<void> {
     this.need(PERM.WRITE, 'discard', offset, bytes);
     return this.node.discard(offset, bytes);
   }
@@ -61,7 +61,7 @@ export class BdrvChild {
     return this.node.flush();
   }
 
-  blockStatus(offset: number, bytes: number): Promise<Extent> {
+  async blockStatus(offset: number, bytes: number): Promise<Extent> {
     return this.node.blockStatusAbove(offset, bytes);
   }
 }
@@ -190,12 +190,12 @@ export abstract class BlockNode implements Parent {
     for (const b of this.dirtyBitmaps.values()) b.setRange(offset, bytes, true);
   }
 
-  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+  async read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
     if (bytes === 0) return Promise.resolve(Buffer.alloc(0));
     return this.tracked_('read', offset, bytes, flags, () => this.coRead(offset, bytes, flags));
   }
 
-  write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
+  async write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
     this.writable('write', offset, data.length);
     if (data.length === 0) return Promise.resolve();
     return this.tracked_('write', offset, data.length, flags, async () => {
@@ -204,7 +204,7 @@ export abstract class BlockNode implements Parent {
     });
   }
 
-  writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
+  async writeZeroes(offset: number, bytes: number, flags: RequestFlags = {}): Promise<void> {
     this.writable('write-zeroes', offset, bytes);
     if (bytes === 0) return Promise.resolve();
     return this.tracked_('write-zeroes', offset, bytes, flags, async () => {
@@ -213,7 +213,7 @@ export abstract class BlockNode implements Parent {
     });
   }
 
-  discard(offset: number, bytes: number): Promise<void> {
+  async discard(offset: number, bytes: number): Promise<void> {
     this.writable('discard', offset, bytes);
     // bdrv_co_pdiscard returns 0 without BDRV_O_UNMAP (qemu-fleecing.md §6 B8).
     if (bytes === 0 || !this.discardUnmap) return Promise.resolve();
@@ -228,7 +228,7 @@ export abstract class BlockNode implements Parent {
   }
 
   /** bdrv_co_block_status on this node alone. */
-  blockStatus(offset: number, bytes: number): Promise<Extent> {
+  async blockStatus(offset: number, bytes: number): Promise<Extent> {
     this.checkRange('block-status', offset, bytes);
     return this.coBlockStatus(offset, bytes);
   }

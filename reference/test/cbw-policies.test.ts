@@ -1,0 +1,154 @@
+// copy-before-write behaviours beyond the happy path: on-cbw-error and cbw-timeout
+// (qemu-fleecing.md §4.2, B4), the bitmap option (§2.3, §5.1), snapshot discard (B1, B8),
+// WRITE_UNCHANGED (B9), EACCES on inaccessible areas (B7).
+import { describe, expect, it } from 'vitest';
+import { BlockGraph, exportPerms, type CopyBeforeWriteNode, type BlockBackend } from '../src/block/index.ts';
+import { KiB, MiB, modernGraph, pattern } from './support/graphs.ts';
+
+const fill = async (d: BlockBackend) => d.write(0, pattern(0x01, MiB));
+
+function blkdebugTemp(): Record<string, unknown> {
+  return { driver: 'blkdebug', image: { driver: 'memory', size: MiB }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] };
+}
+
+function slowTemp(ms: number): Record<string, unknown> {
+  return { driver: 'delay', 'write-delay-ms': ms, file: { driver: 'memory', size: MiB } };
+}
+
+describe('on-cbw-error (research §4.2)', () => {
+  it('break-snapshot: target write error -> guest write succeeds, snapshot read fails with EACCES', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, temp: blkdebugTemp(), cbw: { 'on-cbw-error': 'break-snapshot' } });
+    await s.live.write(0, pattern(0x02, MiB));
+    await expect(s.fleece.read(0, MiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    // And every later snapshot read too, even of clusters never written.
+    await expect(s.fleece.read(0, 4 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    expect((await s.live.read(0, 4))[0]).toBe(0x02);
+  });
+
+  it('break-guest-write (default): the guest write fails with EIO, the snapshot stays intact', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, temp: blkdebugTemp() });
+    await expect(s.live.write(0, pattern(0x02, MiB))).rejects.toMatchObject({ errno: 'EIO' });
+    expect((await s.fleece.read(0, MiB)).equals(pattern(0x01, MiB))).toBe(true);
+    expect((await s.live.read(0, MiB)).equals(pattern(0x01, MiB))).toBe(true);
+  });
+
+  it('cbw-timeout + break-guest-write: a slow copy fails the guest write with ETIMEDOUT, the snapshot is intact', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, temp: slowTemp(300), cbw: { 'cbw-timeout': 0.05 } });
+    await expect(s.live.write(0, pattern(0x02, 512 * KiB))).rejects.toMatchObject({ errno: 'ETIMEDOUT' });
+    expect((await s.fleece.read(0, MiB)).equals(pattern(0x01, MiB))).toBe(true);
+    await s.graph.close(); // waits for the orphaned copy (B5)
+  });
+
+  it('cbw-timeout + break-snapshot: the guest write succeeds, the snapshot reads fail', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, temp: slowTemp(300), cbw: { 'cbw-timeout': 0.05, 'on-cbw-error': 'break-snapshot' } });
+    await s.live.write(0, pattern(0x02, 512 * KiB));
+    await expect(s.fleece.read(0, MiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    await s.graph.close();
+  });
+});
+
+describe('bitmap option', () => {
+  async function bitmapSetup() {
+    const g = new BlockGraph();
+    g.addNode({ driver: 'memory', 'node-name': 'disk0', size: MiB });
+    g.addNode({ driver: 'delay', 'node-name': 'source', file: 'disk0' });
+    g.node('source')!.addDirtyBitmap('bitmap0');
+    const w = g.attachBackend('an unnamed block device', 'source', exportPerms(true).perm, exportPerms(true).shared);
+    await w.write(0, pattern(0xaa, 64 * KiB)); // cluster 0 dirty
+    await w.write(4 * 64 * KiB, pattern(0xbb, 64 * KiB)); // cluster 4 dirty
+    w.detach();
+    g.addNode({ driver: 'memory', 'node-name': 'temp', size: MiB });
+    const cbw = g.addNode({ driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'bitmap0' } }) as CopyBeforeWriteNode;
+    g.addNode({ driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
+    const live = g.attachBackend('an unnamed block device', 'fl-cbw', exportPerms(true).perm, exportPerms(true).shared);
+    const fleece = g.attachBackend('an unnamed block device', 'fl-access', exportPerms(false).perm, exportPerms(false).shared);
+    return { g, cbw, live, fleece };
+  }
+
+  it('dirty clusters are readable and copied; clean clusters are unreadable (EACCES) and never copied', async () => {
+    const { cbw, live, fleece } = await bitmapSetup();
+    await live.write(0, pattern(0x01, MiB));
+    expect(cbw.bcs.bytesCopied).toBe(2 * 64 * KiB);
+    expect((await fleece.read(0, 64 * KiB)).equals(pattern(0xaa, 64 * KiB))).toBe(true);
+    expect((await fleece.read(4 * 64 * KiB, 64 * KiB)).equals(pattern(0xbb, 64 * KiB))).toBe(true);
+    await expect(fleece.read(64 * KiB, 4 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    // A read straddling a dirty and a clean cluster fails whole (the lock checks the whole range).
+    await expect(fleece.read(60 * KiB, 8 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+  });
+
+  it('a missing bitmap is a clear error naming it', () => {
+    const g = new BlockGraph();
+    g.addNode({ driver: 'memory', 'node-name': 'source', size: MiB });
+    g.addNode({ driver: 'memory', 'node-name': 'temp', size: MiB });
+    expect(() => g.addNode({ driver: 'copy-before-write', 'node-name': 'c', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'nope' } }))
+      .toThrow("Dirty bitmap 'nope' not found on node 'source'");
+  });
+});
+
+describe('snapshot discard', () => {
+  const discardable = () => modernGraph({ size: MiB, prefill: fill, fleeceWritable: true, accessDiscard: 'unmap' });
+
+  it('an aligned discard makes the range inaccessible and stops copying it', async () => {
+    const s = await discardable();
+    await s.fleece.discard(0, 64 * KiB);
+    await expect(s.fleece.read(0, 4 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    expect((await s.fleece.read(64 * KiB, 64 * KiB)).equals(pattern(0x01, 64 * KiB))).toBe(true);
+    await s.live.write(0, pattern(0x02, 64 * KiB));
+    expect(s.cbw.bcs.bytesCopied).toBe(0);
+  });
+
+  it('an unaligned discard shrinks inward, a discard covering no whole cluster is a no-op (QEMU 7.2 aborts: B1)', async () => {
+    const s = await discardable();
+    await s.fleece.discard(0, 32 * KiB); // no whole cluster
+    expect((await s.fleece.read(0, 64 * KiB)).equals(pattern(0x01, 64 * KiB))).toBe(true);
+    await s.fleece.discard(32 * KiB, 128 * KiB); // covers only [64K, 128K) whole
+    expect((await s.fleece.read(0, 64 * KiB)).equals(pattern(0x01, 64 * KiB))).toBe(true);
+    await expect(s.fleece.read(64 * KiB, 4 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+    expect((await s.fleece.read(128 * KiB, 64 * KiB)).equals(pattern(0x01, 64 * KiB))).toBe(true);
+  });
+
+  it('after a guest write, discarding the copied cluster frees it and later reads fail', async () => {
+    const s = await discardable();
+    await s.live.write(0, pattern(0x02, 64 * KiB));
+    expect((await s.fleece.read(0, 64 * KiB))[0]).toBe(0x01);
+    await s.fleece.discard(0, 64 * KiB);
+    await expect(s.fleece.read(0, 64 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+  });
+
+  it('without discard=unmap a snapshot discard succeeds and does nothing (B8)', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, fleeceWritable: true });
+    await s.fleece.discard(0, 64 * KiB);
+    expect((await s.fleece.read(0, 64 * KiB)).equals(pattern(0x01, 64 * KiB))).toBe(true);
+  });
+
+  it('writes to the snapshot are not supported', async () => {
+    const s = await discardable();
+    await expect(s.fleece.write(0, pattern(0x03, 512))).rejects.toMatchObject({ errno: 'ENOTSUP' });
+  });
+
+  it('a read-only snapshot export refuses discard with EPERM', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill });
+    await expect(s.fleece.discard(0, 64 * KiB)).rejects.toMatchObject({ errno: 'EPERM' });
+  });
+});
+
+describe('WRITE_UNCHANGED and block status', () => {
+  it('a WRITE_UNCHANGED write does not trigger a copy (B9)', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill });
+    await s.live.write(0, pattern(0x01, 64 * KiB), { writeUnchanged: true });
+    expect(s.cbw.bcs.bytesCopied).toBe(0);
+    await s.live.write(0, pattern(0x01, 64 * KiB));
+    expect(s.cbw.bcs.bytesCopied).toBe(64 * KiB);
+  });
+
+  it('snapshot block status: copied clusters are allocated data; discarded areas fail with EACCES', async () => {
+    const s = await modernGraph({ size: MiB, fleeceWritable: true, accessDiscard: 'unmap' });
+    // Nothing written: the whole disk is a hole in the snapshot.
+    expect(await s.fleece.blockStatus(0, MiB)).toEqual([{ offset: 0, length: MiB, allocated: false, zero: true }]);
+    await s.live.write(64 * KiB, pattern(0x05, 4 * KiB));
+    const ext = await s.fleece.blockStatus(0, MiB);
+    expect(ext.find((e) => e.offset <= 64 * KiB && 64 * KiB < e.offset + e.length)!.allocated).toBe(true);
+    await s.fleece.discard(0, 64 * KiB);
+    await expect(s.fleece.blockStatus(0, 64 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
+  });
+});
