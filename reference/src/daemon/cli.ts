@@ -1,11 +1,64 @@
-// Placeholder until this pillar's subcommand lands.
+// `fleece serve`: the reference storage daemon with qemu-storage-daemon's command line.
+// Exit codes: 0 after quit/SIGTERM, 1 when the configuration fails (unknown driver, bad option,
+// permission conflict), 2 for usage errors.
 import type { Subcommand } from '../../../cli/main.ts';
+import { isBlockError } from '../block/errors.ts';
+import { NbdServerError } from '../nbd/server.ts';
+import { QmpError } from '../qmp/dispatcher.ts';
+import { USAGE, UsageError, parseArgs } from './args.ts';
+import { Daemon } from './daemon.ts';
+
+export async function serve(argv: string[]): Promise<number> {
+  let config;
+  try {
+    config = parseArgs(argv, process.env, process.pid);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`fleece serve: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (config.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (config.version) {
+    process.stdout.write('fleece serve (reference storage daemon), QMP-compatible with qemu-storage-daemon 7.2\n');
+    return 0;
+  }
+  const verbose = process.env.FLEECE_SERVE_DEBUG === '1';
+  const daemon = new Daemon({ log: verbose ? (m) => process.stderr.write(`fleece serve: ${m}\n`) : undefined });
+  try {
+    if (config.activationFds.length > 0) {
+      // sd_listen_fds(3): the first handed-over fd is the NBD listening socket.
+      delete process.env.LISTEN_PID;
+      delete process.env.LISTEN_FDS;
+      delete process.env.LISTEN_FDNAMES;
+      await daemon.startNbdServer({ addr: { type: 'fd', fd: config.activationFds[0]! }, maxConnections: 0 });
+    }
+    for (const action of config.actions) await daemon.apply(action);
+    if (config.pidfile) Daemon.writePidfile(config.pidfile);
+  } catch (e) {
+    const known = e instanceof UsageError || e instanceof QmpError || e instanceof NbdServerError || isBlockError(e);
+    process.stderr.write(`fleece serve: ${known ? (e as Error).message : String((e as Error).stack ?? e)}\n`);
+    await daemon.close().catch(() => {});
+    return e instanceof UsageError ? 2 : 1;
+  }
+  const signalled = new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+    process.once('SIGHUP', () => resolve());
+  });
+  await Promise.race([daemon.quitting, signalled]);
+  await daemon.close().catch((e) => process.stderr.write(`fleece serve: while closing: ${String(e)}\n`));
+  // Lingering sockets or timers must not keep a quit daemon alive.
+  setImmediate(() => process.exit(0));
+  return 0;
+}
 
 const command: Subcommand = {
-  summary: 'not implemented yet',
-  async run() {
-    process.stderr.write('fleece: this command is not implemented yet\n');
-    return 2;
-  },
+  summary: 'run the reference storage daemon (qemu-storage-daemon command line, NBD, QMP)',
+  run: serve,
 };
 export default command;

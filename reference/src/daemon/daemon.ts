@@ -1,0 +1,298 @@
+// The reference storage daemon at run time: one block graph, one NBD server, exports, QMP
+// monitors, and the QMP commands the suite needs (issue 3 outcome 3), with qemu-storage-daemon's
+// wording where a client could compare (qemu-fleecing.md §5).
+import * as fs from 'node:fs';
+import { BlockGraph } from '../block/graph.ts';
+import type { BlockNode } from '../block/node.ts';
+import { PERM, PERM_ALL } from '../block/perm.ts';
+import type { BlockBackend } from '../block/types.ts';
+import { NbdServer, type BoundAddress } from '../nbd/server.ts';
+import type { DirtyBitmapSource, NbdExport } from '../nbd/session.ts';
+import { QmpDispatcher, QmpError, type QmpArgs } from '../qmp/dispatcher.ts';
+import { QmpMonitor } from '../qmp/monitor.ts';
+import {
+  UsageError,
+  parseExportOptions,
+  parseNbdServerOptions,
+  type Action,
+  type ChardevOptions,
+  type ExportOptions,
+  type NbdServerOptions,
+} from './args.ts';
+
+interface LiveExport {
+  readonly opts: ExportOptions;
+  readonly backend: BlockBackend;
+  readonly nbd: NbdExport;
+}
+
+/** The export's BlockBackend user, as QEMU names it in permission-conflict messages. */
+const EXPORT_USER = 'an unnamed block device';
+
+/** blk_exp_add + the NBD export: CONSISTENT_READ (+WRITE if writable), shared all but RESIZE
+ * (qemu-fleecing.md §1.5-1.6). */
+export function exportPermissions(writable: boolean): { perm: number; shared: number } {
+  return { perm: PERM.CONSISTENT_READ | (writable ? PERM.WRITE : 0), shared: PERM_ALL & ~PERM.RESIZE };
+}
+
+export interface DaemonOptions {
+  readonly log?: (msg: string) => void;
+  readonly graph?: BlockGraph;
+}
+
+export class Daemon {
+  readonly graph: BlockGraph;
+  readonly dispatcher = new QmpDispatcher();
+  private nbd: NbdServer | undefined;
+  private nbdAddress: BoundAddress | undefined;
+  private readonly exports = new Map<string, LiveExport>();
+  private readonly chardevs = new Map<string, ChardevOptions>();
+  private readonly monitors: QmpMonitor[] = [];
+  private quitRequested!: () => void;
+  /** Resolves when a QMP client sent `quit`. */
+  readonly quitting: Promise<void> = new Promise((r) => (this.quitRequested = r));
+  private readonly log: (msg: string) => void;
+
+  constructor(opts: DaemonOptions = {}) {
+    this.graph = opts.graph ?? new BlockGraph();
+    this.log = opts.log ?? (() => {});
+    this.graph.events.on('qmp-event', (name: string, data: unknown) => this.emit(name, data));
+    this.registerCommands();
+  }
+
+  emit(event: string, data?: unknown): void {
+    for (const m of this.monitors) m.emit(event, data);
+  }
+
+  /** Applies one command-line action (qemu-storage-daemon processes them in order). */
+  async apply(action: Action): Promise<void> {
+    switch (action.kind) {
+      case 'blockdev':
+        this.graph.addNode(action.options);
+        return;
+      case 'nbd-server':
+        await this.startNbdServer(action.options);
+        return;
+      case 'export':
+        this.addExport(action.options);
+        return;
+      case 'chardev':
+        if (this.chardevs.has(action.options.id)) throw new UsageError(`--chardev: duplicate chardev id '${action.options.id}'`);
+        this.chardevs.set(action.options.id, action.options);
+        return;
+      case 'monitor': {
+        const cd = this.chardevs.get(action.chardev);
+        if (!cd) throw new UsageError(`--monitor: chardev '${action.chardev}' not found`);
+        const mon = new QmpMonitor(this.dispatcher, {
+          pretty: action.pretty,
+          log: this.log,
+          afterReply: (cmd) => {
+            if (cmd === 'quit') this.quitRequested();
+          },
+        });
+        await mon.listen(cd.path);
+        this.monitors.push(mon);
+        return;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ NBD server and exports
+
+  async startNbdServer(opts: NbdServerOptions): Promise<BoundAddress> {
+    if (this.nbd) throw new QmpError('GenericError', 'NBD server already running');
+    const srv = new NbdServer({ log: this.log });
+    try {
+      this.nbdAddress = await srv.listen(opts.addr);
+    } catch (e) {
+      await srv.close();
+      throw e;
+    }
+    this.nbd = srv;
+    return this.nbdAddress;
+  }
+
+  get nbdServerAddress(): BoundAddress | undefined {
+    return this.nbdAddress;
+  }
+
+  async stopNbdServer(): Promise<void> {
+    const srv = this.nbd;
+    if (!srv) throw new QmpError('GenericError', 'NBD server not running');
+    // nbd-server-stop closes every NBD export with the server (blk_exp_close_all_type).
+    for (const id of [...this.exports.keys()]) this.removeExport(id);
+    this.nbd = undefined;
+    this.nbdAddress = undefined;
+    await srv.close();
+  }
+
+  addExport(o: ExportOptions): void {
+    if (this.exports.has(o.id)) throw new QmpError('GenericError', `Block export id '${o.id}' is already in use`);
+    const srv = this.nbd;
+    if (!srv) throw new QmpError('GenericError', 'NBD server not running');
+    if (srv.find(o.name) && srv.list().some((e) => e.name === o.name)) {
+      throw new QmpError('GenericError', `NBD server already has export named '${o.name}'`);
+    }
+    const node = this.graph.requireNode(o.nodeName);
+    if (o.writable && node.readOnly) throw new QmpError('GenericError', `Cannot export read-only node '${o.nodeName}' as writable`);
+    const bitmaps = new Map<string, DirtyBitmapSource>();
+    for (const b of o.bitmaps) bitmaps.set(b, this.bitmapSource(node, b));
+    const { perm, shared } = exportPermissions(o.writable);
+    const backend = this.graph.attachBackend(EXPORT_USER, o.nodeName, perm, shared);
+    const nbd: NbdExport = {
+      name: o.name,
+      backend,
+      writable: o.writable,
+      ...(o.description !== undefined ? { description: o.description } : {}),
+      ...(bitmaps.size ? { bitmaps } : {}),
+    };
+    try {
+      srv.addExport(nbd);
+    } catch (e) {
+      backend.detach();
+      throw e;
+    }
+    this.exports.set(o.id, { opts: o, backend, nbd });
+  }
+
+  /** A dirty bitmap on the node or down its filter/backing chain (QEMU searches the same way). */
+  private bitmapSource(node: BlockNode, name: string): DirtyBitmapSource {
+    for (let n: BlockNode | undefined = node; n; n = (n.filtered() ?? n.backing())?.node) {
+      const bm = n.dirtyBitmaps.get(name);
+      if (bm) {
+        return {
+          async status(offset: number, bytes: number) {
+            const out: { length: number; dirty: boolean }[] = [];
+            for (let pos = offset; pos < offset + bytes; ) {
+              const s = bm.status(pos, offset + bytes - pos);
+              const length = Math.max(1, Math.min(s.bytes, offset + bytes - pos));
+              out.push({ length, dirty: s.set });
+              pos += length;
+            }
+            return out;
+          },
+        };
+      }
+    }
+    throw new QmpError('GenericError', `Bitmap '${name}' is not found`);
+  }
+
+  /** block-export-del; 'safe' refuses while clients are connected, 'hard' drops them. */
+  removeExport(id: string, mode: 'safe' | 'hard' = 'hard'): void {
+    const e = this.exports.get(id);
+    if (!e) throw new QmpError('GenericError', `Export '${id}' is not found`);
+    if (mode === 'safe' && this.nbd && this.nbd.connectionsOn(e.nbd) > 0) {
+      throw new QmpError('GenericError', `export '${id}' still in use`);
+    }
+    this.nbd?.removeExport(e.nbd.name, 'hard');
+    this.exports.delete(id);
+    e.backend.detach();
+    this.emit('BLOCK_EXPORT_DELETED', { id });
+  }
+
+  // ------------------------------------------------------------------ QMP commands
+
+  private registerCommands(): void {
+    const d = this.dispatcher;
+    const noArgs = (f: () => unknown) => (a: QmpArgs) => {
+      a.finish();
+      return f();
+    };
+    d.register('blockdev-add', (a) => {
+      a.accept(...Object.keys(a.raw));
+      this.graph.addNode(a.raw);
+      return {};
+    });
+    d.register('blockdev-del', async (a) => {
+      const name = a.str('node-name');
+      a.finish();
+      await this.graph.deleteNode(name);
+      return {};
+    });
+    d.register('nbd-server-start', async (a) => {
+      a.accept(...Object.keys(a.raw));
+      await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, 'nbd-server-start')));
+      return {};
+    });
+    d.register('nbd-server-stop', noArgs(async () => {
+      await this.stopNbdServer();
+      return {};
+    }));
+    d.register('block-export-add', (a) => {
+      a.accept(...Object.keys(a.raw));
+      this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, 'block-export-add')));
+      return {};
+    });
+    d.register('block-export-del', (a) => {
+      const id = a.str('id');
+      const mode = a.optStr('mode') ?? 'safe';
+      a.finish();
+      if (mode !== 'safe' && mode !== 'hard') throw new QmpError('GenericError', `Parameter 'mode' does not accept value '${mode}'`);
+      this.removeExport(id, mode);
+      return {};
+    });
+    d.register('query-block-exports', noArgs(() =>
+      [...this.exports.values()].map((e) => ({ type: 'nbd', id: e.opts.id, 'node-name': e.opts.nodeName, 'shutting-down': false })),
+    ));
+    d.register('blockdev-backup', (a) => {
+      const device = a.str('device');
+      const jobId = a.optStr('job-id') ?? device;
+      const target = a.str('target');
+      const sync = a.str('sync');
+      const filterNodeName = a.optStr('filter-node-name');
+      const unsafe = a.optBool('x-unserialized-target-writes');
+      // Accepted with no effect: the reference job has no rate limit and finishes immediately.
+      a.accept('speed', 'auto-finalize', 'auto-dismiss', 'on-source-error', 'on-target-error', 'compress');
+      a.finish();
+      if (sync !== 'none') throw new QmpError('GenericError', `backup sync='${sync}' is not supported by the reference (only 'none')`);
+      this.graph.startBackup({
+        jobId,
+        device,
+        target,
+        sync: 'none',
+        ...(filterNodeName !== undefined ? { filterNodeName } : {}),
+        ...(unsafe !== undefined ? { xUnserializedTargetWrites: unsafe } : {}),
+      });
+      return {};
+    });
+    d.register('block-job-cancel', async (a) => {
+      const device = a.str('device');
+      a.optBool('force');
+      a.finish();
+      if (!this.graph.job(device)) throw new QmpError('DeviceNotActive', `Block job '${device}' not found`);
+      await this.graph.cancelJob(device);
+      return {};
+    });
+    d.register('query-block-jobs', noArgs(() => this.graph.queryJobs()));
+    d.register('query-named-block-nodes', (a) => {
+      a.optBool('flat');
+      a.finish();
+      return this.graph.queryNamedNodes();
+    });
+    d.register('x-debug-query-block-graph', noArgs(() => this.graph.queryGraph()));
+    d.register('query-version', noArgs(() => ({ qemu: { major: 7, minor: 2, micro: 0 }, package: 'fleece-reference' })));
+    d.register('query-commands', noArgs(() => ['qmp_capabilities', ...d.list()].map((name) => ({ name }))));
+    d.register('quit', noArgs(() => ({})));
+  }
+
+  /** Option-parsing failures inside QMP commands are GenericErrors with the same text. */
+  private usage<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof UsageError) throw new QmpError('GenericError', e.message);
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const m of this.monitors.splice(0)) await m.close();
+    if (this.nbd) await this.stopNbdServer().catch(() => {});
+    await this.graph.close();
+  }
+
+  /** Writes the pid file (qemu-storage-daemon --pidfile). */
+  static writePidfile(path: string): void {
+    fs.writeFileSync(path, `${process.pid}\n`);
+  }
+}
