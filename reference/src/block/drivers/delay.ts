@@ -37,6 +37,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 export class DelayNode extends FilterNode {
   private readonly delays: Record<DelayOp, number>;
   private gates: Gate[] = [];
+  /** Called before every request passes; a test scheduler (fast-check's fc.scheduler) uses it to
+   * choose the order in which requests reach the child. */
+  hook: ((op: DelayOp, offset: number, bytes: number) => Promise<void>) | undefined;
 
   constructor(ctx: DriverContext) {
     super(ctx.nodeName, 'delay', ctx.common);
@@ -64,6 +67,7 @@ export class DelayNode extends FilterNode {
   }
 
   private async pass(op: DelayOp, offset: number, bytes: number): Promise<void> {
+    if (this.hook) await this.hook(op, offset, bytes);
     const i = this.gates.findIndex((g) => g.op === op && g.match(offset, bytes));
     if (i >= 0) {
       const [g] = this.gates.splice(i, 1);
