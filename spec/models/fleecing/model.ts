@@ -1,0 +1,551 @@
+// The fleecing data plane at the granularity where the race lives (qemu-fleecing.md §3, §2.3):
+//   guest write W: submit (block-copy claims the dirty clusters of its range and reads their old
+//     data from the source) -> [S3: mark the temp write serialising] -> copyWrite (old data to
+//     the target; cbw: set done) -> write (cbw: after reqlist_wait_all on frozen reads) -> done
+//   snapshot read R, legacy (S1-S3): start -> per cluster: lookup (qcow2: allocated in temp?) ->
+//     read (temp or backing = source)
+//   snapshot read R, cbw (S4): start -> per chunk: lock (cbw_snapshot_read_lock: access check,
+//     done prefix, frozen req) -> read (target or source) + unlock
+//   snapshot discard D (S4, optional): cbw_co_pdiscard_snapshot on one cluster.
+// One interpreter serves every Scheme; the scheme's flags decide guards and order.
+//
+// Hot path: enabled/step/key run millions of times, so they are plain switches (exhaustive via
+// `never`) over small immutable records, not ts-pattern chains (verification.md §3).
+
+import type { ActionLabel, Behaviour, Invariant, TraceStep } from '../../explorer/behaviour.ts';
+import { SpecError } from '../../explorer/errors.ts';
+import type { Scheme } from './scheme.ts';
+import {
+  DISCARDED,
+  GARBAGE,
+  IDLE_READER,
+  IDLE_WRITER,
+  SNAPSHOT,
+  UNALLOCATED,
+  clustersOf,
+  describeRange,
+  describeValue,
+  rangeMask,
+  type FleecingState,
+  type Reader,
+  type Writer,
+} from './state.ts';
+
+export interface FleecingParams {
+  readonly clusters: number;
+  readonly writers: number;
+  readonly readers: number;
+  /** Guest write length in clusters (> 1: requests straddle cluster boundaries). */
+  readonly writeSize: number;
+  /** Snapshot read length in clusters. */
+  readonly readSize: number;
+  /** cbw `bitmap`: copy and allow access to the first ceil(clusters/2) clusters only. */
+  readonly bitmap: boolean;
+  /** A snapshot discard of one cluster by the snapshot client. */
+  readonly discard: boolean;
+  readonly onCbwError: 'break-guest-write' | 'break-snapshot';
+  /** How many CBW copies the environment may fail (target write error or cbw-timeout). */
+  readonly cbwFailures: number;
+}
+
+export const DEFAULT_FLEECING_PARAMS: FleecingParams = {
+  clusters: 4,
+  writers: 2,
+  readers: 2,
+  writeSize: 1,
+  readSize: 1,
+  bitmap: false,
+  discard: false,
+  onCbwError: 'break-guest-write',
+  cbwFailures: 1,
+};
+
+export type FleecingAction =
+  | { readonly kind: 'submit'; readonly w: number; readonly off: number }
+  | { readonly kind: 'serialise'; readonly w: number }
+  | { readonly kind: 'copyWrite'; readonly w: number }
+  | { readonly kind: 'copyFail'; readonly w: number }
+  | { readonly kind: 'write'; readonly w: number }
+  | { readonly kind: 'start'; readonly r: number; readonly off: number }
+  | { readonly kind: 'lookup'; readonly r: number; readonly c: number }
+  | { readonly kind: 'lock'; readonly r: number; readonly c: number }
+  | { readonly kind: 'read'; readonly r: number; readonly c: number; readonly n: number; readonly fromTarget: boolean }
+  | { readonly kind: 'discard'; readonly off: number };
+
+export type FleecingBehaviour = Behaviour<FleecingState, FleecingAction> & {
+  readonly scheme: Scheme;
+  readonly config: FleecingParams;
+};
+
+/** Builds the model of `scheme` with `params` (missing ones from the defaults). */
+export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = {}): FleecingBehaviour {
+  const p: FleecingParams = { ...DEFAULT_FLEECING_PARAMS, ...scheme.defaults, ...params };
+  validate(p, scheme);
+  const cbw = scheme.kind === 'cbw';
+  const N = p.clusters;
+  const all = rangeMask(0, N);
+  const bitmapMask = cbw && p.bitmap ? rangeMask(0, Math.ceil(N / 2)) : all;
+  const failures = cbw ? p.cbwFailures : 0;
+  const ws = p.writeSize;
+  const rs = p.readSize;
+
+  const initial: FleecingState = {
+    source: new Array<number>(N).fill(SNAPSHOT),
+    target: new Array<number>(N).fill(cbw ? GARBAGE : UNALLOCATED),
+    copy: bitmapMask,
+    done: 0,
+    access: cbw ? bitmapMask : all,
+    snapshotError: false,
+    failuresLeft: failures,
+    writers: new Array<Writer>(p.writers).fill(IDLE_WRITER),
+    readers: new Array<Reader>(p.readers).fill(IDLE_READER),
+    discarder: cbw && p.discard ? { pc: 'idle', off: -1 } : undefined,
+  };
+
+  /** Clusters a writer's in-flight copy holds against other CBW (block-copy task, S2 cow req). */
+  const inflight = (w: Writer): number =>
+    w.pc === 'serialise' || w.pc === 'copyWrite' || w.pc === 'copyLate' ? (cbw ? w.claim : rangeMask(w.off, ws)) : 0;
+
+  function enabled(s: FleecingState): FleecingAction[] {
+    const out: FleecingAction[] = [];
+    const { writers, readers } = s;
+    let readerHold = 0;
+    for (const r of readers) readerHold |= r.hold;
+    let writerInflight = 0;
+    for (const w of writers) writerInflight |= inflight(w);
+
+    for (let i = 0; i < writers.length; i++) {
+      const w = writers[i]!;
+      switch (w.pc) {
+        case 'idle': {
+          for (let off = 0; off + ws <= N; off++) {
+            const m = rangeMask(off, ws);
+            if (cbw && s.snapshotError) {
+              out.push({ kind: 'submit', w: i, off }); // cbw_do_copy_before_write: CBW skipped
+              continue;
+            }
+            // block-copy / backup CoW: wait for overlapping in-flight copies (block_copy_wait_one);
+            // S2 also for reads holding a cow request (backup_wait_for_overlapping_requests).
+            const blockers = writerInflight | (scheme.readers === 'cow-freeze' ? readerHold : 0);
+            if ((blockers & m) === 0) out.push({ kind: 'submit', w: i, off });
+          }
+          break;
+        }
+        case 'serialise':
+          out.push({ kind: 'serialise', w: i });
+          break;
+        case 'copyWrite':
+          // S3 rule (a): the serialising temp write waits for every overlapping temp request.
+          if (!scheme.serialisedCopy || (readerHold & w.claim) === 0) out.push({ kind: 'copyWrite', w: i });
+          if (s.failuresLeft > 0) out.push({ kind: 'copyFail', w: i });
+          break;
+        case 'copyLate':
+          out.push({ kind: 'copyWrite', w: i });
+          break;
+        case 'write':
+        case 'writeEarly':
+          // cbw: reqlist_wait_all(frozen_read_reqs, range) before forwarding the write.
+          if (!cbw || w.noWait || (readerHold & rangeMask(w.off, ws)) === 0) out.push({ kind: 'write', w: i });
+          break;
+        case 'done':
+        case 'failed':
+          break;
+        default:
+          return unreachable(w.pc);
+      }
+    }
+
+    for (let i = 0; i < readers.length; i++) {
+      const r = readers[i]!;
+      switch (r.pc) {
+        case 'idle': {
+          for (let off = 0; off + rs <= N; off++) {
+            const m = rangeMask(off, rs);
+            let blocked = false;
+            if (scheme.readers === 'cow-freeze' || scheme.readers === 'cow-wait-only') {
+              blocked = (writerInflight & m) !== 0;
+            } else if (scheme.readers === 'temp-tracked') {
+              // S3 rule (b): a normal request waits for overlapping serialising requests.
+              for (const w of writers) if (w.pc === 'copyWrite' && (w.claim & m) !== 0) blocked = true;
+            }
+            if (!blocked) out.push({ kind: 'start', r: i, off });
+          }
+          break;
+        }
+        case 'lookup':
+          out.push({ kind: 'lookup', r: i, c: r.pos });
+          break;
+        case 'lock':
+          out.push({ kind: 'lock', r: i, c: r.pos });
+          break;
+        case 'read':
+          out.push({ kind: 'read', r: i, c: r.pos, n: r.n, fromTarget: r.fromTarget });
+          break;
+        case 'done':
+        case 'failed':
+          break;
+        default:
+          return unreachable(r.pc);
+      }
+    }
+
+    if (s.discarder?.pc === 'idle') for (let off = 0; off < N; off++) out.push({ kind: 'discard', off });
+    return out;
+  }
+
+  function step(s: FleecingState, a: FleecingAction): FleecingState {
+    switch (a.kind) {
+      case 'submit': {
+        const m = rangeMask(a.off, ws);
+        if (cbw && s.snapshotError) {
+          // snapshot already broken: no CBW. QEMU 7.1 returns before reqlist_wait_all too.
+          return setWriter(s, a.w, { ...IDLE_WRITER, pc: 'write', off: a.off, noWait: scheme.errorEarlyReturn });
+        }
+        const claim = m & s.copy;
+        const buf = clustersOf(claim).map((c) => s.source[c]!);
+        let done = s.done;
+        if (cbw && (claim === 0 || scheme.doneBeforeCopy)) done |= m; // block_copy returned success
+        const pc =
+          claim === 0 ? 'write' : scheme.serialisedCopy ? 'serialise' : scheme.writeBeforeCopy ? 'writeEarly' : 'copyWrite';
+        return { ...setWriter(s, a.w, { ...IDLE_WRITER, pc, off: a.off, claim, buf }), copy: s.copy & ~claim, done };
+      }
+      case 'serialise':
+        return setWriter(s, a.w, { ...s.writers[a.w]!, pc: 'copyWrite' });
+      case 'copyWrite': {
+        const w = s.writers[a.w]!;
+        const target = s.target.slice();
+        clustersOf(w.claim).forEach((c, i) => (target[c] = w.buf[i]!));
+        const done = cbw && !scheme.doneBeforeCopy ? s.done | rangeMask(w.off, ws) : s.done;
+        const next: Writer = w.pc === 'copyLate' ? finished(w, 'done') : { ...w, pc: 'write', claim: 0, buf: [] };
+        return { ...setWriter(s, a.w, next), target, done };
+      }
+      case 'copyFail': {
+        const w = s.writers[a.w]!;
+        // block-copy sets the claimed bits again on failure.
+        const base = { ...s, copy: s.copy | w.claim, failuresLeft: s.failuresLeft - 1 };
+        if (p.onCbwError === 'break-guest-write') {
+          const next: Writer = scheme.errorIgnored
+            ? { ...w, pc: 'write', claim: 0, buf: [], failed: true }
+            : finished(w, 'failed');
+          return setWriter(base, a.w, next);
+        }
+        const next: Writer = { ...w, pc: 'write', claim: 0, buf: [], noWait: scheme.errorSkipsWait };
+        return { ...setWriter(base, a.w, next), snapshotError: true };
+      }
+      case 'write': {
+        const w = s.writers[a.w]!;
+        const source = s.source.slice();
+        for (let c = w.off; c < w.off + ws; c++) source[c] = a.w + 1;
+        const next: Writer = w.pc === 'writeEarly' ? { ...w, pc: 'copyLate' } : finished(w, 'done');
+        return { ...setWriter(s, a.w, next), source };
+      }
+      case 'start': {
+        const hold = scheme.readers === 'cow-freeze' || scheme.readers === 'temp-tracked' ? rangeMask(a.off, rs) : 0;
+        return setReader(s, a.r, { ...IDLE_READER, pc: cbw ? 'lock' : 'lookup', off: a.off, pos: a.off, hold });
+      }
+      case 'lookup': {
+        const r = s.readers[a.r]!;
+        return setReader(s, a.r, { ...r, pc: 'read', n: 1, fromTarget: s.target[r.pos] !== UNALLOCATED });
+      }
+      case 'lock': {
+        const r = s.readers[a.r]!;
+        const end = r.off + rs;
+        const remaining = rangeMask(r.pos, end - r.pos);
+        if (s.snapshotError || (remaining & ~s.access) !== 0) {
+          return setReader(s, a.r, IDLE_READER_FAILED); // -EACCES
+        }
+        // bdrv_dirty_bitmap_status: longest prefix uniformly done or not done.
+        const isDone = (s.done >> r.pos) & 1;
+        let n = 1;
+        while (r.pos + n < end && ((s.done >> (r.pos + n)) & 1) === isDone) n++;
+        const hold = !isDone && scheme.readers === 'frozen-reqs' ? rangeMask(r.pos, n) : 0;
+        return setReader(s, a.r, { ...r, pc: 'read', n, fromTarget: isDone === 1, hold });
+      }
+      case 'read': {
+        const r = s.readers[a.r]!;
+        let bad = r.bad;
+        let badAt = r.badAt;
+        for (let c = r.pos; c < r.pos + r.n; c++) {
+          const v = r.fromTarget ? s.target[c]! : s.source[c]!;
+          const ok = v === SNAPSHOT || (v === DISCARDED && ((s.access >> c) & 1) === 0);
+          if (!ok && bad === SNAPSHOT) {
+            bad = v;
+            badAt = c;
+          }
+        }
+        const pos = r.pos + r.n;
+        const end = r.off + rs;
+        let next: Reader;
+        if (pos === end) {
+          next = bad === SNAPSHOT ? IDLE_READER_DONE : { ...IDLE_READER, pc: 'done', off: r.off, bad, badAt };
+        } else {
+          // legacy: the tracked/cow request lives until the whole read ends; cbw: unlock per chunk.
+          next = { ...r, pc: cbw ? 'lock' : 'lookup', pos, n: 0, fromTarget: false, hold: cbw ? 0 : r.hold, bad, badAt };
+        }
+        return setReader(s, a.r, next);
+      }
+      case 'discard': {
+        const m = 1 << a.off;
+        const target = s.target.slice();
+        target[a.off] = DISCARDED;
+        let readers = s.readers;
+        if (scheme.discardUntracked && readers.some((r) => r.hold & m)) {
+          readers = readers.map((r) => (r.hold & m ? { ...r, hold: r.hold & ~m } : r));
+        }
+        return {
+          ...s,
+          target,
+          readers,
+          access: s.access & ~m,
+          copy: s.copy & ~m, // block_copy_reset
+          discarder: { pc: 'done', off: a.off },
+        };
+      }
+      default:
+        return unreachable(a);
+    }
+  }
+
+  function label(a: FleecingAction): ActionLabel {
+    switch (a.kind) {
+      case 'submit':
+        return { actor: `W${a.w}`, action: 'submit', args: { cluster: a.off } };
+      case 'serialise':
+      case 'copyWrite':
+      case 'copyFail':
+      case 'write':
+        return { actor: `W${a.w}`, action: a.kind };
+      case 'start':
+        return { actor: `R${a.r}`, action: 'start', args: { cluster: a.off } };
+      case 'lookup':
+      case 'lock':
+        return { actor: `R${a.r}`, action: a.kind, args: { cluster: a.c } };
+      case 'read':
+        return {
+          actor: `R${a.r}`,
+          action: 'read',
+          args: { cluster: a.c, ...(a.n > 1 ? { count: a.n } : {}), from: a.fromTarget ? (cbw ? 'target' : 'temp') : cbw ? 'source' : 'backing' },
+        };
+      case 'discard':
+        return { actor: 'D', action: 'discard', args: { cluster: a.off } };
+      default:
+        return unreachable(a);
+    }
+  }
+
+  const invariants: Invariant<FleecingState>[] = [
+    {
+      name: 'snapshot-read-consistent',
+      check(s) {
+        for (let i = 0; i < s.readers.length; i++) {
+          const r = s.readers[i]!;
+          if (r.pc !== 'done' || r.bad === SNAPSHOT) continue;
+          const what =
+            r.bad > 0
+              ? `data written by W${r.bad - 1}, after the snapshot`
+              : r.bad === GARBAGE
+                ? 'target content that was never copied there'
+                : 'discarded target content of a cluster that is still accessible';
+          return `snapshot read R${i} of ${describeRange(r.off, rs)} returned for cluster ${r.badAt} ${what}`;
+        }
+        return undefined;
+      },
+    },
+  ];
+  if (cbw && p.onCbwError === 'break-guest-write') {
+    invariants.push({
+      name: 'failed-cbw-fails-guest-write',
+      check(s) {
+        const i = s.writers.findIndex((w) => w.pc === 'done' && w.failed);
+        return i < 0
+          ? undefined
+          : `guest write W${i} reached the source although its copy-before-write failed (on-cbw-error=break-guest-write)`;
+      },
+    });
+  }
+  invariants.push({
+    // qemu-fleecing.md §2.3 invariant (i): the source is overwritten only after the old data is
+    // on the target (unless the cluster is outside the snapshot or the snapshot is broken).
+    name: 'copied-before-overwritten',
+    check(s) {
+      if (s.snapshotError) return undefined;
+      for (let c = 0; c < N; c++) {
+        const v = s.source[c]!;
+        if (v !== SNAPSHOT && (s.access >> c) & 1 && s.target[c] !== SNAPSHOT) {
+          return `W${v - 1} overwrote cluster ${c} on the source while its snapshot data was not on the target (target: ${describeValue(s.target[c]!)})`;
+        }
+      }
+      return undefined;
+    },
+  });
+
+  const actionNames = [
+    'submit',
+    ...(scheme.serialisedCopy ? ['serialise'] : []),
+    'copyWrite',
+    ...(failures > 0 ? ['copyFail'] : []),
+    'write',
+    'start',
+    ...(cbw ? ['lock'] : ['lookup']),
+    'read',
+    ...(initial.discarder ? ['discard'] : []),
+  ];
+
+  const shown: Record<string, string | number | boolean> = {
+    clusters: p.clusters,
+    writers: p.writers,
+    readers: p.readers,
+    writeSize: p.writeSize,
+    readSize: p.readSize,
+  };
+  if (cbw) Object.assign(shown, { bitmap: p.bitmap, discard: p.discard, onCbwError: p.onCbwError, cbwFailures: p.cbwFailures });
+
+  return {
+    name: scheme.name,
+    params: shown,
+    scheme,
+    config: p,
+    initial: () => [initial],
+    enabled,
+    step,
+    label,
+    actionName: (a) => a.kind,
+    key: (s, symmetric) => keyOf(s, symmetric),
+    invariants,
+    pending: (s) =>
+      s.writers.some((w) => w.pc !== 'done' && w.pc !== 'failed') ||
+      s.readers.some((r) => r.pc !== 'done' && r.pc !== 'failed') ||
+      s.discarder?.pc === 'idle',
+    actionNames,
+    view: (s) => viewOf(s, cbw),
+    annotate(message: string, trace: readonly TraceStep<FleecingState>[]) {
+      // "written by W1" -> "written by W1 at step 5": the step where W1's write reached the source.
+      return message.replace(/written by W(\d+)(?= ?,)/, (all, w: string) => {
+        const at = trace.findIndex((t) => t.label.actor === `W${w}` && t.label.action === 'write');
+        return at < 0 ? all : `${all} at step ${at + 1}`;
+      });
+    },
+  };
+}
+
+const DONE_WRITER: Writer = { ...IDLE_WRITER, pc: 'done' };
+const FAILED_WRITER: Writer = { ...IDLE_WRITER, pc: 'failed' };
+/** Known-bad errorIgnored only: the write went through although its CBW failed. */
+const FAILED_CBW_DONE: Writer = { ...IDLE_WRITER, pc: 'done', failed: true };
+const IDLE_READER_DONE: Reader = { ...IDLE_READER, pc: 'done' };
+const IDLE_READER_FAILED: Reader = { ...IDLE_READER, pc: 'failed' };
+
+/** A finished writer drops its dead fields, so equal outcomes share one state. */
+function finished(w: Writer, pc: 'done' | 'failed'): Writer {
+  return pc === 'done' && w.failed ? FAILED_CBW_DONE : pc === 'done' ? DONE_WRITER : FAILED_WRITER;
+}
+
+function setWriter(s: FleecingState, i: number, w: Writer): FleecingState {
+  const writers = s.writers.slice();
+  writers[i] = w;
+  return { ...s, writers };
+}
+
+function setReader(s: FleecingState, i: number, r: Reader): FleecingState {
+  const readers = s.readers.slice();
+  readers[i] = r;
+  return { ...s, readers };
+}
+
+function unreachable(x: never): never {
+  throw new SpecError(`internal: unhandled case ${JSON.stringify(x)}`);
+}
+
+function validate(p: FleecingParams, scheme: Scheme): void {
+  const int = (name: keyof FleecingParams, lo: number, hi: number) => {
+    const v = p[name];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
+      throw new SpecError(`parameter ${name} must be an integer in [${lo}, ${hi}], got ${JSON.stringify(v)}`, scheme.name);
+    }
+  };
+  int('clusters', 1, 16);
+  int('writers', 0, 8);
+  int('readers', 0, 8);
+  int('writeSize', 1, p.clusters);
+  int('readSize', 1, p.clusters);
+  int('cbwFailures', 0, 8);
+  if (p.onCbwError !== 'break-guest-write' && p.onCbwError !== 'break-snapshot') {
+    throw new SpecError(`parameter onCbwError must be break-guest-write or break-snapshot, got ${JSON.stringify(p.onCbwError)}`, scheme.name);
+  }
+}
+
+// Canonical keys. Writers are interchangeable, and so are readers (each picks its range
+// nondeterministically). Under symmetry, writers are sorted by their local state and every
+// value naming a writer (source/target data, buffers, a read's bad value) is renamed with the
+// same permutation; readers are sorted. Sorting by a partial key with ties left in index order
+// is not fully canonical, but sound: equal keys still mean permutation-equivalent states.
+
+function writerKey(w: Writer): string {
+  return `${w.pc}.${w.off}.${w.claim}.${w.failed ? 1 : 0}${w.noWait ? 1 : 0}`;
+}
+
+function keyOf(s: FleecingState, symmetric: boolean): string {
+  const W = s.writers.length;
+  let rename: ((v: number) => number) | undefined;
+  let order: number[] | undefined;
+  if (symmetric && W > 1) {
+    const wk = s.writers.map(writerKey);
+    order = wk.map((_, i) => i).sort((a, b) => (wk[a]! < wk[b]! ? -1 : wk[a]! > wk[b]! ? 1 : a - b));
+    const newIndex = new Array<number>(W);
+    order.forEach((old, pos) => (newIndex[old] = pos));
+    if (order.some((old, pos) => old !== pos)) rename = (v) => (v > 0 ? newIndex[v - 1]! + 1 : v);
+  }
+  const val = rename ?? ((v: number) => v);
+  let k = '';
+  for (const v of s.source) k += val(v) + ',';
+  k += '|';
+  for (const v of s.target) k += val(v) + ',';
+  k += `|${s.copy}.${s.done}.${s.access}.${s.snapshotError ? 1 : 0}.${s.failuresLeft}|`;
+  const ws: string[] = [];
+  for (let i = 0; i < W; i++) {
+    const w = s.writers[order ? order[i]! : i]!;
+    let e = writerKey(w);
+    for (const b of w.buf) e += ':' + val(b);
+    ws.push(e);
+  }
+  k += ws.join(';') + '|';
+  const rs = s.readers.map((r) => `${r.pc}.${r.off}.${r.pos}.${r.n}.${r.fromTarget ? 1 : 0}.${r.hold}.${val(r.bad)}.${r.badAt}`);
+  if (symmetric) rs.sort();
+  k += rs.join(';');
+  if (s.discarder) k += `|${s.discarder.pc}.${s.discarder.off}`;
+  return k;
+}
+
+function maskText(m: number, n: number): string {
+  return `{${clustersOf(m & rangeMask(0, n)).join(',')}}`;
+}
+
+function viewOf(s: FleecingState, cbw: boolean): Record<string, string | number | boolean> {
+  const N = s.source.length;
+  const v: Record<string, string | number | boolean> = {
+    source: `[${s.source.map(describeValue).join(',')}]`,
+    target: `[${s.target.map(describeValue).join(',')}]`,
+    copyBitmap: maskText(s.copy, N),
+  };
+  if (cbw) {
+    v['doneBitmap'] = maskText(s.done, N);
+    v['accessBitmap'] = maskText(s.access, N);
+    v['snapshotError'] = s.snapshotError;
+  }
+  s.writers.forEach((w, i) => {
+    v[`W${i}.pc`] = w.pc;
+    if (w.off >= 0) v[`W${i}.off`] = w.off;
+    if (w.claim) v[`W${i}.claim`] = maskText(w.claim, N);
+    if (w.buf.length) v[`W${i}.buf`] = `[${w.buf.map(describeValue).join(',')}]`;
+    if (w.failed) v[`W${i}.failed`] = true;
+  });
+  s.readers.forEach((r, i) => {
+    v[`R${i}.pc`] = r.pc;
+    if (r.off >= 0) v[`R${i}.pos`] = r.pos;
+    if (r.pc === 'read') v[`R${i}.from`] = r.fromTarget ? (cbw ? 'target' : 'temp') : cbw ? 'source' : 'backing';
+    if (r.hold) v[`R${i}.${cbw ? 'frozen' : 'holds'}`] = maskText(r.hold, N);
+    if (r.bad !== SNAPSHOT) v[`R${i}.returned`] = `${describeValue(r.bad)}@${r.badAt}`;
+  });
+  if (s.discarder) v['D.pc'] = s.discarder.pc;
+  return v;
+}
