@@ -1,0 +1,87 @@
+// `fleece serve` as a process: socket activation under nbdinfo, clear failures for bad
+// configurations, QMP export management.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { FLEECE, QmpClient, runServe, startDaemon } from './daemon-helpers.ts';
+import { run, runOk, tmpDir } from './nbd-helpers.ts';
+
+describe('fleece serve', () => {
+  it('systemd socket activation: nbdinfo -- [ fleece serve ... ] and nbdcopy from it', async () => {
+    const t = tmpDir('fleece-sa-');
+    try {
+      const img = path.join(t.dir, 'a.raw');
+      const content = Buffer.alloc(4 << 20);
+      content.fill(0x42, 1 << 20, 2 << 20);
+      fs.writeFileSync(img, content);
+      const serve = [process.execPath, FLEECE, 'serve', '--blockdev', `driver=file,node-name=f,filename=${img}`, '--export', 'type=nbd,id=e,node-name=f,name=disk'];
+      const j = JSON.parse(await runOk('nbdinfo', ['--json', '--', '[', ...serve, ']']));
+      expect(j.exports[0]).toMatchObject({ 'export-name': 'disk', 'export-size': 4 << 20, is_read_only: true });
+      const out = path.join(t.dir, 'out.raw');
+      await runOk('nbdcopy', ['--', '[', ...serve, ']', out]);
+      expect(fs.readFileSync(out).equals(content)).toBe(true);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it.each([
+    [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Unknown driver 'qcow2'.*use 'raw'/],
+    [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /node 'm' \(driver memory\): invalid parameter 'colour'/],
+    [['--blockdev', 'driver=memory,node-name=m,size=1M', '--export', 'type=nbd,id=e,node-name=m'], 1, /NBD server not running/],
+    [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 2, /--export: invalid parameter 'frob'/],
+    [['--bogus'], 2, /unknown option '--bogus'/],
+    [['--monitor', 'chardev=nope'], 2, /chardev 'nope' not found/],
+  ])('%j exits %i with a clear error', async (args, code, re) => {
+    const r = await runServe(args);
+    expect(r.code).toBe(code);
+    expect(r.stderr).toMatch(re);
+  });
+
+  it('QMP: exports over TCP and unix, errors for duplicates, read-only nodes and unknown bitmaps', async () => {
+    const t = tmpDir('fleece-qmp-exp-');
+    const qmp = path.join(t.dir, 'qmp.sock');
+    const d = await startDaemon('fleece', ['--blockdev', 'driver=memory,node-name=m,size=4M', '--chardev', `socket,id=q,path=${qmp},server=on,wait=off`, '--monitor', 'q'], qmp);
+    try {
+      const c = await QmpClient.connect(qmp);
+      expect(c.greeting).toMatchObject({ QMP: { version: { qemu: { major: 7 } } } });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'm' })).toMatchObject({ error: { class: 'GenericError', desc: 'NBD server not running' } });
+      await c.ok('nbd-server-start', { addr: { type: 'unix', data: { path: path.join(t.dir, 'nbd.sock') } } });
+      expect(await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: path.join(t.dir, 'x.sock') } } })).toMatchObject({ error: { desc: 'NBD server already running' } });
+      await c.ok('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'm', writable: true });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'm' })).toMatchObject({ error: { desc: "Block export id 'e' is already in use" } });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e2', 'node-name': 'm' })).toMatchObject({ error: { desc: "NBD server already has export named 'm'" } });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e3', 'node-name': 'nope' })).toMatchObject({ error: { class: 'GenericError' } });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e4', 'node-name': 'm', name: 'b', bitmaps: ['bm0'] })).toMatchObject({ error: { desc: "Bitmap 'bm0' is not found" } });
+      await c.ok('blockdev-add', { driver: 'memory', 'node-name': 'r', size: 1048576, 'read-only': true });
+      expect(await c.execute('block-export-add', { type: 'nbd', id: 'e5', 'node-name': 'r', writable: true })).toMatchObject({ error: { class: 'GenericError' } });
+      const uri = `nbd+unix:///m?socket=${path.join(t.dir, 'nbd.sock')}`;
+      await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 0 64k', uri]);
+      expect(await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x33 0 64k', uri])).not.toMatch(/fail/i);
+      expect(await c.ok('query-block-exports')).toEqual([{ type: 'nbd', id: 'e', 'node-name': 'm', 'shutting-down': false }]);
+      await c.ok('block-export-del', { id: 'e' });
+      expect(await c.execute('block-export-del', { id: 'e' })).toMatchObject({ error: { desc: "Export 'e' is not found" } });
+      expect((await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read 0 4k', uri])).code).not.toBe(0);
+      await c.ok('nbd-server-stop');
+      // TCP, on a port the kernel picks via a first bind (QEMU needs an explicit port).
+      const port = await new Promise<number>((resolve) => {
+        const s = net.createServer().listen(0, '127.0.0.1', () => {
+          const p = (s.address() as { port: number }).port;
+          s.close(() => resolve(p));
+        });
+      });
+      await c.ok('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: String(port) } } });
+      await c.ok('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'm', name: 'disk' });
+      expect(await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x33 0 64k', `nbd://127.0.0.1:${port}/disk`])).not.toMatch(/fail/i);
+      expect(c.events.map((e) => e.event)).toContain('BLOCK_EXPORT_DELETED');
+      await c.ok('quit');
+      expect(await d.exited).toBe(0);
+      c.close();
+    } finally {
+      await d.kill();
+      t.cleanup();
+    }
+  });
+});
+
