@@ -8,7 +8,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
-    reporters: ['default'],
+    reporters: ['default', './cli/vitest-summary.ts'],
     coverage: {
       provider: 'v8',
       include: ['reference/src/**', 'spec/**', 'conformance/**', 'cli/**'],
