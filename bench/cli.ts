@@ -7,7 +7,9 @@ interface BenchPart {
   load(): Promise<{ run(argv: string[]): Promise<number> }>;
 }
 
-const PARTS: BenchPart[] = [];
+const PARTS: BenchPart[] = [
+  { name: 'server', load: () => import('./server.ts') },
+];
 
 const command: Subcommand = {
   summary: 'run benchmarks (results under reports/bench)',

@@ -1,0 +1,167 @@
+// `fleece bench --only server` (issue 3 outcome 4): the reference NBD server against qemu-nbd and
+// nbdkit on the same raw image in the same run. Sequential read through nbdcopy, 4 KiB random
+// read and write at queue depth 16 through fio's nbd engine. Results are ratios to the peers,
+// written to reports/bench/server.json and shown as a table. Targets (issue 3): sequential read
+// ≥ 1.0× qemu-nbd, random read ≥ 0.8× qemu-nbd. Missing targets are reported, not fatal: timing
+// on a shared machine is evidence, not a verdict.
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+interface Target {
+  readonly name: string;
+  start(img: string, sock: string): ChildProcess;
+}
+
+const TARGETS: Target[] = [
+  {
+    name: 'reference',
+    start: (img, sock) =>
+      spawn(process.execPath, [
+        path.join(REPO, 'bin/fleece.mjs'), 'serve',
+        '--blockdev', `driver=file,node-name=disk,filename=${img}`,
+        '--nbd-server', `addr.type=unix,addr.path=${sock}`,
+        '--export', 'type=nbd,id=e,node-name=disk,name=disk,writable=on',
+      ], { stdio: ['ignore', 'ignore', 'inherit'] }),
+  },
+  {
+    name: 'qemu-nbd',
+    // --shared so nbdcopy's several connections are accepted and multi-conn is advertised.
+    start: (img, sock) => spawn('qemu-nbd', ['-f', 'raw', '-k', sock, '-x', 'disk', '--persistent', '--shared=16', img], { stdio: ['ignore', 'ignore', 'inherit'] }),
+  },
+  {
+    name: 'nbdkit',
+    start: (img, sock) => spawn('nbdkit', ['-f', '-U', sock, 'file', img], { stdio: ['ignore', 'ignore', 'inherit'] }),
+  },
+];
+
+interface Result {
+  seqReadMiBps: number;
+  randReadIops: number;
+  randWriteIops: number;
+}
+
+function need(cmd: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) throw new Error(`peer command '${cmd}' is missing: run 'npm run peers'`);
+}
+
+function exec(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { maxBuffer: 64 << 20, timeout: 120_000 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve(String(stdout)),
+    ),
+  );
+}
+
+async function waitForSocket(p: string, proc: ChildProcess): Promise<void> {
+  const t0 = Date.now();
+  while (!fs.existsSync(p)) {
+    if (proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}) before listening on ${p}`);
+    if (Date.now() - t0 > 20_000) throw new Error(`no socket ${p} after 20 s`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function stop(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const done = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+  await done;
+  clearTimeout(t);
+}
+
+async function fio(uri: string, rw: 'randread' | 'randwrite', seconds: number): Promise<number> {
+  const out = await exec('fio', [
+    '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', '--iodepth=16',
+    `--runtime=${seconds}`, '--ramp_time=0.5', '--time_based', '--output-format=json',
+  ]);
+  const j = JSON.parse(out.slice(out.indexOf('{')));
+  const job = j.jobs[0];
+  return rw === 'randread' ? job.read.iops : job.write.iops;
+}
+
+async function seqRead(uri: string, bytes: number, repeats: number): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = process.hrtime.bigint();
+    await exec('nbdcopy', [uri, 'null:']);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  times.sort((a, b) => a - b);
+  return bytes / (1 << 20) / times[Math.floor(times.length / 2)]!;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  for (const c of ['nbdcopy', 'fio', 'qemu-nbd', 'nbdkit']) need(c);
+  const quick = argv.includes('--quick');
+  const sizeMiB = quick ? 64 : 256;
+  const seconds = quick ? 1 : 3;
+  const repeats = quick ? 3 : 5;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-bench-server-'));
+  const img = path.join(dir, 'disk.raw');
+  const results: Record<string, Result> = {};
+  try {
+    // Fully allocated random data: no server can skip holes, every byte is read.
+    const fd = fs.openSync(img, 'w');
+    const chunk = Buffer.alloc(1 << 20);
+    for (let i = 0; i < sizeMiB; i++) {
+      crypto.randomFillSync(chunk);
+      fs.writeSync(fd, chunk);
+    }
+    fs.closeSync(fd);
+    for (const t of TARGETS) {
+      const sock = path.join(dir, `${t.name}.sock`);
+      const proc = t.start(img, sock);
+      try {
+        await waitForSocket(sock, proc);
+        const uri = `nbd+unix:///disk?socket=${sock}`;
+        const seq = await seqRead(uri, sizeMiB << 20, repeats);
+        const rr = await fio(uri, 'randread', seconds);
+        const rw = await fio(uri, 'randwrite', seconds);
+        results[t.name] = { seqReadMiBps: seq, randReadIops: rr, randWriteIops: rw };
+        process.stderr.write(`bench server: ${t.name} done\n`);
+      } finally {
+        await stop(proc);
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const ref = results.reference!;
+  const ratio = (peer: string, k: keyof Result) => ref[k] / results[peer]![k];
+  const ratios = Object.fromEntries(
+    ['qemu-nbd', 'nbdkit'].map((p) => [p, { seqRead: ratio(p, 'seqReadMiBps'), randRead: ratio(p, 'randReadIops'), randWrite: ratio(p, 'randWriteIops') }]),
+  );
+  const targets = {
+    'seq-read >= 1.0x qemu-nbd': ratio('qemu-nbd', 'seqReadMiBps') >= 1.0,
+    'rand-read 4k >= 0.8x qemu-nbd': ratio('qemu-nbd', 'randReadIops') >= 0.8,
+  };
+  const report = {
+    part: 'server',
+    date: new Date().toISOString(),
+    host: { cpus: os.cpus().length, node: process.version },
+    setup: { imageMiB: sizeMiB, fioSeconds: seconds, seqReadRepeats: repeats, blockSize: 4096, iodepth: 16, transport: 'unix' },
+    results,
+    ratios,
+    targets,
+  };
+  const outDir = path.join(REPO, 'reports/bench');
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'server.json'), JSON.stringify(report, null, 2) + '\n');
+  const f = (n: number, d = 0) => n.toFixed(d).padStart(10);
+  const lines = [
+    `${'server'.padEnd(10)} ${'seq MiB/s'.padStart(10)} ${'rread IOPS'.padStart(10)} ${'rwrite IOPS'.padStart(11)}`,
+    ...Object.entries(results).map(([n, r]) => `${n.padEnd(10)} ${f(r.seqReadMiBps)} ${f(r.randReadIops)} ${f(r.randWriteIops).padStart(11)}`),
+    ...Object.entries(ratios).map(([p, r]) => `${`ref/${p}`.padEnd(10)} ${f(r.seqRead, 2)} ${f(r.randRead, 2)} ${f(r.randWrite, 2).padStart(11)}`),
+    ...Object.entries(targets).map(([k, ok]) => `target ${k}: ${ok ? 'met' : 'NOT met'}`),
+    `written to reports/bench/server.json`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+  return 0;
+}
