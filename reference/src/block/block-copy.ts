@@ -3,6 +3,7 @@
 // tasks sit in a range list; a caller that needs a range owned by another task waits for it, so
 // block_copy returns only when every cluster of its range is on the target (qemu-fleecing.md §2.2).
 import { ClusterBitmap } from './bitmap.ts';
+import type { Breakpoints } from './breakpoints.ts';
 import { BlockError } from './errors.ts';
 import type { BdrvChild } from './node.ts';
 import { RangeList } from './reqlist.ts';
@@ -17,6 +18,9 @@ export interface BlockCopyOptions {
   readonly serialisingTargetWrites: boolean;
   /** Clusters to copy; all clusters when absent. */
   readonly initialBitmap?: ClusterBitmap;
+  readonly breakpoints?: Breakpoints;
+  /** The owning filter's node name, for breakpoint filters. */
+  readonly nodeName?: string;
 }
 
 export class BlockCopyState {
@@ -26,6 +30,8 @@ export class BlockCopyState {
   readonly serialisingTargetWrites: boolean;
   /** Bytes copied so far (the backup job's `offset`). */
   bytesCopied = 0;
+  private readonly bp: Breakpoints | undefined;
+  private readonly nodeName: string;
 
   constructor(
     readonly source: BdrvChild,
@@ -35,6 +41,8 @@ export class BlockCopyState {
     this.clusterSize = opts.clusterSize;
     this.serialisingTargetWrites = opts.serialisingTargetWrites;
     this.copyBitmap = opts.initialBitmap ?? new ClusterBitmap(source.node.length(), this.clusterSize, true);
+    this.bp = opts.breakpoints;
+    this.nodeName = opts.nodeName ?? '';
   }
 
   /** block_copy: on return every cluster of [offset, offset+bytes) that needed copying is on the
@@ -61,7 +69,10 @@ export class BlockCopyState {
     this.copyBitmap.setClusters(firstCluster, lastCluster, false);
     const task = this.tasks.add(off, end - off, 'copy');
     try {
+      const bp = this.bp;
+      if (bp?.armed) await bp.reach('cbw-source-read', this.nodeName, off, end - off);
       const data = await this.source.read(off, end - off);
+      if (bp?.armed) await bp.reach('cbw-target-write', this.nodeName, off, end - off);
       await this.target.write(off, data, { serialising: this.serialisingTargetWrites });
       this.bytesCopied += end - off;
     } catch (e) {

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { BackendImpl, type RootParent } from './backend.ts';
 import { BackupJob, type BackupOptions } from './backup.ts';
+import { Breakpoints } from './breakpoints.ts';
 import { BlockError } from './errors.ts';
 import { DRIVER_HINTS, DRIVERS } from './drivers/index.ts';
 import type { DriverContext, DriverFactory } from './drivers/registry.ts';
@@ -49,6 +50,8 @@ export class BlockGraph {
   /** QMP events as ('qmp-event', name, data). */
   readonly events = new EventEmitter();
   private readonly drivers: Readonly<Record<string, DriverFactory>>;
+  /** Breakpoints at named internal events, shared by every node of this graph. */
+  readonly breakpoints = new Breakpoints();
 
   /** `drivers` replaces the driver table: tests use it to run known-bad driver variants. */
   constructor(opts: { drivers?: Readonly<Record<string, DriverFactory>> } = {}) {
@@ -224,7 +227,7 @@ export class BlockGraph {
     const ctx: DriverContext = {
       nodeName: name,
       opts,
-      common: { readOnly, discardUnmap: discard === 'unmap' || discard === 'on' },
+      common: { readOnly, discardUnmap: discard === 'unmap' || discard === 'on', breakpoints: this.breakpoints },
       graph: this,
       addChild: (parent, key, role, required, childName) => {
         const ref = opts.raw(key);
@@ -422,6 +425,7 @@ export class BlockGraph {
   }
 
   async close(): Promise<void> {
+    this.breakpoints.clear();
     for (const id of [...this.jobs.keys()]) await this.cancelJob(id);
     for (const n of this.nodes.values()) await n.close();
   }

@@ -14,6 +14,7 @@ export { BlkdebugNode } from './drivers/blkdebug.ts';
 export { MemoryNode } from './drivers/memory.ts';
 export { FileNode } from './drivers/file.ts';
 export { DRIVERS } from './drivers/index.ts';
+export { Breakpoints, BREAKPOINT_EVENTS, type BreakpointEvent, type BreakpointHit, type BreakpointFilter } from './breakpoints.ts';
 
 import { PERM, PERM_ALL } from './perm.ts';
 /** blk_exp_add + NBD: consistent-read (+write when writable), shared all but resize (§1.6). */

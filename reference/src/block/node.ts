@@ -3,6 +3,7 @@
 // (co* methods) plus its child-permission rule. The public methods here are the generic layer of
 // block/io.c: bounds checks, tracked requests and the serialising wait rules, dirty bitmaps.
 import { ClusterBitmap } from './bitmap.ts';
+import type { Breakpoints } from './breakpoints.ts';
 import { BlockError } from './errors.ts';
 import { filterDefaultPerms, PERM, PERM_ALL, permNames, type ChildRole, type PermPair } from './perm.ts';
 import { TrackedRequests, type TrackedRequestType } from './tracked-requests.ts';
@@ -68,6 +69,8 @@ export class BdrvChild {
 
 export interface NodeCommonOptions {
   readonly readOnly: boolean;
+  /** The graph's breakpoint registry (x-breakpoint-* in QMP). */
+  readonly breakpoints: Breakpoints;
   /** discard=unmap: pass discards down; with discard=ignore they succeed and do nothing (B8). */
   readonly discardUnmap: boolean;
 }
@@ -82,6 +85,7 @@ export abstract class BlockNode implements Parent {
   readonly dirtyBitmaps = new Map<string, ClusterBitmap>();
   readonly readOnly: boolean;
   readonly discardUnmap: boolean;
+  readonly breakpoints: Breakpoints;
 
   constructor(
     readonly nodeName: string,
@@ -90,6 +94,7 @@ export abstract class BlockNode implements Parent {
   ) {
     this.readOnly = common.readOnly;
     this.discardUnmap = common.discardUnmap;
+    this.breakpoints = common.breakpoints;
   }
 
   describe(): string {

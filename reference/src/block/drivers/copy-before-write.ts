@@ -63,6 +63,8 @@ export class CopyBeforeWriteNode extends BlockNode {
       clusterSize,
       // block_copy_state_new: is_fleecing = bdrv_chain_contains(target, source).
       serialisingTargetWrites: !unserialized && chainContains(this.target.node, this.file.node),
+      breakpoints: this.breakpoints,
+      nodeName: ctx.nodeName,
       ...(initial ? { initialBitmap: initial } : {}),
     });
     this.accessBitmap = this.bcs.copyBitmap.clone();
@@ -134,6 +136,11 @@ export class CopyBeforeWriteNode extends BlockNode {
     }
     // Under cbw's lock in QEMU; synchronous here, which makes it atomic against snapshot reads.
     if (!failed) this.doneBitmap.setRange(start, end - start, true);
+    const bp = this.breakpoints;
+    if (bp.armed) {
+      if (!failed) await bp.reach('cbw-done-set', this.nodeName, start, end - start);
+      await bp.reach('cbw-wait-readers', this.nodeName, start, end - start);
+    }
     await this.frozenReadReqs.waitAll(start, end - start);
   }
 
@@ -160,16 +167,19 @@ export class CopyBeforeWriteNode extends BlockNode {
 
   protected async coWrite(offset: number, data: Buffer, flags: RequestFlags): Promise<void> {
     await this.copyBeforeWrite(offset, data.length, flags);
+    if (this.breakpoints.armed) await this.breakpoints.reach('cbw-source-write', this.nodeName, offset, data.length);
     await this.file.write(offset, data, flags);
   }
 
   protected override async coWriteZeroes(offset: number, bytes: number, flags: RequestFlags): Promise<void> {
     await this.copyBeforeWrite(offset, bytes, flags);
+    if (this.breakpoints.armed) await this.breakpoints.reach('cbw-source-write', this.nodeName, offset, bytes);
     await this.file.writeZeroes(offset, bytes, flags);
   }
 
   protected override async coDiscard(offset: number, bytes: number): Promise<void> {
     await this.copyBeforeWrite(offset, bytes, {});
+    if (this.breakpoints.armed) await this.breakpoints.reach('cbw-source-write', this.nodeName, offset, bytes);
     await this.file.discard(offset, bytes);
   }
 
@@ -205,8 +215,11 @@ export class CopyBeforeWriteNode extends BlockNode {
     for (let pos = offset; pos < offset + bytes; ) {
       const lock = this.snapshotReadLock(pos, offset + bytes - pos, 'snapshot-read');
       try {
+        const bp = this.breakpoints;
+        if (bp.armed) await bp.reach('snapshot-read-lock', this.nodeName, pos, lock.bytes);
         const child = lock.fromTarget ? this.target : this.file;
         parts.push(await child.read(pos, lock.bytes));
+        if (bp.armed) await bp.reach('snapshot-read-unlock', this.nodeName, pos, lock.bytes);
       } finally {
         lock.unlock();
       }

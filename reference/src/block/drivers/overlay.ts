@@ -56,10 +56,14 @@ export class OverlayNode extends BlockNode {
     const parts: Buffer[] = [];
     for (let pos = offset; pos < offset + bytes; ) {
       const st = await this.lookup(pos, offset + bytes - pos);
+      const bp = this.breakpoints;
+      if (bp.armed) await bp.reach('overlay-lookup-done', this.nodeName, pos, st.bytes);
       const backing = this.backing();
       if (st.allocated) parts.push(await this.file.read(pos, st.bytes, flags));
-      else if (backing) parts.push(await backing.read(pos, st.bytes, flags));
-      else parts.push(Buffer.alloc(st.bytes));
+      else if (backing) {
+        if (bp.armed) await bp.reach('overlay-backing-read', this.nodeName, pos, st.bytes);
+        parts.push(await backing.read(pos, st.bytes, flags));
+      } else parts.push(Buffer.alloc(st.bytes));
       pos += st.bytes;
     }
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
