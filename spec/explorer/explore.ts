@@ -53,7 +53,10 @@ export interface ExploreResult<S, A> {
   /** States without enabled actions and without pending work (normal termination). */
   readonly terminal: number;
   readonly seconds: number;
-  /** Distinct states per second. */
+  /** CPU time (user + system) of this process during the search: on a shared machine this,
+   * not wall time, is the honest basis for a rate. */
+  readonly cpuSeconds: number;
+  /** Distinct states per second of wall time. */
   readonly statesPerSecond: number;
   readonly peakRssBytes: number;
   readonly coverage: readonly ActionCoverage[];
@@ -68,6 +71,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   const deadline = options.timeLimitMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + options.timeLimitMs;
   const checkDeadlock = options.checkDeadlock ?? true;
   const started = process.hrtime.bigint();
+  const cpuStart = process.cpuUsage();
   const meter = options.progress ? new ProgressMeter(options.progress === true ? {} : options.progress) : undefined;
 
   // Coverage counters, indexed by action name.
@@ -193,6 +197,8 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
 
   peakRss = Math.max(peakRss, process.memoryUsage.rss());
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const cpu = process.cpuUsage(cpuStart);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   meter?.finish({ depth, distinct: keys.length, generated, queue: 0 });
 
   let counterexample: Counterexample<S, A> | undefined;
@@ -221,6 +227,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
     depth,
     terminal,
     seconds,
+    cpuSeconds,
     statesPerSecond: seconds > 0 ? keys.length / seconds : keys.length,
     peakRssBytes: peakRss,
     coverage,

@@ -22,7 +22,7 @@ export function formatSummary(r: ExploreResult<unknown, unknown>): string {
     `model ${r.model}${params ? ` (${params})` : ''}${r.symmetry ? ', symmetry reduction on' : ''}`,
     `${verdict}; ${exhaustive}`,
     `distinct ${r.distinct}, generated ${r.generated}, depth ${r.depth}, terminal ${r.terminal}, ` +
-      `${r.seconds.toFixed(2)} s, ${Math.round(r.statesPerSecond)} states/s, peak rss ${Math.round(r.peakRssBytes / 2 ** 20)} MB`,
+      `${r.seconds.toFixed(2)} s (cpu ${r.cpuSeconds.toFixed(2)} s), ${Math.round(r.statesPerSecond)} states/s, peak rss ${Math.round(r.peakRssBytes / 2 ** 20)} MB`,
   ].join('\n');
 }
 
@@ -59,6 +59,7 @@ export interface ExploreJson {
   readonly depth: number;
   readonly terminal: number;
   readonly seconds: number;
+  readonly cpuSeconds: number;
   readonly statesPerSecond: number;
   readonly peakRssBytes: number;
   readonly coverage: readonly { action: string; enabled: number; taken: number }[];
@@ -81,6 +82,7 @@ export function toJson<S, A>(model: Behaviour<S, A>, r: ExploreResult<S, A>): Ex
     depth: r.depth,
     terminal: r.terminal,
     seconds: r.seconds,
+    cpuSeconds: r.cpuSeconds,
     statesPerSecond: r.statesPerSecond,
     peakRssBytes: r.peakRssBytes,
     coverage: r.coverage,

@@ -480,40 +480,76 @@ function validate(p: FleecingParams, scheme: Scheme): void {
 // same permutation; readers are sorted. Sorting by a partial key with ties left in index order
 // is not fully canonical, but sound: equal keys still mean permutation-equivalent states.
 
-function writerKey(w: Writer): string {
-  return `${w.pc}.${w.off}.${w.claim}.${w.failed ? 1 : 0}${w.noWait ? 1 : 0}`;
+const WRITER_PC: Readonly<Record<Writer['pc'], number>> = {
+  idle: 1, serialise: 2, copyWrite: 3, write: 4, writeEarly: 5, copyLate: 6, done: 7, failed: 8,
+};
+const READER_PC: Readonly<Record<Reader['pc'], number>> = { idle: 1, lookup: 2, lock: 3, read: 4, done: 5, failed: 6 };
+
+// Keys are strings of UTF-16 code units, one per small field (values are offset by 8 so every
+// code is positive; masks fit in 16 bits since clusters <= 16). No closures on this path.
+const code = String.fromCharCode;
+
+/** The writer's local state without values naming writers (the symmetry sort key). */
+function writerCode(w: Writer): string {
+  return code(WRITER_PC[w.pc], w.off + 8, w.claim, (w.failed ? 2 : 0) | (w.noWait ? 1 : 0));
 }
+
+const scratchOrder: number[] = [];
+const scratchIndex: number[] = [];
+const scratchCodes: string[] = [];
 
 function keyOf(s: FleecingState, symmetric: boolean): string {
   const W = s.writers.length;
-  let rename: ((v: number) => number) | undefined;
-  let order: number[] | undefined;
-  if (symmetric && W > 1) {
-    const wk = s.writers.map(writerKey);
-    order = wk.map((_, i) => i).sort((a, b) => (wk[a]! < wk[b]! ? -1 : wk[a]! > wk[b]! ? 1 : a - b));
-    const newIndex = new Array<number>(W);
-    order.forEach((old, pos) => (newIndex[old] = pos));
-    if (order.some((old, pos) => old !== pos)) rename = (v) => (v > 0 ? newIndex[v - 1]! + 1 : v);
-  }
-  const val = rename ?? ((v: number) => v);
-  let k = '';
-  for (const v of s.source) k += val(v) + ',';
-  k += '|';
-  for (const v of s.target) k += val(v) + ',';
-  k += `|${s.copy}.${s.done}.${s.access}.${s.snapshotError ? 1 : 0}.${s.failuresLeft}|`;
-  const ws: string[] = [];
+  // newIndex[old writer] under the symmetry permutation (identity when not symmetric).
+  const order = scratchOrder;
+  const newIndex = scratchIndex;
+  const codes = scratchCodes;
+  order.length = W;
+  newIndex.length = W;
+  codes.length = W;
   for (let i = 0; i < W; i++) {
-    const w = s.writers[order ? order[i]! : i]!;
-    let e = writerKey(w);
-    for (const b of w.buf) e += ':' + val(b);
-    ws.push(e);
+    order[i] = i;
+    codes[i] = writerCode(s.writers[i]!);
   }
-  k += ws.join(';') + '|';
-  const rs = s.readers.map((r) => `${r.pc}.${r.off}.${r.pos}.${r.n}.${r.fromTarget ? 1 : 0}.${r.hold}.${val(r.bad)}.${r.badAt}`);
-  if (symmetric) rs.sort();
-  k += rs.join(';');
-  if (s.discarder) k += `|${s.discarder.pc}.${s.discarder.off}`;
+  if (symmetric && W > 1) {
+    // insertion sort by local code, ties by index: W is tiny.
+    for (let i = 1; i < W; i++) {
+      const x = order[i]!;
+      let j = i - 1;
+      while (j >= 0 && codes[order[j]!]! > codes[x]!) {
+        order[j + 1] = order[j]!;
+        j--;
+      }
+      order[j + 1] = x;
+    }
+  }
+  for (let pos = 0; pos < W; pos++) newIndex[order[pos]!] = pos;
+
+  let k = '';
+  for (const v of s.source) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
+  for (const v of s.target) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
+  k += code(s.copy, s.done, s.access, (s.snapshotError ? 256 : 0) | s.failuresLeft);
+  for (let pos = 0; pos < W; pos++) {
+    const w = s.writers[order[pos]!]!;
+    k += codes[order[pos]!]! + code(w.buf.length);
+    for (const v of w.buf) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
+  }
+  const R = s.readers.length;
+  if (symmetric && R > 1) {
+    const rs: string[] = [];
+    for (const r of s.readers) rs.push(readerCode(r, newIndex));
+    rs.sort();
+    for (const x of rs) k += x;
+  } else {
+    for (const r of s.readers) k += readerCode(r, newIndex);
+  }
+  if (s.discarder) k += code(s.discarder.pc === 'idle' ? 1 : 2, s.discarder.off + 8);
   return k;
+}
+
+function readerCode(r: Reader, newIndex: readonly number[]): string {
+  const bad = r.bad > 0 ? newIndex[r.bad - 1]! + 9 : r.bad + 8;
+  return code(READER_PC[r.pc], r.off + 8, r.pos + 8, r.n, (r.fromTarget ? 1 : 0), r.hold, bad, r.badAt + 8);
 }
 
 function maskText(m: number, n: number): string {
