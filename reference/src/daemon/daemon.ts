@@ -35,6 +35,13 @@ export function exportPermissions(writable: boolean): { perm: number; shared: nu
   return { perm: PERM.CONSISTENT_READ | (writable ? PERM.WRITE : 0), shared: PERM_ALL & ~PERM.RESIZE };
 }
 
+/** Modules that add QMP commands or behaviour to every daemon (e.g. the breakpoint commands of
+ * issue 7) register here; each runs once per Daemon, after the built-in commands. */
+const extensions: ((d: Daemon) => void)[] = [];
+export function registerDaemonExtension(f: (d: Daemon) => void): void {
+  extensions.push(f);
+}
+
 export interface DaemonOptions {
   readonly log?: (msg: string) => void;
   readonly graph?: BlockGraph;
@@ -58,6 +65,7 @@ export class Daemon {
     this.log = opts.log ?? (() => {});
     this.graph.events.on('qmp-event', (name: string, data: unknown) => this.emit(name, data));
     this.registerCommands();
+    for (const ext of extensions) ext(this);
   }
 
   emit(event: string, data?: unknown): void {
@@ -101,7 +109,7 @@ export class Daemon {
 
   async startNbdServer(opts: NbdServerOptions): Promise<BoundAddress> {
     if (this.nbd) throw new QmpError('GenericError', 'NBD server already running');
-    const srv = new NbdServer({ log: this.log });
+    const srv = new NbdServer({ log: this.log, maxConnections: opts.maxConnections });
     try {
       this.nbdAddress = await srv.listen(opts.addr);
     } catch (e) {
@@ -130,7 +138,7 @@ export class Daemon {
     if (this.exports.has(o.id)) throw new QmpError('GenericError', `Block export id '${o.id}' is already in use`);
     const srv = this.nbd;
     if (!srv) throw new QmpError('GenericError', 'NBD server not running');
-    if (srv.find(o.name) && srv.list().some((e) => e.name === o.name)) {
+    if (srv.list().some((e) => e.name === o.name)) {
       throw new QmpError('GenericError', `NBD server already has export named '${o.name}'`);
     }
     const node = this.graph.requireNode(o.nodeName);
@@ -261,6 +269,18 @@ export class Daemon {
       a.finish();
       if (!this.graph.job(device)) throw new QmpError('DeviceNotActive', `Block job '${device}' not found`);
       await this.graph.cancelJob(device);
+      return {};
+    });
+    d.register('block-dirty-bitmap-add', (a) => {
+      const node = a.str('node');
+      const name = a.str('name');
+      const granularity = a.optInt('granularity') ?? 65536;
+      a.accept('persistent', 'disabled');
+      a.finish();
+      if (granularity < 512 || (granularity & (granularity - 1)) !== 0) {
+        throw new QmpError('GenericError', 'Granularity must be power of 2, and at least 512');
+      }
+      this.graph.requireNode(node).addDirtyBitmap(name, granularity);
       return {};
     });
     d.register('query-block-jobs', noArgs(() => this.graph.queryJobs()));

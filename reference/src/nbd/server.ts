@@ -31,6 +31,8 @@ export interface NbdServerOptions {
   readonly log?: (msg: string) => void;
   /** Called when the last connection on a deleted export is gone (QMP BLOCK_EXPORT_DELETED). */
   readonly onConnectionClosed?: (exp: NbdExport | undefined) => void;
+  /** Refuse connections beyond this many (nbd-server-start max-connections; 0 = unlimited). */
+  readonly maxConnections?: number;
 }
 
 export class NbdServer implements ExportLookup {
@@ -111,6 +113,13 @@ export class NbdServer implements ExportLookup {
   }
 
   private accept(socket: net.Socket): void {
+    const max = this.opts.maxConnections ?? 0;
+    if (max > 0 && this.conns.size >= max) {
+      // QEMU stops accepting at the limit; we close at once so the client sees EOF, not a hang.
+      this.opts.log?.(`nbd: refusing a connection: ${max} already open (max-connections)`);
+      socket.destroy();
+      return;
+    }
     socket.setNoDelay(true);
     let conn: Conn;
     const session = new NbdSession(

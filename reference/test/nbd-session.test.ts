@@ -1,0 +1,142 @@
+// Session-level behaviour: flow control (bounded requests in flight), multi-conn visibility,
+// max-connections, and qemu:dirty-bitmap contexts as nbdinfo sees them.
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NbdServer } from '../src/nbd/server.ts';
+import { NbdSession, type ExportLookup, type NbdExport } from '../src/nbd/session.ts';
+import { MemoryBackend, RawClient, handshake, metaData, openExport, opt, readOptReplies, readReply, request, runOk, tmpDir } from './nbd-helpers.ts';
+
+/** Reads that wait until released. */
+class HeldReads extends MemoryBackend {
+  held: (() => void)[] = [];
+  override async read(offset: number, bytes: number): Promise<Buffer> {
+    await new Promise<void>((r) => this.held.push(r));
+    return super.read(offset, bytes);
+  }
+}
+
+function rawOptions(name: string): Buffer {
+  // client flags + GO on `name` with no info requests
+  const flags = Buffer.from([0, 0, 0, 3]);
+  const n = Buffer.from(name);
+  const d = Buffer.alloc(4 + n.length + 2);
+  d.writeUInt32BE(n.length, 0);
+  n.copy(d, 4);
+  return Buffer.concat([flags, opt(7, d)]);
+}
+
+describe('NbdSession flow control', () => {
+  it.each([
+    [4, true],
+    [100, false],
+  ])('with maxInFlight=%i, 10 held reads pause reading: %s; releasing them resumes', async (max, pauses) => {
+    const be = new HeldReads(1 << 20);
+    const exp: NbdExport = { name: 'd', backend: be, writable: true };
+    const lookup: ExportLookup = { find: () => exp, list: () => [exp] };
+    const events: string[] = [];
+    let replies = 0;
+    const s = new NbdSession(lookup, {
+      send: (b) => {
+        if (b[0]!.readUInt32BE(0) === 0x67446698) replies++;
+      },
+      close: (r) => events.push(`close ${r}`),
+      pause: () => events.push('pause'),
+      resume: () => events.push('resume'),
+    }, { maxInFlight: max });
+    s.start();
+    s.feed(rawOptions('d'));
+    expect(s.phase).toBe('transmission');
+    s.feed(Buffer.concat(Array.from({ length: 10 }, (_, i) => request(0, i * 512, 512, { cookie: BigInt(i) }))));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(s.requestsInFlight).toBe(10);
+    expect(events).toEqual(pauses ? ['pause'] : []);
+    for (const r of be.held.splice(0)) r();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(replies).toBe(10);
+    expect(events).toEqual(pauses ? ['pause', 'resume'] : []);
+  });
+});
+
+describe('NBD server: connections and bitmaps', () => {
+  const t = tmpDir();
+  const sock = path.join(t.dir, 'nbd.sock');
+  const server = new NbdServer({ maxConnections: 3 });
+  const disk = new MemoryBackend(4 << 20);
+  beforeAll(async () => {
+    // A dirty bitmap with 64 KiB granularity: clusters 1 and 3 dirty.
+    const dirty = new Set([1, 3]);
+    const G = 65536;
+    server.addExport({
+      name: 'disk',
+      backend: disk,
+      writable: true,
+      bitmaps: new Map([
+        ['bm0', {
+          async status(offset: number, bytes: number) {
+            const out: { length: number; dirty: boolean }[] = [];
+            for (let p = offset; p < offset + bytes; ) {
+              const c = Math.floor(p / G);
+              const len = Math.min((c + 1) * G, offset + bytes) - p;
+              out.push({ length: len, dirty: dirty.has(c) });
+              p += len;
+            }
+            return out;
+          },
+        }],
+      ]),
+    });
+    await server.listen({ type: 'unix', path: sock });
+  });
+  afterAll(async () => {
+    await server.close();
+    t.cleanup();
+  });
+
+  it('multi-conn: a write + flush on one connection is visible to a read on another', async () => {
+    const a = await RawClient.connect(sock);
+    const b = await RawClient.connect(sock);
+    const fa = await openExport(a, 'disk');
+    await openExport(b, 'disk');
+    expect(fa.flags & 0x100).toBe(0x100);
+    a.send(request(1, 4096, 5, { data: Buffer.from('hello') }));
+    await readReply(a);
+    a.send(request(3, 0, 0));
+    expect((await readReply(a)).error).toBe(0);
+    b.send(request(0, 4096, 5));
+    expect((await readReply(b, 5)).data!.toString()).toBe('hello');
+    a.close();
+    b.close();
+  });
+
+  it('max-connections: the connection past the limit is closed at once', async () => {
+    const cs = await Promise.all([0, 1, 2].map(() => RawClient.connect(sock)));
+    for (const c of cs) await handshake(c);
+    const extra = await RawClient.connect(sock);
+    expect(await extra.waitEof()).toBe(true);
+    for (const c of cs) c.close();
+    await new Promise((r) => setTimeout(r, 50));
+    const again = await RawClient.connect(sock);
+    expect((await again.read(18)).subarray(0, 8).toString()).toBe('NBDMAGIC');
+    again.close();
+  });
+
+  it('LIST_META lists qemu:dirty-bitmap:bm0; nbdinfo --map shows the dirty clusters', async () => {
+    const c = await RawClient.connect(sock);
+    await handshake(c);
+    c.send(opt(8));
+    await readOptReplies(c);
+    c.send(opt(9, metaData('disk', [])));
+    const names = (await readOptReplies(c)).filter((r) => r.type === 4).map((r) => r.data.subarray(4).toString());
+    expect(names).toEqual(['base:allocation', 'qemu:dirty-bitmap:bm0']);
+    c.send(opt(9, metaData('disk', ['qemu:'])));
+    expect((await readOptReplies(c)).filter((r) => r.type === 4).length).toBe(1);
+    c.close();
+    const map = JSON.parse(await runOk('nbdinfo', ['--map=qemu:dirty-bitmap:bm0', '--json', `nbd+unix:///disk?socket=${sock}`]));
+    expect(map.slice(0, 4)).toMatchObject([
+      { offset: 0, length: 65536, type: 0 },
+      { offset: 65536, length: 65536, type: 1 },
+      { offset: 131072, length: 65536, type: 0 },
+      { offset: 196608, length: 65536, type: 1 },
+    ]);
+  });
+});
