@@ -152,3 +152,23 @@ describe('WRITE_UNCHANGED and block status', () => {
     await expect(s.fleece.blockStatus(0, 64 * KiB)).rejects.toMatchObject({ errno: 'EACCES' });
   });
 });
+
+describe('break-snapshot with a snapshot read in flight', () => {
+  it('a guest write after the snapshot broke still waits for readers that locked before (QEMU 7.2 does not)', async () => {
+    const s = await modernGraph({ size: MiB, prefill: fill, temp: blkdebugTemp(), cbw: { 'on-cbw-error': 'break-snapshot' } });
+    const bp = s.graph.breakpoints;
+    bp.arm('snapshot-read-lock', 'R0', { offset: 0, bytes: 1 });
+    const read = s.fleece.read(0, 64 * KiB); // locks cluster 0, reads the source
+    await bp.wait('R0');
+    await s.live.write(8 * 64 * KiB, pattern(0x02, 4 * KiB)); // its copy fails: snapshot broken
+    expect(s.cbw.snapshotError).toBeDefined();
+    let landed = false;
+    const write = s.live.write(0, pattern(0x03, 64 * KiB)).then(() => (landed = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(landed).toBe(false); // held back by the frozen read
+    bp.resume('R0');
+    expect((await read).equals(pattern(0x01, 64 * KiB))).toBe(true);
+    await write;
+    await expect(s.fleece.read(0, 4)).rejects.toMatchObject({ errno: 'EACCES' });
+  });
+});

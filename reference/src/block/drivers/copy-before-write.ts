@@ -118,10 +118,18 @@ export class CopyBeforeWriteNode extends BlockNode {
 
   /** cbw_do_copy_before_write */
   private async copyBeforeWrite(offset: number, bytes: number, flags: RequestFlags): Promise<void> {
-    if (flags.writeUnchanged || this.snapshotError) return;
+    if (flags.writeUnchanged) return;
     const cl = this.bcs.clusterSize;
     const start = Math.floor(offset / cl) * cl;
     const end = Math.min(Math.ceil((offset + bytes) / cl) * cl, this.length());
+    if (this.snapshotError) {
+      // QEMU returns at once here. But a snapshot read that locked before the error may still
+      // be reading these clusters from the source: without this wait it returns the data this
+      // write is about to land (post-snapshot data from a successful read). Waiting costs
+      // nothing once no reader is left (later reads fail with EACCES at lock time).
+      await this.frozenReadReqs.waitAll(start, end - start);
+      return;
+    }
     let failed: BlockError | undefined;
     try {
       await this.withTimeout(this.bcs.copy(start, end - start), start, end);
