@@ -49,6 +49,47 @@ async function runSequence(kind: 'qsd' | 'fleece'): Promise<Observed> {
   }
 }
 
+interface LegacyObserved {
+  graph: GraphInfo;
+  /** B6 (qemu-fleecing.md §6): a writable export on the temp node is accepted by QEMU. */
+  writableOnTemp: unknown;
+  inUse: unknown;
+  cancelled: Record<string, unknown> | undefined;
+}
+
+/** Legacy fleecing (§5.2) by QMP: the temp image is qcow2 on QEMU and `overlay` on the reference
+ * (the issue's stand-in), both with backing=source; the export on the source predates the job. */
+async function runLegacy(kind: 'qsd' | 'fleece'): Promise<LegacyObserved> {
+  const t = tmpDir(`fleece-cmp-legacy-${kind}-`);
+  const d = t.dir;
+  let daemon: Daemon | undefined;
+  try {
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', `${d}/src.raw`, '64M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', kind === 'qsd' ? 'qcow2' : 'raw', `${d}/tmp.img`, '64M']);
+    const qmpSock = path.join(d, 'qmp.sock');
+    daemon = await startDaemon(kind, ['--chardev', `socket,id=qmp0,path=${qmpSock},server=on,wait=off`, '--monitor', 'chardev=qmp0'], qmpSock);
+    const c = await QmpClient.connect(qmpSock);
+    await c.ok('blockdev-add', { driver: 'file', 'node-name': 'source', filename: `${d}/src.raw` });
+    await c.ok('blockdev-add', { driver: kind === 'qsd' ? 'qcow2' : 'overlay', 'node-name': 'temp', file: { driver: 'file', filename: `${d}/tmp.img` }, backing: 'source' });
+    await c.ok('nbd-server-start', { addr: { type: 'unix', data: { path: `${d}/nbd.sock` } } });
+    await c.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'source', name: 'live', writable: true });
+    await c.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });
+    await c.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+    const graph = (await c.ok('x-debug-query-block-graph')) as GraphInfo;
+    const writableOnTemp = await c.execute('block-export-add', { type: 'nbd', id: 'w', 'node-name': 'temp', name: 'w', writable: true });
+    const inUse = await c.execute('blockdev-del', { 'node-name': 'temp' });
+    await c.ok('block-job-cancel', { device: 'fleecing' });
+    const cancelled = await c.waitEvent('BLOCK_JOB_CANCELLED');
+    await c.ok('quit');
+    c.close();
+    await daemon.exited;
+    return { graph, writableOnTemp, inUse, cancelled };
+  } finally {
+    await daemon?.kill();
+    t.cleanup();
+  }
+}
+
 describe('qemu-storage-daemon and fleece serve, same QMP sequence', () => {
   let qsd: Observed;
   let ref: Observed;
@@ -85,5 +126,20 @@ describe('qemu-storage-daemon and fleece serve, same QMP sequence', () => {
     const ids = (ev: string[]) => ev.filter((e) => e.startsWith('BLOCK_EXPORT_DELETED')).sort();
     expect(ids(ref.events)).toEqual(ids(qsd.events));
     expect(ids(ref.events)).toHaveLength(2);
+  });
+});
+
+describe('legacy fleecing graph (backup sync=none), same QMP sequence on both', () => {
+  it('x-debug-query-block-graph edges match, with the export moved above the implicit filter', async () => {
+    const [qsd, ref] = [await runLegacy('qsd'), await runLegacy('fleece')];
+    const a = normaliseGraph(qsd.graph);
+    const b = normaliseGraph(ref.graph);
+    expect(a.size).toBe(8);
+    expect(diffGraphs(a, b)).toEqual([]);
+    expect(b.get('block-backend -[root]-> #implicit')).toBe('perm=consistent-read,write shared=consistent-read,write,write-unchanged');
+    expect(ref.writableOnTemp).toEqual(qsd.writableOnTemp);
+    expect(qsd.writableOnTemp).toEqual({ return: {} });
+    expect(ref.inUse).toEqual(qsd.inUse);
+    expect(ref.cancelled).toEqual(qsd.cancelled);
   });
 });
