@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { serve } from '../src/daemon/cli.ts';
 import { FLEECE, QmpClient, runServe, startDaemon } from './daemon-helpers.ts';
 import { run, runOk, tmpDir } from './nbd-helpers.ts';
 
@@ -26,6 +27,12 @@ describe('fleece serve', () => {
     }
   });
 
+  it('a bad configuration exits non-zero as a process', async () => {
+    const r = await runServe(['--blockdev', 'driver=qcow2,node-name=x,file=y']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^fleece serve: Unknown driver 'qcow2'/);
+  });
+
   it.each([
     [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Unknown driver 'qcow2'.*use 'raw'/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /node 'm' \(driver memory\): invalid parameter 'colour'/],
@@ -33,10 +40,12 @@ describe('fleece serve', () => {
     [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 2, /--export: invalid parameter 'frob'/],
     [['--bogus'], 2, /unknown option '--bogus'/],
     [['--monitor', 'chardev=nope'], 2, /chardev 'nope' not found/],
-  ])('%j exits %i with a clear error', async (args, code, re) => {
-    const r = await runServe(args);
-    expect(r.code).toBe(code);
-    expect(r.stderr).toMatch(re);
+    [['--blockdev', 'driver=memory,node-name=m,size=1M', '--blockdev', 'driver=memory,node-name=m,size=1M'], 1, /Duplicate nodes with node-name='m'/],
+  ])('%j exits %i with a clear error (in-process)', async (args, code, re) => {
+    let err = '';
+    const rc = await serve(args, { stdout: { write: () => true }, stderr: { write: (s: string) => (err += s) }, env: {}, pid: 1 });
+    expect(rc).toBe(code);
+    expect(err).toMatch(re);
   });
 
   it('QMP: exports over TCP and unix, errors for duplicates, read-only nodes and unknown bitmaps', async () => {

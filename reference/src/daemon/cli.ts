@@ -8,27 +8,36 @@ import { QmpError } from '../qmp/dispatcher.ts';
 import { USAGE, UsageError, parseArgs } from './args.ts';
 import { Daemon } from './daemon.ts';
 
-export async function serve(argv: string[]): Promise<number> {
+export interface ServeIo {
+  readonly stdout: { write(s: string): unknown };
+  readonly stderr: { write(s: string): unknown };
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly pid: number;
+}
+
+/** Runs the daemon until quit or a signal. `io` is injectable so configuration failures can be
+ * tested in-process; a running daemon always uses the real process. */
+export async function serve(argv: string[], io: ServeIo = process): Promise<number> {
   let config;
   try {
-    config = parseArgs(argv, process.env, process.pid);
+    config = parseArgs(argv, io.env, io.pid);
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`fleece serve: ${e.message}\n`);
+      io.stderr.write(`fleece serve: ${e.message}\n`);
       return 2;
     }
     throw e;
   }
   if (config.help) {
-    process.stdout.write(USAGE);
+    io.stdout.write(USAGE);
     return 0;
   }
   if (config.version) {
-    process.stdout.write('fleece serve (reference storage daemon), QMP-compatible with qemu-storage-daemon 7.2\n');
+    io.stdout.write('fleece serve (reference storage daemon), QMP-compatible with qemu-storage-daemon 7.2\n');
     return 0;
   }
   const verbose = process.env.FLEECE_SERVE_DEBUG === '1';
-  const daemon = new Daemon({ log: verbose ? (m) => process.stderr.write(`fleece serve: ${m}\n`) : undefined });
+  const daemon = new Daemon({ log: verbose ? (m) => io.stderr.write(`fleece serve: ${m}\n`) : undefined });
   try {
     if (config.activationFds.length > 0) {
       // sd_listen_fds(3): the first handed-over fd is the NBD listening socket.
@@ -41,7 +50,7 @@ export async function serve(argv: string[]): Promise<number> {
     if (config.pidfile) Daemon.writePidfile(config.pidfile);
   } catch (e) {
     const known = e instanceof UsageError || e instanceof QmpError || e instanceof NbdServerError || isBlockError(e);
-    process.stderr.write(`fleece serve: ${known ? (e as Error).message : String((e as Error).stack ?? e)}\n`);
+    io.stderr.write(`fleece serve: ${known ? (e as Error).message : String((e as Error).stack ?? e)}\n`);
     await daemon.close().catch(() => {});
     return e instanceof UsageError ? 2 : 1;
   }
