@@ -10,6 +10,7 @@ import { NbdServer, type BoundAddress } from '../nbd/server.ts';
 import type { DirtyBitmapSource, NbdExport } from '../nbd/session.ts';
 import { QmpDispatcher, QmpError, type QmpArgs } from '../qmp/dispatcher.ts';
 import { QmpMonitor } from '../qmp/monitor.ts';
+import { registerBreakpointCommands } from '../qmp/breakpoints.ts';
 import {
   UsageError,
   parseExportOptions,
@@ -293,6 +294,7 @@ export class Daemon {
     d.register('query-version', noArgs(() => ({ qemu: { major: 7, minor: 2, micro: 0 }, package: 'fleece-reference' })));
     d.register('query-commands', noArgs(() => ['qmp_capabilities', ...d.list()].map((name) => ({ name }))));
     d.register('quit', noArgs(() => ({})));
+    registerBreakpointCommands(d, this.graph, (e, data) => this.emit(e, data));
   }
 
   /** Option-parsing failures inside QMP commands are GenericErrors with the same text. */
