@@ -9,6 +9,7 @@ interface BenchPart {
 
 const PARTS: BenchPart[] = [
   { name: 'server', load: () => import('./server.ts') },
+  { name: 'explorer', load: () => import('./explorer.ts') },
 ];
 
 const command: Subcommand = {
