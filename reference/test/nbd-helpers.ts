@@ -35,7 +35,9 @@ export class MemoryBackend implements BlockBackend {
   }
   async read(offset: number, bytes: number): Promise<Buffer> {
     this.check('read', offset, bytes);
-    return Buffer.from(this.data.subarray(offset, offset + bytes));
+    const out = Buffer.allocUnsafe(bytes);
+    this.data.copy(out, 0, offset, offset + bytes);
+    return out;
   }
   async write(offset: number, data: Buffer, flags?: RequestFlags): Promise<void> {
     this.check('write', offset, data.length);
