@@ -1,11 +1,280 @@
-// Placeholder until this pillar's subcommand lands.
+// `fleece explore`: run a spec model through the explorer, list models, draw small state graphs,
+// and replay trace files. Exit codes (cli/main.ts): 0 every invariant holds, 1 a violation or a
+// deadlock (also: a replayed counterexample reproduces), 2 usage error or bad input file.
+
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { Subcommand } from '../cli/main.ts';
+import {
+  explore,
+  formatReport,
+  parseTraceFile,
+  replay,
+  SpecError,
+  toDot,
+  toJson,
+  toTraceFile,
+  type ExploreOptions,
+} from './explorer/index.ts';
+import { buildModel, findModel, flagName, listModels, parseParamValue, type ModelEntry, type ParamValue } from './models/index.ts';
+
+const USAGE = `usage: fleece explore --model NAME [model parameters] [options]
+       fleece explore --list [--json]
+       fleece explore --replay FILE [--json]
+       fleece explore --model NAME --help      (the model's parameters)
+
+Explores every reachable state of a bounded spec model breadth-first and checks its invariants;
+a violation is printed as the shortest trace.
+
+options:
+  --model NAME        the model to run (see --list)
+  --list              list the models, their verdict with default parameters, and parameters
+  --symmetry          symmetry reduction for interchangeable actors (writers, readers)
+  --max-states N      stop after N distinct states (the search is then not exhaustive)
+  --max-depth N       do not expand states deeper than N steps
+  --time-limit SEC    stop after SEC seconds
+  --json              print the result as JSON (format "fleece-explore", trace included)
+  --dot               print the state graph as GraphViz (small configurations only)
+  --trace-out FILE    write the counterexample as a trace file for --replay
+  --replay FILE       re-check a trace file step by step
+  --quiet             no progress line on long runs
+  --help              this text
+
+exit status: 0 all invariants hold, 1 violation or deadlock, 2 usage error`;
+
+class UsageError extends Error {}
+
+interface Parsed {
+  model?: string;
+  list: boolean;
+  help: boolean;
+  symmetry: boolean;
+  json: boolean;
+  dot: boolean;
+  quiet: boolean;
+  maxStates?: number;
+  maxDepth?: number;
+  timeLimit?: number;
+  traceOut?: string;
+  replay?: string;
+  params: Record<string, ParamValue>;
+}
+
+const BOOL_FLAGS = new Set(['--list', '--help', '-h', '--symmetry', '--json', '--dot', '--quiet']);
+
+function parseArgs(argv: readonly string[]): Parsed {
+  const out: Parsed = { list: false, help: false, symmetry: false, json: false, dot: false, quiet: false, params: {} };
+  // First pass: which model, so its parameters are known as flags.
+  const pairs: [string, string | undefined][] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('-')) throw new UsageError(`unexpected argument '${arg}'`);
+    const eq = arg.indexOf('=');
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    let value = eq > 0 ? arg.slice(eq + 1) : undefined;
+    if (value === undefined && !BOOL_FLAGS.has(flag) && i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) {
+      // A value flag, or a model parameter with its value (boolean parameters may omit it).
+      value = argv[++i];
+    }
+    pairs.push([flag, value]);
+  }
+  for (const [flag, value] of pairs) if (flag === '--model') out.model = need(flag, value);
+  const entry = out.model === undefined ? undefined : findModel(out.model);
+  if (out.model !== undefined && !entry) {
+    throw new UsageError(`unknown model '${out.model}'; known models: ${listModels().map((m) => m.name).join(', ')}`);
+  }
+  for (const [flag, value] of pairs) {
+    switch (flag) {
+      case '--model':
+        break;
+      case '--list':
+        out.list = true;
+        break;
+      case '--help':
+      case '-h':
+        out.help = true;
+        break;
+      case '--symmetry':
+        out.symmetry = true;
+        break;
+      case '--json':
+        out.json = true;
+        break;
+      case '--dot':
+        out.dot = true;
+        break;
+      case '--quiet':
+        out.quiet = true;
+        break;
+      case '--max-states':
+        out.maxStates = positiveInt(flag, value);
+        break;
+      case '--max-depth':
+        out.maxDepth = positiveInt(flag, value);
+        break;
+      case '--time-limit':
+        out.timeLimit = positiveInt(flag, value);
+        break;
+      case '--trace-out':
+        out.traceOut = need(flag, value);
+        break;
+      case '--replay':
+        out.replay = need(flag, value);
+        break;
+      default:
+        modelParam(entry, flag, value, out.params);
+    }
+  }
+  return out;
+}
+
+function modelParam(entry: ModelEntry | undefined, flag: string, value: string | undefined, into: Record<string, ParamValue>): void {
+  const negated = flag.startsWith('--no-');
+  const name = negated ? flag.slice(5) : flag.slice(2);
+  const spec = entry?.params.find((p) => flagName(p.name) === name);
+  if (!entry || !spec || (negated && spec.type !== 'bool')) {
+    const hint = entry
+      ? `; parameters of ${entry.name}: ${entry.params.map((p) => `--${flagName(p.name)}`).join(' ') || '(none)'}`
+      : ' (model parameters need --model first)';
+    throw new UsageError(`unknown option '${flag}'${hint}`);
+  }
+  if (spec.type === 'bool' && (value === undefined || negated)) {
+    if (value !== undefined) throw new UsageError(`${flag} takes no value`);
+    into[spec.name] = !negated;
+    return;
+  }
+  try {
+    into[spec.name] = parseParamValue(entry.name, spec, need(flag, value));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function need(flag: string, value: string | undefined): string {
+  if (value === undefined || value === '') throw new UsageError(`${flag} needs a value`);
+  return value;
+}
+
+function positiveInt(flag: string, value: string | undefined): number {
+  const v = need(flag, value);
+  if (!/^\d+$/.test(v) || Number(v) < 1) throw new UsageError(`${flag} expects a positive integer, got '${v}'`);
+  return Number(v);
+}
+
+function listText(json: boolean): string {
+  const models = listModels();
+  if (json) {
+    return JSON.stringify(
+      models.map((m) => ({ name: m.name, family: m.family, summary: m.summary, expect: m.expect, params: m.params })),
+      null,
+      2,
+    );
+  }
+  const w = Math.max(...models.map((m) => m.name.length));
+  return models.map((m) => `${m.name.padEnd(w)}  ${m.expect.padEnd(9)}  ${m.summary}`).join('\n');
+}
+
+function modelHelp(entry: ModelEntry): string {
+  const lines = [`${entry.name}: ${entry.summary}`, `expected verdict with defaults: ${entry.expect}`, '', 'parameters:'];
+  for (const p of entry.params) {
+    const range = p.type === 'int' ? ` [${p.min ?? ''}..${p.max ?? ''}]` : p.type === 'enum' ? ` {${p.choices?.join('|')}}` : '';
+    const flag = p.type === 'bool' ? `--${flagName(p.name)} / --no-${flagName(p.name)}` : `--${flagName(p.name)} ${p.type.toUpperCase()}`;
+    lines.push(`  ${flag.padEnd(34)} ${p.help}${range} (default ${p.default})`);
+  }
+  return lines.join('\n');
+}
+
+function runReplay(file: string, json: boolean): number {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new SpecError(`cannot read the trace file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, file);
+  }
+  const trace = parseTraceFile(text, file);
+  const model = buildModel(trace.model, trace.params, file);
+  const out = replay(model, trace, file);
+  const verdict = out.violation ? 'violation' : out.deadlock ? 'deadlock' : 'ok';
+  if (json) {
+    process.stdout.write(
+      JSON.stringify({ format: 'fleece-replay', version: 1, file, model: trace.model, params: model.params, verdict, stepsRun: out.stepsRun, violation: out.violation ?? null }, null, 2) + '\n',
+    );
+  } else {
+    process.stdout.write(`replayed ${out.stepsRun} of ${trace.steps.length} steps of ${file} on model ${trace.model}\n`);
+    if (out.violation) {
+      process.stdout.write(`invariant ${out.violation.invariant} violated after step ${out.violation.step}: ${out.violation.message}\n`);
+    } else if (out.deadlock) {
+      process.stdout.write('deadlock: work is pending but no action is enabled\n');
+    } else {
+      process.stdout.write('every invariant holds along the trace' + (trace.kind === 'invariant' && trace.message ? ` (the file recorded: ${trace.message})` : '') + '\n');
+    }
+  }
+  return verdict === 'ok' ? 0 : 1;
+}
 
 const command: Subcommand = {
-  summary: 'not implemented yet',
-  async run() {
-    process.stderr.write('fleece: this command is not implemented yet\n');
-    return 2;
+  summary: 'explore a spec model exhaustively, or replay a trace file',
+  async run(argv) {
+    let args: Parsed;
+    try {
+      args = parseArgs(argv);
+    } catch (e) {
+      if (e instanceof UsageError || e instanceof SpecError) {
+        process.stderr.write(`fleece explore: ${e.message}\n(run 'fleece explore --help' for usage)\n`);
+        return 2;
+      }
+      throw e;
+    }
+    try {
+      if (args.help) {
+        const entry = args.model === undefined ? undefined : findModel(args.model);
+        process.stdout.write((entry ? modelHelp(entry) : USAGE) + '\n');
+        return 0;
+      }
+      if (args.list) {
+        process.stdout.write(listText(args.json) + '\n');
+        return 0;
+      }
+      if (args.replay !== undefined) return runReplay(args.replay, args.json);
+      if (args.model === undefined) {
+        process.stderr.write(`fleece explore: --model NAME, --list or --replay FILE is required\n\n${USAGE}\n`);
+        return 2;
+      }
+      const model = buildModel(args.model, args.params, 'command line');
+      if (args.dot) {
+        process.stdout.write(toDot(model, { symmetry: args.symmetry }));
+        return 0;
+      }
+      const options: ExploreOptions = {
+        symmetry: args.symmetry,
+        ...(args.maxStates !== undefined ? { maxStates: args.maxStates } : {}),
+        ...(args.maxDepth !== undefined ? { maxDepth: args.maxDepth } : {}),
+        ...(args.timeLimit !== undefined ? { timeLimitMs: args.timeLimit * 1000 } : {}),
+        progress: !args.quiet && !args.json,
+      };
+      const result = explore(model, options);
+      if (result.counterexample && args.traceOut !== undefined) {
+        writeFileSync(args.traceOut, JSON.stringify(toTraceFile(model, result.counterexample), null, 2) + '\n');
+      }
+      if (args.json) {
+        process.stdout.write(JSON.stringify(toJson(model, result), null, 2) + '\n');
+      } else {
+        process.stdout.write(formatReport(model, result) + '\n');
+        if (result.counterexample) {
+          process.stdout.write(
+            args.traceOut !== undefined
+              ? `trace written to ${args.traceOut}; re-check it with: fleece explore --replay ${args.traceOut}\n`
+              : 'save it with --trace-out FILE, re-check it with: fleece explore --replay FILE\n',
+          );
+        }
+      }
+      return result.verdict === 'ok' ? 0 : 1;
+    } catch (e) {
+      if (e instanceof SpecError) {
+        process.stderr.write(`fleece explore: ${e.message}\n`);
+        return 2;
+      }
+      throw e;
+    }
   },
 };
 export default command;

@@ -3,7 +3,7 @@
 // it is taken; invariants are checked after every step. A file that does not fit the model is
 // refused with the step and the reason.
 
-import type { ActionLabel, Behaviour } from './behaviour.ts';
+import type { ActionLabel, Behaviour, TraceStep } from './behaviour.ts';
 import type { TraceFile } from './counterexample.ts';
 import { SpecError } from './errors.ts';
 import { formatLabel, sameLabel } from './label.ts';
@@ -90,10 +90,13 @@ export function replay<S, A>(
   if (state === undefined) {
     throw new SpecError(`initial state #${trace.initial} does not exist (the model has ${inits.length})`, where);
   }
+  const taken: TraceStep<S>[] = [];
   const check = (s: S, step: number) => {
     for (const inv of model.invariants) {
       const msg = inv.check(s);
-      if (msg !== undefined) return { step, invariant: inv.name, message: msg };
+      if (msg !== undefined) {
+        return { step, invariant: inv.name, message: model.annotate ? model.annotate(msg, taken) : msg };
+      }
     }
     return undefined;
   };
@@ -111,6 +114,7 @@ export function replay<S, A>(
       );
     }
     state = model.step(state, action);
+    taken.push({ label: model.label(action), state });
     stepsRun = i + 1;
     violation = check(state, i + 1);
   }
