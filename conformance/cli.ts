@@ -1,11 +1,179 @@
-// Placeholder until this pillar's subcommand lands.
+// `fleece conform`: run conformance suites against targets and write reports.
+// Exit codes (research/verification.md §4 item 7): 0 every MUST passed (and every SHOULD with
+// --strict); 1 a conformance failure; 2 a harness or usage error.
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Subcommand } from '../cli/main.ts';
+import { writeReports } from './report/index.ts';
+import { countLine, progressLine, renderSummary } from './report/terminal.ts';
+import { exitCode } from './runner/model.ts';
+import { getSuite, listSuites } from './runner/registry.ts';
+import { run, selectCases } from './runner/run.ts';
+import { HarnessError } from './targets/errors.ts';
+import { listTargets, resolveTarget } from './targets/registry.ts';
+import { NbdUriError } from './targets/uri.ts';
+import './suites.ts';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PREFIX]... [--strict]
+                      [--list] [--seed N] [--json] [--out DIR] [--timeout MS] [--no-color]
+
+  --target T      a built-in target (${'%TARGETS%'})
+                  or an NBD URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH
+                  (repeatable; default: reference)
+  --suite S       suite to run (repeatable; default: every suite: %SUITES%)
+  --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
+  --strict        SHOULD violations (non-strict) fail the run too
+  --list          list the selected cases and exit
+  --seed N        seed for randomised cases (printed with every run)
+  --json          print results.json to stdout (progress goes to stderr)
+  --out DIR       where results.json, junit.xml and html/ go (default: reports/)
+  --timeout MS    silence longer than this means hang or desync (default 1500)
+  --no-color      plain terminal output
+
+exit: 0 every MUST passed (and every SHOULD with --strict), 1 conformance failure, 2 harness or usage error`;
+
+class UsageError extends Error {}
+
+interface Args {
+  targets: string[];
+  suites: string[];
+  filter: string[];
+  strict: boolean;
+  list: boolean;
+  seed?: number;
+  json: boolean;
+  out: string;
+  timeoutMs: number;
+  color: boolean;
+  help: boolean;
+}
+
+export function parseArgs(argv: readonly string[]): Args {
+  const a: Args = { targets: [], suites: [], filter: [], strict: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: process.stdout.isTTY === true, help: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf('=');
+    const name = arg.startsWith('--') && eq > 0 ? arg.slice(0, eq) : arg;
+    const inline = arg.startsWith('--') && eq > 0 ? arg.slice(eq + 1) : undefined;
+    const value = (): string => {
+      const v = inline ?? argv[++i];
+      if (v === undefined || (inline === undefined && v.startsWith('--'))) throw new UsageError(`${name} needs a value`);
+      return v;
+    };
+    switch (name) {
+      case '--target':
+      case '-t':
+        a.targets.push(value());
+        break;
+      case '--suite':
+        a.suites.push(value());
+        break;
+      case '--filter':
+        a.filter.push(value());
+        break;
+      case '--strict':
+        a.strict = true;
+        break;
+      case '--list':
+        a.list = true;
+        break;
+      case '--json':
+        a.json = true;
+        break;
+      case '--no-color':
+        a.color = false;
+        break;
+      case '--out':
+        a.out = path.resolve(value());
+        break;
+      case '--seed': {
+        const v = value();
+        if (!/^\d+$/.test(v) || Number(v) > 0xffffffff) throw new UsageError(`--seed must be an integer between 0 and 4294967295, got '${v}'`);
+        a.seed = Number(v);
+        break;
+      }
+      case '--timeout': {
+        const v = value();
+        if (!/^\d+$/.test(v) || Number(v) < 50) throw new UsageError(`--timeout must be a number of milliseconds (>= 50), got '${v}'`);
+        a.timeoutMs = Number(v);
+        break;
+      }
+      case '--help':
+      case '-h':
+        a.help = true;
+        break;
+      default:
+        throw new UsageError(`unknown argument '${arg}'`);
+    }
+  }
+  return a;
+}
+
+function usage(): string {
+  return USAGE.replace('%TARGETS%', listTargets().map((t) => t.name).join(', ')).replace('%SUITES%', listSuites().map((s) => s.name).join(', '));
+}
 
 const command: Subcommand = {
-  summary: 'not implemented yet',
-  async run() {
-    process.stderr.write('fleece: this command is not implemented yet\n');
-    return 2;
+  summary: 'run the conformance suites (nbd, ...) against a target and write reports',
+  async run(argv) {
+    let args: Args;
+    try {
+      args = parseArgs(argv);
+    } catch (e) {
+      process.stderr.write(`fleece conform: ${(e as Error).message}\n\n${usage()}\n`);
+      return 2;
+    }
+    if (args.help) {
+      process.stdout.write(usage() + '\n');
+      return 0;
+    }
+    try {
+      const suites = args.suites.length
+        ? args.suites.map((n) => {
+            const s = getSuite(n);
+            if (!s) throw new UsageError(`unknown suite '${n}' (known: ${listSuites().map((x) => x.name).join(', ')})`);
+            return s;
+          })
+        : listSuites();
+      const selected = suites.flatMap((s) => selectCases(s, args.filter));
+      if (selected.length === 0) throw new UsageError(`no case matches --filter ${args.filter.join(' ')}`);
+      if (args.list) {
+        for (const c of selected) process.stdout.write(`${c.id.padEnd(52)} ${c.level.padEnd(6)} ${c.title}\n    ${c.section}\n`);
+        process.stdout.write(`${selected.length} case(s)\n`);
+        return 0;
+      }
+      const targets = (args.targets.length ? args.targets : ['reference']).map(resolveTarget);
+      const log = args.json ? process.stderr : process.stdout;
+      const result = await run({
+        targets,
+        suites,
+        filter: args.filter,
+        strict: args.strict,
+        timeoutMs: args.timeoutMs,
+        ...(args.seed !== undefined ? { seed: args.seed } : {}),
+        onProgress: (e) => {
+          const l = progressLine(e, args.color && !args.json);
+          if (l) log.write(l + '\n');
+        },
+      });
+      const files = writeReports(args.out, result);
+      if (args.json) {
+        process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+        process.stderr.write(countLine(result) + '\n');
+      } else {
+        process.stdout.write(renderSummary(result, args.color));
+        process.stdout.write(`reports: ${path.relative(process.cwd(), files.json) || files.json}, ${path.relative(process.cwd(), files.junit)}, ${path.relative(process.cwd(), files.html)}\n`);
+      }
+      return exitCode(result.results, args.strict, result.targets.filter((t) => t.error).length);
+    } catch (e) {
+      if (e instanceof UsageError || e instanceof HarnessError || e instanceof NbdUriError) {
+        process.stderr.write(`fleece conform: ${e.message}\n`);
+        return 2;
+      }
+      throw e;
+    }
   },
 };
 export default command;

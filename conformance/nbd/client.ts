@@ -63,6 +63,8 @@ export interface RequestInput {
   length?: number;
   cookie?: bigint;
   payload?: Uint8Array;
+  /** Overrides the connection's timeout (large transfers). */
+  timeoutMs?: number;
 }
 
 export class NbdConnection {
@@ -138,7 +140,11 @@ export class NbdConnection {
     return this.buffered;
   }
 
+  /** Timers of everything waiting for bytes: silence, not total time, means hang or desync. */
+  private readonly timers = new Set<NodeJS.Timeout>();
+
   private onData(d: Buffer): void {
+    for (const t of this.timers) t.refresh();
     this.parts.push(d);
     this.buffered += d.length;
     if (this.buffered >= this.needed) this.pump();
@@ -252,16 +258,20 @@ export class NbdConnection {
       const timer = setTimeout(() => {
         if (this.waiter === w) this.waiter = undefined;
         this.log.note(this.id, `TIMEOUT after ${this.timeoutMs} ms waiting for ${what}`);
+        this.timers.delete(timer);
         reject(new NbdClientError('timeout', `no ${what} within ${this.timeoutMs} ms: the server hung or the stream is out of sync`));
       }, this.timeoutMs);
+      this.timers.add(timer);
       const w: Waiter = {
         decode,
         resolve: (m) => {
           clearTimeout(timer);
+          this.timers.delete(timer);
           resolve(m as T);
         },
         reject: (e) => {
           clearTimeout(timer);
+          this.timers.delete(timer);
           reject(e);
         },
       };
@@ -351,11 +361,29 @@ export class NbdConnection {
             if (this.broken) return reject(this.broken);
             if (this.closedErr) return reject(this.closedErr);
             const timer = setTimeout(() => {
+              this.timers.delete(timer);
               this.inflight.delete(cookie);
-              this.log.note(this.id, `TIMEOUT after ${this.timeoutMs} ms waiting for the reply to ${what}`);
-              reject(new NbdClientError('timeout', `no complete reply to ${what} within ${this.timeoutMs} ms: the server hung or the stream is out of sync`));
-            }, this.timeoutMs);
-            this.inflight.set(cookie, { assembler: new ReplyAssembler(pending, this.selected), resolve, reject, timer, what });
+              this.log.note(this.id, `TIMEOUT after ${input.timeoutMs ?? this.timeoutMs} ms waiting for the reply to ${what}`);
+              reject(new NbdClientError('timeout', `no complete reply to ${what} within ${input.timeoutMs ?? this.timeoutMs} ms: the server hung or the stream is out of sync`));
+            }, input.timeoutMs ?? this.timeoutMs);
+            this.timers.add(timer);
+            const done = () => {
+              clearTimeout(timer);
+              this.timers.delete(timer);
+            };
+            this.inflight.set(cookie, {
+              assembler: new ReplyAssembler(pending, this.selected),
+              resolve: (r) => {
+                done();
+                resolve(r);
+              },
+              reject: (e) => {
+                done();
+                reject(e);
+              },
+              timer,
+              what,
+            });
           });
     reply.catch(() => undefined); // the caller awaits it; avoid an unhandled rejection if it never does
     return { bytes, reply };

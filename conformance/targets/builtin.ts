@@ -45,6 +45,10 @@ async function startAll(
     exports,
     image: DEFAULT_LAYOUT,
     logs: () => procs.map((p) => `--- ${p.proc.label}\n${p.proc.output}`).join('\n'),
+    died: () => {
+      const dead = procs.find((p) => p.proc.hasExited);
+      return dead ? `${dead.proc.label} exited (${dead.proc.exitStatus}): ${dead.proc.output.trim().split('\n').slice(-3).join(' | ')}` : undefined;
+    },
     stop,
   };
 }
@@ -193,6 +197,16 @@ const nbdServer: TargetDef = {
       exports: { rw: { address, name: 'disk' }, ro: { address, name: 'ro' } },
       image: DEFAULT_LAYOUT,
       logs: () => launcher.output,
+      died: () => {
+        const pid = readPid();
+        if (pid === undefined) return 'nbd-server: no pid file';
+        try {
+          process.kill(pid, 0);
+          return undefined;
+        } catch {
+          return `nbd-server (pid ${pid}) exited`;
+        }
+      },
       stop,
     };
   },

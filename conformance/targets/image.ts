@@ -10,9 +10,13 @@ export interface ImageLayout {
   scratch: { offset: number; length: number };
 }
 
+/** Where the oversized-WRITE case may write 32 MiB + 512 bytes. */
+export const BIG_WRITE_OFFSET = 30 * (1 << 20);
+
 const MiB = 1 << 20;
 
-/** 64 MiB so a 32 MiB + 512 request is "too big" without also being "past the end". */
+/** 64 MiB so a 32 MiB + 512 request is "too big" without also being "past the end".
+ *  [30 MiB, 64 MiB) is left to the oversized-WRITE case, so cases can run concurrently. */
 export const DEFAULT_LAYOUT: ImageLayout = {
   size: 64 * MiB,
   data: [
@@ -20,7 +24,7 @@ export const DEFAULT_LAYOUT: ImageLayout = {
     { offset: 2 * MiB, length: 64 * 1024 },
     { offset: 3 * MiB + 4096, length: 4096 },
   ],
-  scratch: { offset: 16 * MiB, length: 16 * MiB },
+  scratch: { offset: 16 * MiB, length: 14 * MiB },
 };
 
 /** Pattern byte at absolute offset i: never zero, differs between neighbouring sectors. */

@@ -23,6 +23,8 @@ export interface RunningTarget {
   readonly extra?: Readonly<Record<string, unknown>>;
   /** Output of the processes the target started (for harness errors). */
   logs(): string;
+  /** undefined while every process of the target runs; else what died and how (with its last output). */
+  died?(): string | undefined;
   stop(): Promise<void>;
 }
 

@@ -1,0 +1,52 @@
+// Terminal output: progress while running, a summary grouped by target and verdict, and the
+// final line `N passed, N failed, N skipped`.
+import type { CaseResult, RunResult, Verdict } from '../runner/model.ts';
+import type { ProgressEvent } from '../runner/run.ts';
+
+const COLOR: Record<Verdict, string> = { pass: '32', fail: '31', 'non-strict': '33', info: '36', skipped: '90', error: '35' };
+const MARK: Record<Verdict, string> = { pass: 'ok  ', fail: 'FAIL', 'non-strict': 'warn', info: 'info', skipped: 'skip', error: 'ERR ' };
+
+export function paint(v: Verdict, text: string, color: boolean): string {
+  return color ? `\x1b[${COLOR[v]}m${text}\x1b[0m` : text;
+}
+
+export function progressLine(e: ProgressEvent, color: boolean): string | undefined {
+  switch (e.kind) {
+    case 'target-start':
+      return `== ${e.target}: ${e.cases} case(s)`;
+    case 'target-error':
+      return `!! ${e.target}: ${e.error}`;
+    case 'case': {
+      const r = e.result;
+      return `[${String(e.index).padStart(3)}/${e.total}] ${paint(r.verdict, MARK[r.verdict], color)} ${r.id} (${r.durationMs} ms)${r.verdict !== 'pass' && r.reason ? `\n          ${r.reason.slice(0, 300)}` : ''}`;
+    }
+  }
+}
+
+function line(r: CaseResult, color: boolean): string {
+  return `  ${paint(r.verdict, MARK[r.verdict], color)} ${r.id} [${r.level}]${r.reason ? ` - ${r.reason.slice(0, 400)}` : ''}`;
+}
+
+/** The final line counts passed (pass, info and - unless strict - non-strict), failed (fail, error, and non-strict with --strict) and skipped. */
+export function countLine(run: RunResult): string {
+  const c = run.counts;
+  const failed = c.fail + c.error + (run.strict ? c['non-strict'] : 0);
+  const passed = c.pass + c.info + (run.strict ? 0 : c['non-strict']);
+  return `${passed} passed, ${failed} failed, ${c.skipped} skipped`;
+}
+
+export function renderSummary(run: RunResult, color: boolean): string {
+  const out: string[] = [''];
+  for (const t of run.targets) {
+    const rs = run.results.filter((r) => r.target === t.name);
+    out.push(`${t.name}: ${t.description}${t.error ? ` (error: ${t.error})` : ''}`);
+    for (const v of ['fail', 'error', 'non-strict', 'info'] as const) {
+      for (const r of rs.filter((x) => x.verdict === v)) out.push(line(r, color));
+    }
+    const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
+    out.push(`  -- ${n('pass')} pass, ${n('fail')} fail, ${n('non-strict')} non-strict, ${n('info')} info, ${n('skipped')} skipped, ${n('error')} error`);
+  }
+  out.push(`seed ${run.seed}${run.strict ? ', strict (SHOULD failures fail the run)' : ''}`);
+  out.push(countLine(run));
+  return out.join('\n') + '\n';
+}

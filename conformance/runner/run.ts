@@ -1,0 +1,328 @@
+// The runner: for each target, start it in a private temp dir, prepare each suite, run the
+// selected cases one by one, judge each from its checks, stop the target, clean up.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { NbdClientError, NbdProtocolError } from '../nbd/errors.ts';
+import { WireLog } from '../nbd/wirelog.ts';
+import { HarnessError } from '../targets/errors.ts';
+import type { RunningTarget, TargetDef } from '../targets/types.ts';
+import {
+  SkipSignal,
+  countVerdicts,
+  type CaseContext,
+  type CaseDef,
+  type CaseResult,
+  type Check,
+  type Level,
+  type RunResult,
+  type Suite,
+  type TargetSummary,
+  type Verdict,
+} from './model.ts';
+
+export interface RunOptions {
+  targets: readonly TargetDef[];
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  suites: readonly Suite<any>[];
+  /** Id prefixes; a case runs if it matches any (empty = all). */
+  filter?: readonly string[];
+  strict?: boolean;
+  seed?: number;
+  /** Per expected reply. */
+  timeoutMs?: number;
+  startTimeoutMs?: number;
+  /** Cases run at once against one target (each case uses its own connections and scratch). */
+  concurrency?: number;
+  onProgress?: (e: ProgressEvent) => void;
+}
+
+export type ProgressEvent =
+  | { kind: 'target-start'; target: string; cases: number }
+  | { kind: 'target-error'; target: string; error: string }
+  | { kind: 'case'; result: CaseResult; index: number; total: number };
+
+export function selectCases<Env>(suite: Suite<Env>, filter: readonly string[] = []): CaseDef<Env>[] {
+  return suite.cases.filter((c) => filter.length === 0 || filter.some((f) => c.id === f || c.id.startsWith(f.endsWith('/') ? f : `${f}/`) || c.id.startsWith(f)));
+}
+
+/** 32-bit FNV-1a, to derive a per-case seed from the run seed and the case id. */
+function hashSeed(seed: number, id: string): number {
+  let h = 0x811c9dc5 ^ seed;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function judge(level: Level, checks: readonly Check[], observations: readonly string[]): { verdict: Verdict; reason: string } {
+  const failedMust = checks.find((c) => !c.ok && c.level === 'MUST');
+  if (failedMust) return { verdict: 'fail', reason: describeCheck(failedMust) };
+  const failedShould = checks.find((c) => !c.ok && c.level === 'SHOULD');
+  if (failedShould) return { verdict: 'non-strict', reason: describeCheck(failedShould) };
+  const failedMay = checks.find((c) => !c.ok);
+  if (failedMay) return { verdict: 'info', reason: describeCheck(failedMay) };
+  if (level === 'MAY') return { verdict: 'info', reason: observations.join('; ') };
+  return { verdict: 'pass', reason: '' };
+}
+
+function describeCheck(c: Check): string {
+  return `${c.level}: ${c.what}${c.observed !== undefined ? ` - observed: ${c.observed}` : ''}`;
+}
+
+export async function runCase<Env>(
+  def: CaseDef<Env>,
+  suite: string,
+  target: RunningTarget,
+  env: Env,
+  opts: { seed: number; timeoutMs: number },
+): Promise<CaseResult> {
+  const checks: Check[] = [];
+  const observations: string[] = [];
+  const wire = new WireLog();
+  const cleanups: (() => void | Promise<void>)[] = [];
+  const seed = hashSeed(opts.seed, def.id);
+  const ctx: CaseContext<Env> = {
+    env,
+    target,
+    caseId: def.id,
+    seed,
+    random: mulberry32(seed),
+    timeoutMs: opts.timeoutMs,
+    wire,
+    check(level, ok, what, observed) {
+      checks.push({ level, ok, what, ...(observed !== undefined ? { observed } : {}) });
+      return ok;
+    },
+    must(ok, what, observed) {
+      return this.check('MUST', ok, what, observed);
+    },
+    should(ok, what, observed) {
+      return this.check('SHOULD', ok, what, observed);
+    },
+    observe(text) {
+      observations.push(text);
+    },
+    skip(reason) {
+      throw new SkipSignal(reason);
+    },
+    defer(fn) {
+      cleanups.push(fn);
+    },
+  };
+  const started = performance.now();
+  let verdict: Verdict;
+  let reason: string;
+  // A case must finish on its own (every wait has a timeout); this guards against runner bugs.
+  const guardMs = opts.timeoutMs * 8 + 10_000;
+  let guard: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      def.run(ctx),
+      new Promise((_, reject) => {
+        guard = setTimeout(() => reject(new HarnessError(`case did not finish within ${guardMs} ms`)), guardMs);
+      }),
+    ]);
+    ({ verdict, reason } = judge(def.level, checks, observations));
+  } catch (e) {
+    if (e instanceof SkipSignal) {
+      verdict = 'skipped';
+      reason = e.message;
+    } else if (e instanceof NbdProtocolError) {
+      // The server sent bytes the spec forbids: a MUST violation whatever the case's level.
+      checks.push({ level: 'MUST', ok: false, what: 'every reply is well-formed (proto.md framing rules)', observed: e.message });
+      verdict = 'fail';
+      reason = `protocol error: ${e.message}`;
+    } else if (e instanceof NbdClientError && (e.kind === 'timeout' || e.kind === 'closed')) {
+      // Silence where a reply was due, or a drop where the spec does not allow one.
+      const what = e.kind === 'timeout' ? 'the server answers (no hang, no desync)' : 'the server keeps the connection open';
+      checks.push({ level: 'MUST', ok: false, what, observed: e.message });
+      const j = judge(def.level, checks, observations);
+      verdict = j.verdict;
+      reason = j.reason;
+    } else {
+      verdict = 'error';
+      reason = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    }
+  } finally {
+    clearTimeout(guard);
+    for (const fn of cleanups.reverse()) {
+      try {
+        await fn();
+      } catch {
+        /* cleanup failures must not hide the verdict */
+      }
+    }
+  }
+  return {
+    suite,
+    id: def.id,
+    section: def.section,
+    level: def.level,
+    title: def.title,
+    description: def.description,
+    expectation: def.expectation,
+    target: target.name,
+    verdict,
+    reason,
+    checks,
+    observations,
+    wire: wire.entries,
+    durationMs: Math.round(performance.now() - started),
+    seed,
+  };
+}
+
+function harnessResults<Env>(cases: readonly CaseDef<Env>[], suite: string, target: string, reason: string, verdict: Verdict = 'error'): CaseResult[] {
+  return cases.map((c) => ({
+    suite,
+    id: c.id,
+    section: c.section,
+    level: c.level,
+    title: c.title,
+    description: c.description,
+    expectation: c.expectation,
+    target,
+    verdict,
+    reason,
+    checks: [],
+    observations: [],
+    wire: [],
+    durationMs: 0,
+    seed: 0,
+  }));
+}
+
+export async function run(opts: RunOptions): Promise<RunResult> {
+  const startedAt = new Date().toISOString();
+  const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
+  const timeoutMs = opts.timeoutMs ?? 1500;
+  const filter = opts.filter ?? [];
+  const results: CaseResult[] = [];
+  const targets: TargetSummary[] = [];
+  const selected = opts.suites.map((s) => ({ suite: s, cases: selectCases(s, filter) })).filter((s) => s.cases.length > 0);
+  const total = selected.reduce((a, s) => a + s.cases.length, 0);
+  for (const def of opts.targets) {
+    opts.onProgress?.({ kind: 'target-start', target: def.name, cases: total });
+    const summary: TargetSummary = { name: def.name, description: def.summary, facts: {} };
+    targets.push(summary);
+    const workDirs: string[] = [];
+    let target: RunningTarget | undefined;
+    const start = async (): Promise<RunningTarget> => {
+      const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-conform-'));
+      workDirs.push(workDir);
+      target = await def.start({ workDir, startTimeoutMs: opts.startTimeoutMs ?? 10_000 });
+      summary.description = target.description;
+      return target;
+    };
+    let index = 0;
+    const emit = (r: CaseResult) => {
+      results.push(r);
+      opts.onProgress?.({ kind: 'case', result: r, index: ++index, total });
+    };
+    try {
+      await start();
+      for (const { suite, cases } of selected) {
+        const missing = suite.roles.filter((r) => !target!.exports[r]);
+        if (missing.length) {
+          harnessResults(cases, suite.name, def.name, `target has no '${missing.join("', '")}' export for suite ${suite.name}`, 'skipped').forEach(emit);
+          continue;
+        }
+        let env: unknown;
+        try {
+          env = await suite.setup(target!, { timeoutMs, seed });
+          if (suite.describeEnv) Object.assign(summary.facts, suite.describeEnv(env));
+        } catch (e) {
+          const msg = `suite ${suite.name} setup failed: ${(e as Error).message}`;
+          summary.error = msg;
+          harnessResults(cases, suite.name, def.name, msg).forEach(emit);
+          continue;
+        }
+        try {
+          const jobs = Math.max(1, opts.concurrency ?? 4);
+          const restart = async () => {
+            await suite.teardown?.(env);
+            await target!.stop().catch(() => undefined);
+            await start();
+            env = await suite.setup(target!, { timeoutMs, seed });
+          };
+          // A server that crashed closes its sockets before its exit is reported: give it a moment.
+          const settle = async (rs: CaseResult[]) => {
+            if (target!.died && rs.some((r) => r.wire.some((w) => w.dir === 'note' && /closed|socket error/.test(w.note)))) await new Promise((res) => setTimeout(res, 60));
+            return target!.died?.();
+          };
+          const runSequentially = async (batch: CaseDef<unknown>[]) => {
+            for (const c of batch) {
+              const r = await runCase(c, suite.name, target!, env, { seed, timeoutMs });
+              const death = await settle([r]);
+              if (death) {
+                // The server crashed during this case: say so on the case, restart for the next ones.
+                r.observations.push(`the server process died during this case: ${death}`);
+                r.reason = `${r.reason ? `${r.reason}; ` : ''}server died: ${death}`;
+                if (r.verdict === 'pass' || r.verdict === 'info') r.verdict = 'fail';
+                emit(r);
+                await restart();
+                continue;
+              }
+              emit(r);
+            }
+          };
+          // Batches of up to `jobs` cases; an exclusive case is a batch of its own.
+          const batches: CaseDef<unknown>[][] = [];
+          for (const c of cases) {
+            const last = batches[batches.length - 1];
+            if (c.exclusive || !last || last.length >= jobs || last[0]!.exclusive) batches.push([c]);
+            else last.push(c);
+          }
+          for (const batch of batches) {
+            if (batch.length === 1) {
+              await runSequentially(batch);
+              continue;
+            }
+            const rs = await Promise.all(batch.map((c) => runCase(c, suite.name, target!, env, { seed, timeoutMs })));
+            if (await settle(rs)) {
+              // Which case killed it is unknown: restart and replay the batch one case at a time.
+              await restart();
+              await runSequentially(batch);
+              continue;
+            }
+            rs.forEach(emit);
+          }
+        } finally {
+          await suite.teardown?.(env);
+        }
+      }
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      summary.error = msg;
+      opts.onProgress?.({ kind: 'target-error', target: def.name, error: msg });
+      const done = new Set(results.filter((r) => r.target === def.name).map((r) => r.id));
+      for (const { suite, cases } of selected) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `target ${def.name} could not be started: ${msg}`).forEach(emit);
+    } finally {
+      await target?.stop().catch(() => undefined);
+      for (const d of workDirs) fs.rmSync(d, { recursive: true, force: true });
+    }
+  }
+  return {
+    tool: 'fleece conform',
+    version: 1,
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    seed,
+    strict: opts.strict ?? false,
+    suites: selected.map((s) => s.suite.name),
+    filter: [...filter],
+    targets,
+    results,
+    counts: countVerdicts(results),
+  };
+}

@@ -1,0 +1,5 @@
+// Every suite and target module the `conform` command loads. A later suite (fleecing,
+// permissions, interleavings) adds its import line here; the module calls registerSuite() and
+// registerTarget() itself.
+import './targets/builtin.ts';
+import './cases/nbd/index.ts';
