@@ -43,7 +43,8 @@ describe('image-fleecing over NBD against fleece serve', () => {
     const nbd = path.join(t.dir, 'nbd.sock');
     const qmp = path.join(t.dir, 'qmp.sock');
     const d = await startDaemon('fleece', [
-      '--blockdev', `driver=file,node-name=source,filename=${src}`,
+      // §5.1 verbatim, with raw in place of qcow2 for the source.
+      '--blockdev', `driver=raw,node-name=source,file.driver=file,file.filename=${src}`,
       '--blockdev', `driver=file,node-name=temp,filename=${tmp}`,
       '--blockdev', 'driver=copy-before-write,node-name=fl-cbw,file=source,target=temp',
       '--blockdev', 'driver=snapshot-access,node-name=fl-access,file=fl-cbw',
