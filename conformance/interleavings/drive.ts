@@ -1,0 +1,346 @@
+// Driving one model interleaving through a live `fleece serve` over real NBD connections, with
+// breakpoints held and released through QMP (issue 7 outcome 2): a refinement check.
+//
+// Every actor (guest write, snapshot read) has its own NBD connection. Between two model steps,
+// every actor is either not yet submitted, parked at a breakpoint, finished, or (S3 only) blocked
+// inside the implementation on a serialising wait the model also has. A model step of actor X:
+//   1. arm X's next park point (the breakpoint event the mapping gives for X's next program
+//      counter), filtered by X's byte range;
+//   2. let X go: send its NBD request (first step) or resume the breakpoint it is parked at;
+//   3. wait until X parks at the armed event (BREAKPOINT_HIT) or its reply arrives, whichever the
+//      mapping says ends the step. Anything else (the reply comes while a park was expected, no
+//      hit within the step timeout, a hit of the wrong kind) is a disagreement.
+// Since only X moves, the implementation is deterministic between steps, and the order of the
+// model is the order of the implementation. Replies are then compared byte for byte with the
+// model's prediction.
+import type { FleecingState } from '../../spec/models/fleecing/state.ts';
+import { formatLabel } from '../../spec/explorer/label.ts';
+import { predict, snapshotBytes, writeBytes, type FleecingScenario, type ScenarioExecution, type ScenarioModel, type ScenarioStep } from '../../spec/scenarios/fleecing.ts';
+import type { NbdConnection } from '../nbd/client.ts';
+import { Cmd, errnoName } from '../nbd/constants.ts';
+import type { Reply } from '../nbd/reply.ts';
+import type { QmpClient, QmpEvent } from '../qmp/client.ts';
+
+/** Which breakpoint event ends each kind of model step (the park point before the next step). */
+export interface Mapping {
+  readonly name: string;
+  /** Writer parked before its copy lands on the target (model pc copyWrite/serialise). */
+  readonly writerBeforeCopy: string;
+  /** Writer parked after the copy (done bit set), before the guest write (model pc write). */
+  readonly writerBeforeWrite: string;
+  /** Reader parked after its lookup/lock decision, before reading the data (model pc read). */
+  readonly readerBeforeRead: { readonly legacy: string; readonly cbw: string };
+}
+
+export const DEFAULT_MAPPING: Mapping = {
+  name: 'default',
+  writerBeforeCopy: 'cbw-target-write',
+  writerBeforeWrite: 'cbw-done-set',
+  readerBeforeRead: { legacy: 'overlay-lookup-done', cbw: 'snapshot-read-lock' },
+};
+
+export interface WireEvent {
+  /** ms since the interleaving started. */
+  readonly t: number;
+  readonly actor: string;
+  readonly text: string;
+}
+
+export interface InterleavingResult {
+  readonly index: number;
+  readonly region: number;
+  /** The actor order, e.g. `R0 W0 W0 R0 W0`. */
+  readonly order: string;
+  readonly modelTrace: readonly string[];
+  readonly wireTrace: readonly WireEvent[];
+  /** The model's verdict on the invariant (undefined: holds). */
+  readonly modelViolation: string | undefined;
+  /** Implementation returned post-snapshot (or wrong) data for a snapshot read. */
+  readonly implViolation: string | undefined;
+  readonly agree: boolean;
+  /** Why not, in one line. */
+  readonly disagreement?: string;
+  /** Model action names taken (for coverage) and breakpoint events hit. */
+  readonly actions: readonly string[];
+  readonly events: readonly string[];
+  readonly durationMs: number;
+}
+
+export interface DriveContext {
+  readonly model: ScenarioModel;
+  readonly qmp: QmpClient;
+  /** One connection per actor (W0.., R0..): writers on the live export, readers on the fleecing export. */
+  readonly conns: ReadonlyMap<string, NbdConnection>;
+  readonly mapping: Mapping;
+  /** Step timeout: a park or reply not seen within it is a disagreement (blocked or ran through). */
+  readonly stepTimeoutMs: number;
+  readonly hits: HitWatcher;
+}
+
+/** Collects BREAKPOINT_HIT events by tag from a QMP connection. */
+export class HitWatcher {
+  private readonly hits = new Map<string, Record<string, unknown>>();
+  private readonly waiters = new Map<string, (h: Record<string, unknown>) => void>();
+  private stopped = false;
+  constructor(private readonly qmp: QmpClient) {
+    void this.loop();
+  }
+  private async loop(): Promise<void> {
+    while (!this.stopped && !this.qmp.isClosed) {
+      let e: QmpEvent;
+      try {
+        e = await this.qmp.waitEvent('BREAKPOINT_HIT', 500);
+      } catch {
+        continue;
+      }
+      const data = e.data ?? {};
+      const tag = String(data.tag);
+      this.hits.set(tag, data);
+      this.waiters.get(tag)?.(data);
+    }
+  }
+  /** Resolves with the hit of `tag` (already seen or future). */
+  wait(tag: string): Promise<Record<string, unknown>> {
+    const h = this.hits.get(tag);
+    if (h) return Promise.resolve(h);
+    return new Promise((r) => this.waiters.set(tag, r));
+  }
+  forget(tag: string): void {
+    this.hits.delete(tag);
+    this.waiters.delete(tag);
+  }
+  stop(): void {
+    this.stopped = true;
+  }
+}
+
+type Plan = { arm?: string; await: 'hit' | 'reply' | 'none' };
+
+/** What ends step `st` of `actor` under `mapping` (see the header). */
+export function planStep(kind: 'legacy' | 'cbw', st: ScenarioStep, mapping: Mapping): Plan {
+  const last = st.parts[st.parts.length - 1]!;
+  const s: FleecingState = st.after;
+  if (st.actor.startsWith('W')) {
+    const w = Number(st.actor.slice(1));
+    const pc = s.writers[w]!.pc;
+    if (last.kind === 'serialise') return { arm: mapping.writerBeforeWrite, await: 'none' };
+    if (pc === 'serialise' || pc === 'copyWrite' || pc === 'copyLate') return { arm: mapping.writerBeforeCopy, await: 'hit' };
+    if (pc === 'write' || pc === 'writeEarly') return { arm: mapping.writerBeforeWrite, await: 'hit' };
+    return { await: 'reply' };
+  }
+  const r = Number(st.actor.slice(1));
+  const pc = s.readers[r]!.pc;
+  if (pc === 'read') return { arm: mapping.readerBeforeRead[kind], await: 'hit' };
+  if (pc === 'lookup' || pc === 'lock') throw new Error(`internal: reader step ends at ${pc} (not fused)`);
+  return { await: 'reply' };
+}
+
+interface ActorRun {
+  submitted: boolean;
+  parked?: string;
+  /** Released towards `running.event`, tag already armed (S3 serialising wait). */
+  running?: { tag: string; event: string };
+  reply?: Promise<Reply>;
+  settled?: Reply | Error;
+}
+
+let tagSeq = 0;
+
+/** Drives execution `ex` in region `region` (byte offset `base`). Never throws for an
+ * implementation fault: that is a disagreement. */
+export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution, region: number, base: number): Promise<InterleavingResult> {
+  const m = ctx.model;
+  const sc = m.scenario;
+  const kind = m.scheme.kind;
+  const t0 = performance.now();
+  const wire: WireEvent[] = [];
+  const log = (actor: string, text: string) => wire.push({ t: Math.round((performance.now() - t0) * 10) / 10, actor, text });
+  const runs = new Map<string, ActorRun>(m.actors.map((a) => [a, { submitted: false }]));
+  const armed: string[] = [];
+  const events: string[] = [];
+  const actions: string[] = [];
+  const prediction = predict(m, ex, region);
+  const rangeOf = (actor: string) => {
+    const r = actor.startsWith('W') ? sc.writes[Number(actor.slice(1))]! : sc.reads[Number(actor.slice(1))]!;
+    return { offset: base + r.offset, length: r.length };
+  };
+  const qmpOk = async (cmd: string, args: Record<string, unknown>) => {
+    const r = await ctx.qmp.execute(cmd, args);
+    if (!r.ok) throw new StepFailure(`QMP ${cmd} ${JSON.stringify(args)} failed: ${r.error.class}: ${r.error.desc}`);
+  };
+  const submit = (actor: string, run: ActorRun) => {
+    const conn = ctx.conns.get(actor)!;
+    const { offset, length } = rangeOf(actor);
+    if (actor.startsWith('W')) {
+      const data = writeBytes(Number(actor.slice(1)), length);
+      run.reply = conn.request({ type: Cmd.WRITE, offset, payload: data });
+      log(actor, `NBD_CMD_WRITE offset ${offset} length ${length} (live export)`);
+    } else {
+      run.reply = conn.request({ type: Cmd.READ, offset, length });
+      log(actor, `NBD_CMD_READ offset ${offset} length ${length} (fleecing export)`);
+    }
+    run.reply.then((r) => (run.settled = r), (e: Error) => (run.settled = e));
+    run.submitted = true;
+  };
+  const within = <T>(p: Promise<T>, what: string): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const t = setTimeout(() => reject(new StepFailure(what)), ctx.stepTimeoutMs);
+      p.then((v) => (clearTimeout(t), resolve(v)), (e: unknown) => (clearTimeout(t), reject(e)));
+    });
+
+  let disagreement: string | undefined;
+  let stepNo = 0;
+  try {
+    for (const st of ex.steps) {
+      stepNo++;
+      for (const p of st.parts) actions.push(p.kind);
+      const run = runs.get(st.actor)!;
+      const plan = planStep(kind, st, ctx.mapping);
+      const stepName = `step ${stepNo} ${st.labels.map(formatLabel).join(' + ')}`;
+      let tag: string | undefined;
+      if (run.running && plan.arm === run.running.event) {
+        tag = run.running.tag;
+      } else if (plan.arm) {
+        tag = `${st.actor}-${++tagSeq}`;
+        const { offset, length } = rangeOf(st.actor);
+        // Writers: block-copy works on whole clusters; the filter is the writer's own range,
+        // which every event of its request overlaps.
+        await qmpOk('x-breakpoint-add', { event: plan.arm, tag, offset, bytes: length });
+        armed.push(tag);
+        log(st.actor, `x-breakpoint-add ${plan.arm} tag ${tag} offset ${offset} bytes ${length}`);
+      }
+      if (run.running) {
+        run.running = undefined; // already released; nothing to let go
+      } else if (!run.submitted) {
+        submit(st.actor, run);
+      } else if (run.parked) {
+        const p = run.parked;
+        run.parked = undefined;
+        await qmpOk('x-breakpoint-resume', { tag: p });
+        log(st.actor, `x-breakpoint-resume ${p}`);
+      } else {
+        throw new StepFailure(`${stepName}: ${st.actor} is neither parked nor waiting to be submitted (it already finished)`);
+      }
+      if (plan.await === 'none') {
+        run.running = { tag: tag!, event: plan.arm! };
+        log(st.actor, `released towards ${plan.arm} (may block on a serialising wait, as the model's guard says)`);
+        continue;
+      }
+      if (plan.await === 'hit') {
+        const hitP = ctx.hits.wait(tag!);
+        const replyP = run.reply!.then(
+          (r) => ({ reply: r }),
+          (e: Error) => ({ error: e }),
+        );
+        const first = await within(
+          Promise.race([hitP.then((h) => ({ hit: h })), replyP]),
+          `${stepName}: ${st.actor} neither parked at ${plan.arm} nor replied within ${ctx.stepTimeoutMs} ms (the implementation blocks where the model allows the step)`,
+        );
+        if ('hit' in first) {
+          const h = first.hit;
+          events.push(String(h.event));
+          log(st.actor, `BREAKPOINT_HIT ${h.tag} ${h.event} node ${h.node} offset ${h.offset} bytes ${h.bytes}`);
+          run.parked = tag;
+        } else {
+          const what = 'reply' in first ? describeReply(first.reply) : `error ${first.error.message}`;
+          log(st.actor, `reply: ${what}`);
+          throw new StepFailure(`${stepName}: ${st.actor} finished (${what}) without parking at ${plan.arm}, where the model has it stop`);
+        }
+        continue;
+      }
+      // await reply
+      const r = await within(run.reply!, `${stepName}: no reply from ${st.actor} within ${ctx.stepTimeoutMs} ms (the implementation blocks where the model lets the request finish)`);
+      log(st.actor, `reply: ${describeReply(r)}`);
+      if (st.actor.startsWith('W')) {
+        if (r.error !== 0) throw new StepFailure(`${stepName}: guest write ${st.actor} failed with ${errnoName(r.error)}; the model completes it`);
+      } else {
+        const i = Number(st.actor.slice(1));
+        if (r.error !== 0) throw new StepFailure(`${stepName}: snapshot read ${st.actor} failed with ${errnoName(r.error)}; the model predicts data`);
+        const want = prediction.reads[i]!;
+        const got = r.data ?? Buffer.alloc(0);
+        if (!got.equals(want)) {
+          throw new StepFailure(`${stepName}: snapshot read ${st.actor} returned ${describeData(got, prediction.origins[i]!, want, rangeOf(st.actor).offset, region, sc)}`);
+        }
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof StepFailure)) throw e;
+    disagreement = e.message;
+    log('-', `DISAGREEMENT: ${e.message}`);
+  }
+  // Cleanup: release whatever is still held and let every request finish.
+  const left = await ctx.qmp.execute('x-breakpoint-list', {});
+  if (left.ok) {
+    for (const b of left.value as { tag: string }[]) {
+      if (armed.includes(b.tag)) await ctx.qmp.execute('x-breakpoint-remove', { tag: b.tag });
+    }
+  }
+  for (const t of armed) ctx.hits.forget(t);
+  let implViolation: string | undefined;
+  for (const [actor, run] of runs) {
+    if (!run.reply) continue;
+    let r: Reply | undefined;
+    try {
+      r = await Promise.race([run.reply, new Promise<undefined>((res) => setTimeout(() => res(undefined), Math.max(2000, ctx.stepTimeoutMs * 2)))]);
+    } catch {
+      r = undefined;
+    }
+    if (!r) {
+      disagreement ??= `${actor} never replied, even after every breakpoint was released`;
+      continue;
+    }
+    if (actor.startsWith('R') && r.error === 0 && r.data) {
+      const i = Number(actor.slice(1));
+      const rr = sc.reads[i]!;
+      const snap = snapshotOf(region, sc).subarray(rr.offset, rr.offset + rr.length);
+      if (!r.data.equals(snap)) {
+        implViolation ??= `snapshot read ${actor} returned post-snapshot data (${describeData(r.data, undefined, snap, base + rr.offset, region, sc)})`;
+      }
+    }
+  }
+  return {
+    index: ex.index,
+    region,
+    order: ex.steps.map((s) => s.actor).join(' '),
+    modelTrace: ex.steps.map((s, i) => `${i + 1}. ${s.labels.map(formatLabel).join(' + ')}`),
+    wireTrace: wire,
+    modelViolation: ex.violation,
+    implViolation,
+    agree: disagreement === undefined,
+    ...(disagreement !== undefined ? { disagreement } : {}),
+    actions,
+    events,
+    durationMs: Math.round(performance.now() - t0),
+  };
+}
+
+class StepFailure extends Error {}
+
+function snapshotOf(region: number, sc: FleecingScenario): Buffer {
+  return snapshotBytes(region, sc.clusters * sc.clusterSize);
+}
+
+export function describeReply(r: Reply): string {
+  if (r.error !== 0) return `error ${errnoName(r.error)}${r.errorMessage ? ` (${r.errorMessage})` : ''}`;
+  return r.data ? `OK, ${r.data.length} bytes` : 'OK';
+}
+
+/** "bytes 0-4095 from W0, rest snapshot; the model predicted: all snapshot". */
+function describeData(got: Buffer, origins: Int8Array | undefined, want: Buffer, absOffset: number, region: number, sc: FleecingScenario): string {
+  const who = (b: Buffer, snap: Buffer) => {
+    const runs: string[] = [];
+    let start = 0;
+    const src = (i: number) => (b[i] === snap[i] ? 'snapshot' : (b[i]! & 0x80) !== 0 ? `W${(b[i]! >> 4) & 7}` : b[i] === 0 ? 'zeroes' : 'other');
+    for (let i = 1; i <= b.length; i++) {
+      if (i === b.length || src(i) !== src(start)) {
+        runs.push(`[${absOffset + start}, ${absOffset + i}) ${src(start)}`);
+        start = i;
+      }
+    }
+    return runs.join(', ');
+  };
+  const rel = absOffset - region * sc.clusters * sc.clusterSize;
+  const snap = snapshotOf(region, sc).subarray(rel, rel + got.length);
+  void origins;
+  return `${who(got, snap)}; the model predicted ${who(want, snap)}`;
+}

@@ -1,0 +1,299 @@
+// The interleavings suite's engine (issue 7 outcomes 2-4): for each scenario, the model
+// interleavings of the target's scheme; against a target with breakpoints, every one driven over
+// real NBD connections and compared with the model (refinement); against a target without them
+// (qemu-storage-daemon), every order of submission and pipelining the runner controls, with a
+// delay under the source, and which model interleavings those runs reached.
+import os from 'node:os';
+import fs from 'node:fs';
+import path from 'node:path';
+import { S1, S3, S4, type Scheme } from '../../spec/models/fleecing/scheme.ts';
+import { DEFAULT_SCENARIOS, predict, scenarioModel, snapshotBytes, writeBytes, type FleecingScenario, type ScenarioModel } from '../../spec/scenarios/fleecing.ts';
+import type { NbdConnection } from '../nbd/client.ts';
+import { Cmd, errnoName } from '../nbd/constants.ts';
+import type { Reply } from '../nbd/reply.ts';
+import { open } from '../nbd/session.ts';
+import { DEFAULT_MAPPING, HitWatcher, driveInterleaving, type InterleavingResult, type Mapping } from './drive.ts';
+import { INTERLEAVING_TARGETS, startSetup, type InterleavingTargetName, type Setup } from './setup.ts';
+
+export const SCHEMES_BY_NAME: Readonly<Record<string, Scheme>> = { s1: S1, s3: S3, s4: S4 };
+
+export interface ScenarioCounts {
+  /** Maximal paths of the scenario in the scheme's model (offset-restricted, nothing reduced). */
+  modelPaths: number;
+  /** After fusing the implementation's atomic steps. */
+  fusedPaths: number;
+  /** After partial-order and symmetry reduction: the interleavings to drive. */
+  enumerated: number;
+  executed: number;
+  agreeing: number;
+  disagreeing: number;
+  /** Interleavings where the model violates the invariant. */
+  modelViolations: number;
+  /** Interleavings where the implementation returned post-snapshot data. */
+  implViolations: number;
+}
+
+export interface Coverage {
+  /** Model actions taken over the executed interleavings, by name; the model's action names
+   * never taken are listed apart (a vacuous scenario). */
+  actions: Record<string, number>;
+  neverTaken: string[];
+  /** Breakpoint events hit. */
+  events: Record<string, number>;
+}
+
+export interface ScenarioReport {
+  id: string;
+  title: string;
+  note?: string;
+  target: string;
+  scheme: string;
+  mapping: string;
+  mode: 'breakpoints' | 'submission-orders';
+  counts: ScenarioCounts;
+  coverage: Coverage;
+  /** breakpoints mode: every interleaving driven. */
+  interleavings: InterleavingResult[];
+  /** submission-orders mode: what the runner controlled and what it reached. */
+  exploration?: ExplorationReport;
+  /** Replay one interleaving: append `--interleaving N`. */
+  replay: string;
+  durationMs: number;
+  /** Set when the scenario does not apply or the harness failed. */
+  skipped?: string;
+  error?: string;
+}
+
+export interface RunInterleavingsOptions {
+  target: InterleavingTargetName;
+  scenarios?: readonly FleecingScenario[];
+  /** Override the scheme (default: the target's); a mismatch is a test of the checker. */
+  scheme?: Scheme;
+  mapping?: Mapping;
+  /** Only these interleaving indexes (replay). */
+  only?: readonly number[];
+  stepTimeoutMs?: number;
+  /** QEMU: read delay under the source (nbdkit --filter=delay), ms. */
+  sourceReadDelayMs?: number;
+  onProgress?: (line: string) => void;
+}
+
+export function replayCommand(target: string, scenario: string, scheme?: string): string {
+  return `node bin/fleece.mjs interleavings --target ${target} --scenario ${scenario}${scheme ? ` --scheme ${scheme}` : ''}`;
+}
+
+export async function runInterleavings(o: RunInterleavingsOptions): Promise<ScenarioReport[]> {
+  const target = INTERLEAVING_TARGETS[o.target];
+  const scheme = o.scheme ?? SCHEMES_BY_NAME[target.scheme]!;
+  const mapping = o.mapping ?? DEFAULT_MAPPING;
+  const out: ScenarioReport[] = [];
+  for (const sc of o.scenarios ?? DEFAULT_SCENARIOS) {
+    const t0 = performance.now();
+    const base: Omit<ScenarioReport, 'counts' | 'coverage' | 'interleavings' | 'durationMs'> = {
+      id: sc.id, title: sc.title, ...(sc.note ? { note: sc.note } : {}), target: target.name, scheme: scheme.name, mapping: mapping.name,
+      mode: target.breakpoints ? 'breakpoints' : 'submission-orders',
+      replay: replayCommand(target.name, sc.id, o.scheme ? scheme.name : undefined),
+    };
+    if (sc.kinds && !sc.kinds.includes(scheme.kind)) {
+      out.push({ ...base, counts: zeroCounts(), coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: 0, skipped: sc.note ?? `not for ${scheme.kind} graphs` });
+      continue;
+    }
+    const m = scenarioModel(scheme, sc);
+    const all = m.executions();
+    const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
+    try {
+      if (target.breakpoints) {
+        const chosen = o.only ? all.filter((e) => o.only!.includes(e.index)) : all;
+        const results = await withSetup(target.name, sc, chosen.length, {}, async (setup, conns) => {
+          const hits = new HitWatcher(setup.qmp);
+          try {
+            const rs: InterleavingResult[] = [];
+            for (let i = 0; i < chosen.length; i++) {
+              const ex = chosen[i]!;
+              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 1500, hits }, ex, i, i * sc.clusters * sc.clusterSize);
+              rs.push(r);
+              o.onProgress?.(`${target.name} ${sc.id} #${ex.index} ${r.agree ? 'agrees' : 'DISAGREES'}${r.implViolation ? ' (post-snapshot data)' : ''}`);
+              const dead = setup.exited();
+              if (dead) throw new Error(`${target.name} exited (${dead}) during interleaving ${ex.index}:\n${setup.logs()}`);
+            }
+            return rs;
+          } finally {
+            hits.stop();
+          }
+        });
+        counts.executed = results.length;
+        counts.agreeing = results.filter((r) => r.agree).length;
+        counts.disagreeing = counts.executed - counts.agreeing;
+        counts.implViolations = results.filter((r) => r.implViolation).length;
+        out.push({ ...base, counts, coverage: coverageOf(m, results), interleavings: results, durationMs: Math.round(performance.now() - t0) });
+      } else {
+        const exploration = await exploreSubmissionOrders(target.name, m, o.sourceReadDelayMs ?? 20, o.onProgress);
+        counts.executed = exploration.runs.length;
+        counts.agreeing = exploration.runs.filter((r) => r.explained).length;
+        counts.disagreeing = counts.executed - counts.agreeing;
+        counts.implViolations = exploration.runs.filter((r) => r.postSnapshot).length;
+        out.push({ ...base, counts, coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], exploration, durationMs: Math.round(performance.now() - t0) });
+      }
+    } catch (e) {
+      out.push({ ...base, counts, coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: Math.round(performance.now() - t0), error: (e as Error).message });
+    }
+  }
+  return out;
+}
+
+function zeroCounts(): ScenarioCounts {
+  return { modelPaths: 0, fusedPaths: 0, enumerated: 0, executed: 0, agreeing: 0, disagreeing: 0, modelViolations: 0, implViolations: 0 };
+}
+
+function coverageOf(m: ScenarioModel, results: readonly InterleavingResult[]): Coverage {
+  const actions: Record<string, number> = Object.fromEntries(m.base.actionNames.filter((n) => n !== 'copyFail').map((n) => [n, 0]));
+  const events: Record<string, number> = {};
+  for (const r of results) {
+    for (const a of r.actions) actions[a] = (actions[a] ?? 0) + 1;
+    for (const e of r.events) events[e] = (events[e] ?? 0) + 1;
+  }
+  return { actions, neverTaken: Object.entries(actions).filter(([, n]) => n === 0).map(([k]) => k), events };
+}
+
+/** One server per scenario with `regions` fresh regions, one NBD connection per actor. */
+async function withSetup<T>(
+  name: InterleavingTargetName,
+  sc: FleecingScenario,
+  regions: number,
+  extra: { sourceReadDelayMs?: number },
+  f: (setup: Setup, conns: Map<string, NbdConnection>) => Promise<T>,
+): Promise<T> {
+  const regionSize = sc.clusters * sc.clusterSize;
+  const n = Math.max(1, regions);
+  const content = Buffer.concat(Array.from({ length: n }, (_, g) => snapshotBytes(g, regionSize)));
+  const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-interleavings-'));
+  let setup: Setup | undefined;
+  const conns = new Map<string, NbdConnection>();
+  try {
+    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...extra }, parent);
+    for (let i = 0; i < sc.writes.length; i++) conns.set(`W${i}`, (await open(setup.nbd, { exportName: 'live', timeoutMs: 60_000 })).conn);
+    for (let i = 0; i < sc.reads.length; i++) conns.set(`R${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000 })).conn);
+    return await f(setup, conns);
+  } finally {
+    for (const c of conns.values()) c.close();
+    await setup?.stop();
+    fs.rmSync(parent, { recursive: true, force: true });
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Targets without breakpoints: orders of submission and pipelining
+
+export interface ExplorationRun {
+  /** Submission order of the actors, e.g. `R0 W0 W1 R1`. */
+  order: string;
+  mode: 'sequential' | 'pipelined';
+  /** Per read: where each byte came from, as runs (`[0, 65536) snapshot`). */
+  observed: string[];
+  /** Some model interleaving predicts exactly these replies. */
+  explained: boolean;
+  /** A snapshot read returned post-snapshot data. */
+  postSnapshot: boolean;
+  /** Indexes of the model interleavings whose predicted replies these are. */
+  reaches: number[];
+  errors: string[];
+}
+
+export interface ExplorationReport {
+  sourceReadDelayMs: number;
+  runs: ExplorationRun[];
+  /** Distinct predicted outcomes of the model (classes of interleavings with equal replies). */
+  outcomeClasses: number;
+  outcomeClassesReached: number;
+  /** Model interleavings whose predicted replies some run produced. */
+  interleavingsReached: number[];
+  statement: string;
+}
+
+const originKey = (o: Int8Array): string => {
+  const runs: string[] = [];
+  let start = 0;
+  for (let i = 1; i <= o.length; i++) {
+    if (i === o.length || o[i] !== o[start]) {
+      runs.push(`[${start}, ${i}) ${o[start]! < 0 ? 'snapshot' : `W${o[start]}`}`);
+      start = i;
+    }
+  }
+  return runs.join(', ');
+};
+
+function permutations<T>(xs: readonly T[]): T[][] {
+  if (xs.length <= 1) return [[...xs]];
+  return xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p]));
+}
+
+async function exploreSubmissionOrders(name: InterleavingTargetName, m: ScenarioModel, delayMs: number, progress?: (l: string) => void): Promise<ExplorationReport> {
+  const sc = m.scenario;
+  const all = m.executions();
+  const classes = new Map<string, number[]>();
+  for (const ex of all) {
+    const k = predict(m, ex).origins.map(originKey).join(' | ');
+    classes.set(k, [...(classes.get(k) ?? []), ex.index]);
+  }
+  const orders = permutations(m.actors);
+  const modes: ('sequential' | 'pipelined')[] = ['sequential', 'pipelined'];
+  const plan = orders.flatMap((order) => modes.map((mode) => ({ order, mode })));
+  const regionSize = sc.clusters * sc.clusterSize;
+  const runs = await withSetup(name, sc, plan.length, { sourceReadDelayMs: delayMs }, async (_setup, conns) => {
+    const rs: ExplorationRun[] = [];
+    for (let g = 0; g < plan.length; g++) {
+      const { order, mode } = plan[g]!;
+      const base = g * regionSize;
+      const replies = new Map<string, Promise<Reply>>();
+      for (const actor of order) {
+        const i = Number(actor.slice(1));
+        const conn = conns.get(actor)!;
+        const p = actor.startsWith('W')
+          ? conn.request({ type: Cmd.WRITE, offset: base + sc.writes[i]!.offset, payload: writeBytes(i, sc.writes[i]!.length) })
+          : conn.request({ type: Cmd.READ, offset: base + sc.reads[i]!.offset, length: sc.reads[i]!.length });
+        replies.set(actor, p);
+        if (mode === 'sequential') await p.catch(() => undefined);
+      }
+      const errors: string[] = [];
+      const observed: string[] = [];
+      const snap = snapshotBytes(g, regionSize);
+      for (let i = 0; i < sc.reads.length; i++) {
+        const r = await replies.get(`R${i}`)!.catch((e: Error) => e);
+        const rr = sc.reads[i]!;
+        if (r instanceof Error || r.error !== 0 || !r.data) {
+          errors.push(`R${i}: ${r instanceof Error ? r.message : errnoName(r.error)}`);
+          observed.push('error');
+          continue;
+        }
+        const o = new Int8Array(rr.length);
+        for (let j = 0; j < rr.length; j++) {
+          const b = r.data[j]!;
+          o[j] = b === snap[rr.offset + j] ? -1 : (b & 0x80) !== 0 ? (b >> 4) & 7 : -2;
+        }
+        observed.push(originKey(o));
+      }
+      for (let i = 0; i < sc.writes.length; i++) {
+        const r = await replies.get(`W${i}`)!.catch((e: Error) => e);
+        if (r instanceof Error || r.error !== 0) errors.push(`W${i}: ${r instanceof Error ? r.message : errnoName(r.error)}`);
+      }
+      const key = observed.join(' | ');
+      const reaches = classes.get(key) ?? [];
+      rs.push({ order: order.join(' '), mode, observed, explained: errors.length === 0 && reaches.length > 0, postSnapshot: observed.some((x) => /W\d/.test(x)), reaches, errors });
+      progress?.(`${name} ${sc.id} ${mode} ${order.join(' ')}: ${key}`);
+    }
+    return rs;
+  });
+  const reached = new Set(runs.flatMap((r) => r.reaches));
+  const classesReached = new Set(runs.filter((r) => r.reaches.length).map((r) => r.observed.join(' | '))).size;
+  return {
+    sourceReadDelayMs: delayMs,
+    runs,
+    outcomeClasses: classes.size,
+    outcomeClassesReached: classesReached,
+    interleavingsReached: [...reached].sort((a, b) => a - b),
+    statement:
+      `${runs.length} runs (${orders.length} submission orders x sequential/pipelined, ${delayMs} ms read delay under the source) ` +
+      `reached ${reached.size} of ${all.length} model interleavings (${classesReached} of ${classes.size} classes of equal predicted replies); ` +
+      `without breakpoints the internal order is not observable, so an interleaving counts as reached when a run's replies equal its prediction`,
+  };
+}

@@ -1,0 +1,372 @@
+// Scenario-shaped fleecing models (issue 7): a small, fixed set of NBD requests (guest writes on
+// the live export, snapshot reads on the fleecing export, each at a fixed byte range), and the
+// interleavings of their internal steps that the scheme's model allows.
+//
+// The fleecing model (models/fleecing) lets each actor pick its cluster; a scenario fixes it, so
+// this adapter restricts `submit`/`start` to the scenario's cluster. It then makes three
+// reductions, each reported with its count so nothing is hidden:
+//  1. atomic steps of the implementation: a snapshot read's `start` and its first `lookup`/`lock`
+//     happen in one go once the request arrives (nothing can park between them), and so do a
+//     cbw read's unlock of one chunk and the lock of the next. Fusing them drops only orders in
+//     which the fused step commutes with everything in between (start holds nothing in S1/S4; in
+//     S3 no action that can run between start and lookup changes the temp allocation of the
+//     read's range; the chunk relock is atomic in both QEMU and the reference).
+//  2. partial-order reduction: a stateless DFS with sleep sets (Godefroid), two steps of
+//     different actors being independent in a state when both orders reach the same exact state
+//     and neither disables the other: one interleaving per Mazurkiewicz trace.
+//  3. symmetry: actors with identical requests are interchangeable; executions equal up to
+//     renaming them are driven once.
+// Predictions are made at byte level by replaying the model's decisions (which clusters a copy
+// claimed, where a read chunk was read from) over real buffers.
+import type { ActionLabel } from '../explorer/behaviour.ts';
+import { SpecError } from '../explorer/errors.ts';
+import { fleecingModel, type FleecingAction, type FleecingBehaviour } from '../models/fleecing/model.ts';
+import type { Scheme } from '../models/fleecing/scheme.ts';
+import type { FleecingState } from '../models/fleecing/state.ts';
+
+export interface ScenarioRequest {
+  /** Byte offset inside the scenario's region (the region is `clusters` clusters long). */
+  readonly offset: number;
+  readonly length: number;
+}
+
+export interface FleecingScenario {
+  /** Stable id, e.g. `2w2r-2c`. */
+  readonly id: string;
+  readonly title: string;
+  readonly clusterSize: number;
+  readonly clusters: number;
+  /** Guest writes W0, W1, ... on the live export (all must span the same number of clusters). */
+  readonly writes: readonly ScenarioRequest[];
+  /** Snapshot reads R0, R1, ... on the fleecing export (same number of clusters each). */
+  readonly reads: readonly ScenarioRequest[];
+  /** Graph kinds the scenario is meaningful for (default both). */
+  readonly kinds?: readonly ('legacy' | 'cbw')[];
+  /** Why the scenario is restricted to `kinds` (shown in reports). */
+  readonly note?: string;
+}
+
+export const CLUSTER = 65536;
+const KiB = 1024;
+
+/** The default scenarios: small enough to drive every interleaving in well under a minute. */
+export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
+  {
+    id: '1w1r-same-cluster',
+    title: 'one guest write and one snapshot read of the same cluster (the seed race)',
+    clusterSize: CLUSTER,
+    clusters: 1,
+    writes: [{ offset: 0, length: CLUSTER }],
+    reads: [{ offset: 0, length: CLUSTER }],
+  },
+  {
+    id: '2w2r-2c',
+    title: 'two guest writes and two snapshot reads over two clusters (one of each per cluster)',
+    clusterSize: CLUSTER,
+    clusters: 2,
+    writes: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
+    reads: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
+  },
+  {
+    id: '2w1r-subcluster',
+    title: 'two sub-cluster guest writes (4 KiB) into one cluster and a sub-cluster snapshot read over both',
+    clusterSize: CLUSTER,
+    clusters: 1,
+    writes: [{ offset: 4 * KiB, length: 4 * KiB }, { offset: 12 * KiB, length: 4 * KiB }],
+    reads: [{ offset: 0, length: 16 * KiB }],
+  },
+  {
+    id: '1w2r-straddle-write',
+    title: 'a guest write straddling two clusters, and a snapshot read of each cluster',
+    clusterSize: CLUSTER,
+    clusters: 2,
+    writes: [{ offset: CLUSTER / 2, length: CLUSTER }],
+    reads: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
+  },
+  {
+    id: '2w1r-straddle-read',
+    title: 'a snapshot read straddling two clusters, and a guest write into each',
+    clusterSize: CLUSTER,
+    clusters: 2,
+    writes: [{ offset: 16 * KiB, length: 8 * KiB }, { offset: CLUSTER + 16 * KiB, length: 8 * KiB }],
+    reads: [{ offset: CLUSTER / 2, length: CLUSTER }],
+    kinds: ['cbw'],
+    note: 'legacy graphs only: the S1-S3 model looks up the temp allocation per cluster, while an overlay (like qcow2) looks up a whole run at once, so a multi-cluster legacy read has no step-for-step counterpart',
+  },
+];
+
+/** Which clusters [first, last) a request touches. */
+export function clusterSpan(r: ScenarioRequest, clusterSize: number): { first: number; count: number } {
+  const first = Math.floor(r.offset / clusterSize);
+  const last = Math.ceil((r.offset + r.length) / clusterSize);
+  return { first, count: last - first };
+}
+
+/** A step of a scenario execution: one actor's macro step (one or more fused model actions). */
+export interface ScenarioStep {
+  /** `W0`, `R1`. */
+  readonly actor: string;
+  readonly parts: readonly FleecingAction[];
+  readonly labels: readonly ActionLabel[];
+  /** Model states before and after the step. */
+  readonly before: FleecingState;
+  readonly after: FleecingState;
+}
+
+export interface ScenarioExecution {
+  readonly index: number;
+  readonly steps: readonly ScenarioStep[];
+  readonly final: FleecingState;
+  readonly deadlocked: boolean;
+  /** First invariant the model violates along the execution (undefined: every state is fine). */
+  readonly violation: string | undefined;
+}
+
+export interface ScenarioModel {
+  readonly scenario: FleecingScenario;
+  readonly scheme: Scheme;
+  readonly base: FleecingBehaviour;
+  readonly actors: readonly string[];
+  /** Each actor's enabled macro step in `s` (at most one per actor). */
+  steps(s: FleecingState): ScenarioStep[];
+  /** Maximal paths of the offset-restricted model, counted (no fusion, no reduction). */
+  countModelPaths(): number;
+  /** Maximal paths after fusing the implementation's atomic steps (no reduction). */
+  countFusedPaths(): number;
+  /** Executions to drive: fused, partial-order and symmetry reduced, deterministic order. */
+  executions(limit?: number): ScenarioExecution[];
+}
+
+const actorOf = (a: FleecingAction): string => {
+  switch (a.kind) {
+    case 'submit': case 'serialise': case 'copyWrite': case 'copyFail': case 'write': return `W${a.w}`;
+    case 'start': case 'lookup': case 'lock': case 'read': return `R${a.r}`;
+    case 'discard': return 'D';
+  }
+};
+
+export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioModel {
+  const kind = scheme.kind;
+  if (sc.kinds && !sc.kinds.includes(kind)) throw new SpecError(`scenario ${sc.id} does not apply to ${kind} schemes: ${sc.note ?? ''}`, scheme.name);
+  const ws = sc.writes.map((w) => clusterSpan(w, sc.clusterSize));
+  const rs = sc.reads.map((r) => clusterSpan(r, sc.clusterSize));
+  const writeSize = ws[0]?.count ?? 1;
+  const readSize = rs[0]?.count ?? 1;
+  if (ws.some((w) => w.count !== writeSize) || rs.some((r) => r.count !== readSize)) {
+    throw new SpecError(`scenario ${sc.id}: every write (read) must span the same number of clusters`, scheme.name);
+  }
+  for (const x of [...ws, ...rs]) if (x.first + x.count > sc.clusters) throw new SpecError(`scenario ${sc.id}: a request leaves the region`, scheme.name);
+  const base = fleecingModel(scheme, {
+    clusters: sc.clusters, writers: sc.writes.length, readers: sc.reads.length, writeSize, readSize,
+    bitmap: false, discard: false, cbwFailures: 0,
+  });
+  const actors = [...sc.writes.map((_, i) => `W${i}`), ...sc.reads.map((_, i) => `R${i}`)];
+
+  /** The model's enabled actions restricted to the scenario's clusters, per actor. */
+  const restricted = (s: FleecingState): Map<string, FleecingAction> => {
+    const out = new Map<string, FleecingAction>();
+    for (const a of base.enabled(s)) {
+      if (a.kind === 'submit' && a.off !== ws[a.w]!.first) continue;
+      if (a.kind === 'start' && a.off !== rs[a.r]!.first) continue;
+      const who = actorOf(a);
+      if (out.has(who)) throw new SpecError(`internal: actor ${who} has two enabled actions`, scheme.name);
+      out.set(who, a);
+    }
+    return out;
+  };
+
+  const fuse = (s: FleecingState, a: FleecingAction): ScenarioStep => {
+    const parts = [a];
+    let t = base.step(s, a);
+    if (a.kind === 'start' || a.kind === 'read') {
+      const r = t.readers[a.r]!;
+      if (r.pc === 'lookup' || r.pc === 'lock') {
+        const next = restricted(t).get(`R${a.r}`);
+        if (!next || (next.kind !== 'lookup' && next.kind !== 'lock')) throw new SpecError(`internal: ${r.pc} of R${a.r} is not enabled`, scheme.name);
+        parts.push(next);
+        t = base.step(t, next);
+      }
+    }
+    return { actor: actorOf(a), parts, labels: parts.map((p) => base.label(p)), before: s, after: t };
+  };
+
+  const steps = (s: FleecingState): ScenarioStep[] => [...restricted(s).values()].map((a) => fuse(s, a));
+
+  const countPaths = (next: (s: FleecingState) => FleecingState[]): number => {
+    const memo = new Map<string, number>();
+    const go = (s: FleecingState): number => {
+      const k = base.key(s, false);
+      const m = memo.get(k);
+      if (m !== undefined) return m;
+      const succ = next(s);
+      const n = succ.length === 0 ? 1 : succ.reduce((acc, t) => acc + go(t), 0);
+      memo.set(k, n);
+      return n;
+    };
+    return go(base.initial()[0]!);
+  };
+
+  const violationOf = (s: FleecingState): string | undefined => {
+    for (const inv of base.invariants) {
+      const m = inv.check(s);
+      if (m) return `${inv.name}: ${m}`;
+    }
+    return undefined;
+  };
+
+  // Symmetry classes: actors with identical requests.
+  const classOf = new Map<string, string>();
+  sc.writes.forEach((w, i) => classOf.set(`W${i}`, `W:${w.offset}:${w.length}`));
+  sc.reads.forEach((r, i) => classOf.set(`R${i}`, `R:${r.offset}:${r.length}`));
+  const canonical = (seq: readonly string[]): string => {
+    const rename = new Map<string, string>();
+    const used = new Map<string, number>();
+    return seq.map((a) => {
+      let n = rename.get(a);
+      if (!n) {
+        const c = classOf.get(a)!;
+        const k = used.get(c) ?? 0;
+        used.set(c, k + 1);
+        n = `${c}#${k}`;
+        rename.set(a, n);
+      }
+      return n;
+    }).join(' ');
+  };
+
+  function executions(limit = 20_000): ScenarioExecution[] {
+    const out: ScenarioExecution[] = [];
+    const seen = new Set<string>();
+    const key = (s: FleecingState) => base.key(s, false);
+    const same = (x: ScenarioStep | undefined, y: ScenarioStep) => x !== undefined && JSON.stringify(x.labels) === JSON.stringify(y.labels);
+    const independent = (s: FleecingState, a: ScenarioStep, b: ScenarioStep): boolean => {
+      const ab = steps(a.after).find((x) => x.actor === b.actor);
+      const ba = steps(b.after).find((x) => x.actor === a.actor);
+      if (!same(ab, b) || !same(ba, a)) return false;
+      return key(ab!.after) === key(ba!.after);
+    };
+    const path: ScenarioStep[] = [];
+    const dfs = (s: FleecingState, sleep: ScenarioStep[]) => {
+      const en = steps(s);
+      if (en.length === 0) {
+        const c = canonical(path.map((p) => p.actor));
+        if (seen.has(c)) return;
+        seen.add(c);
+        if (out.length >= limit) throw new SpecError(`scenario ${sc.id}: more than ${limit} interleavings; make it smaller`, scheme.name);
+        let violation: string | undefined;
+        for (const st of path) violation ??= violationOf(st.after);
+        out.push({ index: out.length, steps: [...path], final: s, deadlocked: base.pending(s), violation });
+        return;
+      }
+      const done: ScenarioStep[] = [];
+      for (const a of en) {
+        if (sleep.some((b) => b.actor === a.actor)) continue;
+        const nextSleep = [...sleep, ...done].filter((b) => independent(s, a, b)).map((b) => steps(a.after).find((x) => x.actor === b.actor)!);
+        path.push(a);
+        dfs(a.after, nextSleep);
+        path.pop();
+        done.push(a);
+      }
+    };
+    dfs(base.initial()[0]!, []);
+    return out;
+  }
+
+  return {
+    scenario: sc,
+    scheme,
+    base,
+    actors,
+    steps,
+    countModelPaths: () => countPaths((s) => [...restricted(s).values()].map((a) => base.step(s, a))),
+    countFusedPaths: () => countPaths((s) => steps(s).map((x) => x.after)),
+    executions,
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// Byte-level predictions
+
+/** Snapshot content of byte `i` of a region: distinct per region, cluster and offset. */
+export function snapshotBytes(region: number, size: number): Buffer {
+  const b = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) b[i] = ((i >> 9) * 7 + region * 13 + 0x10) & 0x7f; // 0x00-0x7f
+  return b;
+}
+
+/** Data guest write k writes: 0x80 | k in the top bits, offset-dependent low bits. */
+export function writeBytes(k: number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) b[i] = 0x80 | ((k & 7) << 4) | ((i >> 9) & 0x0f);
+  return b;
+}
+
+export interface Prediction {
+  /** Expected data of each snapshot read (the model never predicts an error here). */
+  readonly reads: readonly Buffer[];
+  /** Which guest write each byte of each read came from (-1: snapshot data), for messages. */
+  readonly origins: readonly Int8Array[];
+  /** Reads whose predicted data differ from the snapshot (byte-level invariant violation). */
+  readonly badReads: readonly number[];
+}
+
+/** Replays the model's decisions of `ex` over bytes. `target0` is the target's initial content
+ * (cbw: the raw temp file, zeroes; legacy: unallocated, so never read). */
+export function predict(m: ScenarioModel, ex: ScenarioExecution, region = 0): Prediction {
+  const sc = m.scenario;
+  const step1 = (s: FleecingState, a: FleecingAction) => m.base.step(s, a);
+  const cs = sc.clusterSize;
+  const size = sc.clusters * cs;
+  const snap = snapshotBytes(region, size);
+  const src = Buffer.from(snap);
+  const srcOrigin = new Int8Array(size).fill(-1);
+  const tgt = Buffer.alloc(size);
+  const tgtOrigin = new Int8Array(size).fill(-1);
+  const bufs = new Map<number, { data: Buffer; origin: Int8Array; claim: number }>();
+  const reads = sc.reads.map((r) => Buffer.alloc(r.length));
+  const origins = sc.reads.map((r) => new Int8Array(r.length).fill(-1));
+  for (const st of ex.steps) {
+    let s = st.before;
+    for (const a of st.parts) {
+      switch (a.kind) {
+        case 'submit': {
+          const t = step1(s, a);
+          const claim = t.writers[a.w]!.claim;
+          bufs.set(a.w, { data: Buffer.from(src), origin: Int8Array.from(srcOrigin), claim });
+          break;
+        }
+        case 'copyWrite': {
+          const b = bufs.get(a.w)!;
+          for (let c = 0; c < sc.clusters; c++) {
+            if (!((b.claim >> c) & 1)) continue;
+            b.data.copy(tgt, c * cs, c * cs, (c + 1) * cs);
+            tgtOrigin.set(b.origin.subarray(c * cs, (c + 1) * cs), c * cs);
+          }
+          break;
+        }
+        case 'write': {
+          const w = sc.writes[a.w]!;
+          writeBytes(a.w, w.length).copy(src, w.offset);
+          srcOrigin.fill(a.w, w.offset, w.offset + w.length);
+          break;
+        }
+        case 'read': {
+          const r = sc.reads[a.r]!;
+          const lo = Math.max(r.offset, a.c * cs);
+          const hi = Math.min(r.offset + r.length, (a.c + a.n) * cs);
+          const from = a.fromTarget ? tgt : src;
+          const fromO = a.fromTarget ? tgtOrigin : srcOrigin;
+          from.copy(reads[a.r]!, lo - r.offset, lo, hi);
+          origins[a.r]!.set(fromO.subarray(lo, hi), lo - r.offset);
+          break;
+        }
+        case 'serialise': case 'start': case 'lookup': case 'lock': case 'copyFail': case 'discard':
+          break;
+      }
+      s = step1(s, a);
+    }
+  }
+  const badReads = sc.reads.map((r, i) => (reads[i]!.equals(snap.subarray(r.offset, r.offset + r.length)) ? -1 : i)).filter((i) => i >= 0);
+  return { reads, origins, badReads };
+}
+
