@@ -443,13 +443,29 @@ function finished(w: Writer, pc: 'done' | 'failed'): Writer {
 function setWriter(s: FleecingState, i: number, w: Writer): FleecingState {
   const writers = s.writers.slice();
   writers[i] = w;
-  return { ...s, writers };
+  return withActors(s, writers, s.readers);
 }
 
 function setReader(s: FleecingState, i: number, r: Reader): FleecingState {
   const readers = s.readers.slice();
   readers[i] = r;
-  return { ...s, readers };
+  return withActors(s, s.writers, readers);
+}
+
+/** One literal with every field keeps all states on one hidden class (faster than spreads). */
+function withActors(s: FleecingState, writers: readonly Writer[], readers: readonly Reader[]): FleecingState {
+  return {
+    source: s.source,
+    target: s.target,
+    copy: s.copy,
+    done: s.done,
+    access: s.access,
+    snapshotError: s.snapshotError,
+    failuresLeft: s.failuresLeft,
+    writers,
+    readers,
+    discarder: s.discarder,
+  };
 }
 
 function unreachable(x: never): never {
@@ -486,37 +502,57 @@ const WRITER_PC: Readonly<Record<Writer['pc'], number>> = {
 const READER_PC: Readonly<Record<Reader['pc'], number>> = { idle: 1, lookup: 2, lock: 3, read: 4, done: 5, failed: 6 };
 
 // Keys are strings of UTF-16 code units, one per small field (values are offset by 8 so every
-// code is positive; masks fit in 16 bits since clusters <= 16). No closures on this path.
-const code = String.fromCharCode;
+// code is positive; masks fit in 16 bits since clusters <= 16). The codes go into one scratch
+// array and become a flat string in a single String.fromCharCode call: no ropes to flatten when
+// the visited set hashes the key, and no closures on this path.
 
-/** The writer's local state without values naming writers (the symmetry sort key). */
-function writerCode(w: Writer): string {
-  return code(WRITER_PC[w.pc], w.off + 8, w.claim, (w.failed ? 2 : 0) | (w.noWait ? 1 : 0));
-}
-
+const scratch: number[] = [];
 const scratchOrder: number[] = [];
 const scratchIndex: number[] = [];
-const scratchCodes: string[] = [];
+const scratchReaders: number[] = [];
+
+/** Compares two writers by their local state without values naming writers. */
+function compareWriters(a: Writer, b: Writer): number {
+  return (
+    WRITER_PC[a.pc] - WRITER_PC[b.pc] ||
+    a.off - b.off ||
+    a.claim - b.claim ||
+    Number(a.failed) - Number(b.failed) ||
+    Number(a.noWait) - Number(b.noWait)
+  );
+}
+
+function renamed(v: number, newIndex: readonly number[]): number {
+  return v > 0 ? newIndex[v - 1]! + 9 : v + 8;
+}
+
+function compareReaders(a: Reader, b: Reader, newIndex: readonly number[]): number {
+  return (
+    READER_PC[a.pc] - READER_PC[b.pc] ||
+    a.off - b.off ||
+    a.pos - b.pos ||
+    a.n - b.n ||
+    Number(a.fromTarget) - Number(b.fromTarget) ||
+    a.hold - b.hold ||
+    renamed(a.bad, newIndex) - renamed(b.bad, newIndex) ||
+    a.badAt - b.badAt
+  );
+}
 
 function keyOf(s: FleecingState, symmetric: boolean): string {
   const W = s.writers.length;
-  // newIndex[old writer] under the symmetry permutation (identity when not symmetric).
+  const R = s.readers.length;
+  // order[pos] = old writer index; newIndex[old] = pos (identity unless symmetric).
   const order = scratchOrder;
   const newIndex = scratchIndex;
-  const codes = scratchCodes;
   order.length = W;
   newIndex.length = W;
-  codes.length = W;
-  for (let i = 0; i < W; i++) {
-    order[i] = i;
-    codes[i] = writerCode(s.writers[i]!);
-  }
-  if (symmetric && W > 1) {
-    // insertion sort by local code, ties by index: W is tiny.
+  for (let i = 0; i < W; i++) order[i] = i;
+  if (symmetric) {
     for (let i = 1; i < W; i++) {
       const x = order[i]!;
       let j = i - 1;
-      while (j >= 0 && codes[order[j]!]! > codes[x]!) {
+      while (j >= 0 && compareWriters(s.writers[order[j]!]!, s.writers[x]!) > 0) {
         order[j + 1] = order[j]!;
         j--;
       }
@@ -525,31 +561,54 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
   }
   for (let pos = 0; pos < W; pos++) newIndex[order[pos]!] = pos;
 
-  let k = '';
-  for (const v of s.source) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
-  for (const v of s.target) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
-  k += code(s.copy, s.done, s.access, (s.snapshotError ? 256 : 0) | s.failuresLeft);
+  const k = scratch;
+  let n = 0;
+  for (const v of s.source) k[n++] = renamed(v, newIndex);
+  for (const v of s.target) k[n++] = renamed(v, newIndex);
+  k[n++] = s.copy;
+  k[n++] = s.done;
+  k[n++] = s.access;
+  k[n++] = (s.snapshotError ? 256 : 0) | s.failuresLeft;
   for (let pos = 0; pos < W; pos++) {
     const w = s.writers[order[pos]!]!;
-    k += codes[order[pos]!]! + code(w.buf.length);
-    for (const v of w.buf) k += code(v > 0 ? newIndex[v - 1]! + 9 : v + 8);
+    k[n++] = WRITER_PC[w.pc];
+    k[n++] = w.off + 8;
+    k[n++] = w.claim;
+    k[n++] = (w.failed ? 2 : 0) | (w.noWait ? 1 : 0);
+    k[n++] = w.buf.length;
+    for (const v of w.buf) k[n++] = renamed(v, newIndex);
   }
-  const R = s.readers.length;
-  if (symmetric && R > 1) {
-    const rs: string[] = [];
-    for (const r of s.readers) rs.push(readerCode(r, newIndex));
-    rs.sort();
-    for (const x of rs) k += x;
-  } else {
-    for (const r of s.readers) k += readerCode(r, newIndex);
+  const ro = scratchReaders;
+  ro.length = R;
+  for (let i = 0; i < R; i++) ro[i] = i;
+  if (symmetric) {
+    for (let i = 1; i < R; i++) {
+      const x = ro[i]!;
+      let j = i - 1;
+      while (j >= 0 && compareReaders(s.readers[ro[j]!]!, s.readers[x]!, newIndex) > 0) {
+        ro[j + 1] = ro[j]!;
+        j--;
+      }
+      ro[j + 1] = x;
+    }
   }
-  if (s.discarder) k += code(s.discarder.pc === 'idle' ? 1 : 2, s.discarder.off + 8);
-  return k;
-}
-
-function readerCode(r: Reader, newIndex: readonly number[]): string {
-  const bad = r.bad > 0 ? newIndex[r.bad - 1]! + 9 : r.bad + 8;
-  return code(READER_PC[r.pc], r.off + 8, r.pos + 8, r.n, (r.fromTarget ? 1 : 0), r.hold, bad, r.badAt + 8);
+  for (let i = 0; i < R; i++) {
+    const r = s.readers[ro[i]!]!;
+    k[n++] = READER_PC[r.pc];
+    k[n++] = r.off + 8;
+    k[n++] = r.pos + 8;
+    k[n++] = r.n;
+    k[n++] = r.fromTarget ? 1 : 0;
+    k[n++] = r.hold;
+    k[n++] = renamed(r.bad, newIndex);
+    k[n++] = r.badAt + 8;
+  }
+  if (s.discarder) {
+    k[n++] = s.discarder.pc === 'idle' ? 1 : 2;
+    k[n++] = s.discarder.off + 8;
+  }
+  k.length = n;
+  return String.fromCharCode.apply(null, k);
 }
 
 function maskText(m: number, n: number): string {
