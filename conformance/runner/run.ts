@@ -123,7 +123,7 @@ export async function runCase<Env>(
   let verdict: Verdict;
   let reason: string;
   // A case must finish on its own (every wait has a timeout); this guards against runner bugs.
-  const guardMs = opts.timeoutMs * 8 + 10_000;
+  const guardMs = Math.max(opts.timeoutMs * 8, 30_000) + 30_000;
   let guard: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
