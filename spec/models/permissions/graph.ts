@@ -8,6 +8,7 @@
 // (with QEMU's message) out. `evaluate` runs a sequence of operations the way a QMP session
 // does: a refused command changes nothing and the session goes on.
 import { match } from 'ts-pattern';
+import { SpecError } from '../../explorer/errors.ts';
 import { childPerm, childSlots, roleNames, type CbwRule, type Driver, type Role } from './drivers.ts';
 import { ALL, NONE, RESIZE, WRITE, WRITE_UNCHANGED, CONSISTENT_READ, allows, permNames, permText, type PermName, type PermSet } from './perm.ts';
 
@@ -114,15 +115,16 @@ export function emptyGraph(options: ModelOptions = QEMU_7_2): GraphState {
 
 export type RefusalKind = 'conflict' | 'read-only' | 'in-use' | 'usage';
 
-/** The permission layer's one error class. `message` is QEMU 7.2's text where QEMU has one. */
-export class PermissionModelError extends Error {
-  override readonly name = 'PermissionModelError';
+/** A refusal of the modelled QEMU: the spec layer's SpecError, whose message is QEMU 7.2's
+ * text where QEMU has one (so the conformance suite can compare it verbatim). */
+export class PermissionModelError extends SpecError {
   constructor(
     readonly kind: RefusalKind,
     message: string,
     readonly context: Readonly<{ op?: GraphOp['op']; node?: string; perms?: readonly PermName[] }> = {},
   ) {
     super(message);
+    this.name = 'PermissionModelError';
   }
 }
 

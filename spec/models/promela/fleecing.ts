@@ -18,6 +18,8 @@
 //     c] allocation lookup | read temp or source | [S3: end tracked read] check
 // Data values: 0 is the snapshot's data; i+1 is data written by writer Wi.
 
+import { SpecError } from '../../explorer/errors.ts';
+
 export type PromelaScheme = 'S1' | 'S3';
 
 export interface PromelaParams {
@@ -27,8 +29,12 @@ export interface PromelaParams {
   readonly readers: number;
 }
 
-export class PromelaModelError extends Error {
-  override readonly name = 'PromelaModelError';
+/** Bad parameters for a Promela port: the spec layer's SpecError. */
+export class PromelaModelError extends SpecError {
+  constructor(message: string) {
+    super(message, 'promela');
+    this.name = 'PromelaModelError';
+  }
 }
 
 /** Promela text for the scheme at these parameters. */

@@ -6,14 +6,16 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { SpecError } from '../../explorer/errors.ts';
 
-export class SpinError extends Error {
-  override readonly name = 'SpinError';
+/** The spec layer's error (SpecError) for a SPIN run that could not be carried out. */
+export class SpinError extends SpecError {
   constructor(
     message: string,
     readonly context: Readonly<{ step?: string; command?: string; output?: string }> = {},
   ) {
     super(message);
+    this.name = 'SpinError';
   }
 }
 

@@ -1,0 +1,6 @@
+// Permission soundness (issue 4, outcome 3): bounded graph enumeration, permission verdicts,
+// data-plane verdicts for accepted graphs with a snapshot reader.
+export * from './graphs.ts';
+export * from './dataplane.ts';
+export * from './soundness.ts';
+export * from './report.ts';
