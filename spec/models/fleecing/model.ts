@@ -506,7 +506,8 @@ const READER_PC: Readonly<Record<Reader['pc'], number>> = { idle: 1, lookup: 2, 
 // array and become a flat string in a single String.fromCharCode call: no ropes to flatten when
 // the visited set hashes the key, and no closures on this path.
 
-const scratch: number[] = [];
+// 16 clusters x 2 + 4 + 8 writers x (5 + 16) + 8 readers x 8 + 2 fits in 512 codes.
+const scratch = new Uint16Array(512);
 const scratchOrder: number[] = [];
 const scratchIndex: number[] = [];
 const scratchReaders: number[] = [];
@@ -607,8 +608,7 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
     k[n++] = s.discarder.pc === 'idle' ? 1 : 2;
     k[n++] = s.discarder.off + 8;
   }
-  k.length = n;
-  return String.fromCharCode.apply(null, k);
+  return String.fromCharCode.apply(null, k.subarray(0, n) as unknown as number[]);
 }
 
 function maskText(m: number, n: number): string {
