@@ -1,6 +1,7 @@
 // A range list (block/reqlist.c, qemu-fleecing.md §2.2): in-flight byte ranges where every entry
 // excludes every overlapping waiter; no serialising distinction. copy-before-write keeps its
 // frozen snapshot reads here, block-copy its in-flight copy tasks.
+import { Watchers } from './watchers.ts';
 
 export class RangeReq {
   private resolveDone!: () => void;
@@ -33,7 +34,7 @@ export class RangeReq {
 
 export class RangeList {
   private readonly reqs: RangeReq[] = [];
-  private watchers: Array<() => void> = [];
+  private readonly watchers = new Watchers();
 
   /** reqlist_init_req */
   add(offset: number, bytes: number, tag = ''): RangeReq {
@@ -81,19 +82,11 @@ export class RangeList {
   }
 
   until(pred: (reqs: ReadonlyArray<RangeReq>) => boolean): Promise<void> {
-    if (pred(this.reqs)) return Promise.resolve();
-    return new Promise((resolve) => {
-      const check = (): void => {
-        if (pred(this.reqs)) {
-          this.watchers = this.watchers.filter((w) => w !== check);
-          resolve();
-        }
-      };
-      this.watchers.push(check);
-    });
+    return this.watchers.until(() => pred(this.reqs));
   }
 
   private notify(): void {
-    for (const w of [...this.watchers]) w();
+    this.watchers.notify();
   }
+
 }

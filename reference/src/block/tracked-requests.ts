@@ -8,6 +8,8 @@
 
 export type TrackedRequestType = 'read' | 'write' | 'discard' | 'write-zeroes' | 'truncate';
 
+import { Watchers } from './watchers.ts';
+
 export class TrackedRequest {
   serialising = false;
   overlapOffset: number;
@@ -68,7 +70,7 @@ export class TrackedRequests {
   private readonly reqs: TrackedRequest[] = [];
   private nextId = 1;
   serialisingInFlight = 0;
-  private watchers: Array<() => void> = [];
+  private readonly watchers = new Watchers();
 
   begin(type: TrackedRequestType, offset: number, bytes: number): TrackedRequest {
     const req = new TrackedRequest(this, this.nextId++, type, offset, bytes);
@@ -100,19 +102,11 @@ export class TrackedRequests {
   /** Resolves once `pred` holds over the in-flight list; lets a test wait for "the CBW write is
    * now blocked on the reader" without sleeping. */
   until(pred: (reqs: ReadonlyArray<TrackedRequest>) => boolean): Promise<void> {
-    if (pred(this.reqs)) return Promise.resolve();
-    return new Promise((resolve) => {
-      const check = (): void => {
-        if (pred(this.reqs)) {
-          this.watchers = this.watchers.filter((w) => w !== check);
-          resolve();
-        }
-      };
-      this.watchers.push(check);
-    });
+    return this.watchers.until(() => pred(this.reqs));
   }
 
   notify(): void {
-    for (const w of [...this.watchers]) w();
+    this.watchers.notify();
   }
+
 }
