@@ -6,6 +6,8 @@
 import { S3, S4, type Scheme } from '../models/fleecing/index.ts';
 import { evaluate, QEMU_7_2, type GraphState, type ModelOptions } from '../models/permissions/graph.ts';
 import { WRITE } from '../models/permissions/perm.ts';
+import type { PermissionState } from '../models/permissions/behaviour.ts';
+import type { Invariant } from '../explorer/behaviour.ts';
 import { enumerateGraphs, type GraphBound, type GraphCase, DEFAULT_BOUND } from './graphs.ts';
 import { runDataPlane, type DataPlaneConfig, type DataPlaneVerdict } from './dataplane.ts';
 
@@ -186,3 +188,20 @@ export function soundness(bound: GraphBound = DEFAULT_BOUND, opts: SoundnessOpti
   for (const v of verdicts) counts[v.verdict]++;
   return { bound, graphs: verdicts.length, counts, dataPlaneRuns: cache.size, verdicts, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
+
+/** For the permission Behaviour: no accepted graph lets anything but cbw write under a snapshot
+ * reader (the temp/target, or the source around cbw). Violated on QEMU 7.2 by B6. */
+export const noForeignWriterUnderSnapshot: Invariant<PermissionState> = {
+  name: 'no-foreign-writer-under-snapshot',
+  check({ graph }) {
+    for (const r of snapshotReaders(graph)) {
+      if (r.tempWriters.length > 0) {
+        return `export ${r.exportId} reads a snapshot kept in '${r.target}', which another user may write: ${r.tempWriters.join('; ')}`;
+      }
+      if (r.sourceBypassWriters.length > 0) {
+        return `export ${r.exportId} reads a snapshot of '${r.source}', which a user may write without copy-before-write: ${r.sourceBypassWriters.join('; ')}`;
+      }
+    }
+    return undefined;
+  },
+};

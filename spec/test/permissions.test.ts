@@ -207,3 +207,42 @@ describe('permission model: other operations', () => {
     expect(ev.refusal?.kind).toBe('usage');
   });
 });
+
+describe('permission model as a Behaviour (command orders)', () => {
+  it('every order of the modern menu is conflict-free and refreshed; refusals are recorded', async () => {
+    const { permissionBehaviour } = await import('../models/permissions/behaviour.ts');
+    const { explore } = await import('../explorer/explore.ts');
+    const menu = [...modernFleecing(), WRITABLE_EXPORT_ON_SOURCE, WRITABLE_EXPORT_ON_TEMP];
+    const r = explore(permissionBehaviour(menu));
+    expect(r.verdict).toBe('ok');
+    expect(r.exhaustive).toBe(true);
+    expect(r.distinct).toBeGreaterThan(menu.length);
+  });
+
+  it('with the soundness invariant, the explorer finds B6 as the shortest command sequence', async () => {
+    const { permissionBehaviour } = await import('../models/permissions/behaviour.ts');
+    const { noForeignWriterUnderSnapshot } = await import('../soundness/soundness.ts');
+    const { explore } = await import('../explorer/explore.ts');
+    const menu = [...modernFleecing(), WRITABLE_EXPORT_ON_SOURCE, WRITABLE_EXPORT_ON_TEMP];
+    const r = explore(permissionBehaviour(menu, { invariants: [noForeignWriterUnderSnapshot] }));
+    expect(r.verdict).toBe('violation');
+    const steps = r.counterexample?.steps.map((s) => `${s.label.action}(${String(s.label.args?.['id'] ?? s.label.args?.['node-name'])})`);
+    // 5 blockdev-adds, the fleece export, then the writable export on temp: 7 commands.
+    expect(steps).toHaveLength(7);
+    expect(steps?.at(-1)).toBe('block-export-add(exp-temp)');
+    expect(r.counterexample?.message).toMatch(/^export exp-fleece reads a snapshot kept in 'temp', which another user may write/);
+  });
+
+  it('the self-consistency invariants catch a tampered graph (known-bad state)', async () => {
+    const { conflictFree, fixedPoint } = await import('../models/permissions/behaviour.ts');
+    const g = evaluate(modernFleecing()).graph;
+    const ok = { graph: g, issued: 0, refused: 0 };
+    expect(conflictFree.check(ok)).toBeUndefined();
+    expect(fixedPoint(QEMU_7_2).check(ok)).toBeUndefined();
+    // cbw's source edge forgets to unshare WRITE, and the live export is put on source as well.
+    const stale = g.edges.map((e) => (e.name === 'file' && e.child === 'source' ? { ...e, shared: e.shared | 2 } : e));
+    expect(fixedPoint(QEMU_7_2).check({ ...ok, graph: { ...g, edges: stale } })).toBe("edge fl-cbw -> source (file) is stale");
+    const clash = [...g.edges, { ...g.edges.find((e) => e.parent.kind === 'export' && e.parent.id === 'exp-live')!, child: 'source', seq: 99 }];
+    expect(conflictFree.check({ ...ok, graph: { ...g, edges: clash } })).toMatch(/node 'source' has parents export:exp-live using 'write' which fl-cbw does not share/);
+  });
+});

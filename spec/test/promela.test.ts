@@ -68,8 +68,8 @@ const cfg = (scheme: 'S1' | 'S3', clusters: number, writers: number, readers: nu
 
 describe('SPIN on the Promela ports', () => {
   it('finds the seed race in S1 (assertion violated), also at the smallest configuration', () => {
-    for (const p of [cfg('S1', 2, 1, 1), cfg('S1', 4, 2, 2)]) {
-      const r = runSpin(fleecingPromela(p), { noReduce: p.clusters === 2 });
+    for (const p of [cfg('S1', 2, 1, 1), cfg('S1', 3, 2, 2)]) {
+      const r = runSpin(fleecingPromela(p), { noReduce: true });
       expect(r.verdict, `${JSON.stringify(p)}\n${r.output}`).toBe('violation');
       expect(r.violation).toBe('assertion violated (v==0)');
     }
@@ -87,7 +87,8 @@ describe('SPIN on the Promela ports', () => {
 
   it('agrees with our BFS on the TS twin on every verdict, and the state counts are close', () => {
     const rows: string[] = [];
-    for (const p of [cfg('S1', 2, 1, 1), cfg('S1', 3, 2, 2), cfg('S3', 2, 2, 1), cfg('S3', 3, 2, 2)]) {
+    // (every SPIN run compiles pan.c, so the configurations are the ones the tests above ran)
+    for (const p of [cfg('S1', 2, 1, 1), cfg('S1', 3, 2, 2), cfg('S3', 3, 2, 2)]) {
       const spin = runSpin(fleecingPromela(p), { noReduce: true });
       const ours = bfs(mirrorModel(p));
       const expected = p.scheme === 'S1' ? 'violation' : 'pass';
@@ -124,7 +125,7 @@ describe('SPIN on the Promela ports', () => {
 describe('Promela twin of spec/models/fleecing vs spec/explorer', () => {
   it('same verdicts on S1 and S3, and SPIN -DNOREDUCE stores about as many states as we do', () => {
     const rows: string[] = [];
-    for (const p of [cfg('S1', 2, 1, 1), cfg('S1', 3, 2, 2), cfg('S3', 2, 1, 1), cfg('S3', 3, 2, 2)]) {
+    for (const p of [cfg('S1', 3, 2, 2), cfg('S3', 3, 2, 2)]) {
       const spin = runSpin(explorerTwinPromela(p), { noReduce: true });
       const ours = explore(fleecingModel(p.scheme === 'S1' ? S1 : S3, { clusters: p.clusters, writers: p.writers, readers: p.readers }));
       const expected = p.scheme === 'S1' ? 'violation' : 'pass';
@@ -141,7 +142,7 @@ describe('Promela twin of spec/models/fleecing vs spec/explorer', () => {
   });
 
   it('a twin that drops S3 serialization (i.e. S1) is caught: SPIN reports the race', () => {
-    const bad = runSpin(explorerTwinPromela(cfg('S1', 3, 2, 2)));
+    const bad = runSpin(explorerTwinPromela(cfg('S1', 3, 2, 2)), { noReduce: true });
     expect(bad.verdict).toBe('violation');
     expect(bad.violation).toMatch(/assertion violated \(rbad\[\d\]==0\)/);
   });

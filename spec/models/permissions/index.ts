@@ -5,3 +5,4 @@ export * from './perm.ts';
 export * from './drivers.ts';
 export * from './graph.ts';
 export * from './scenarios.ts';
+export * from './behaviour.ts';
