@@ -1,0 +1,94 @@
+// `fleece conform` as a user runs it: exit codes 0/1/2, --list, --json, reports under --out.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseNbdUri } from '../targets/uri.ts';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const out = fs.mkdtempSync(path.join(os.tmpdir(), 'conform-cli-'));
+afterAll(() => fs.rmSync(out, { recursive: true, force: true }));
+
+function fleece(...args: string[]) {
+  const r = spawnSync(process.execPath, [path.join(REPO, 'bin/fleece.mjs'), 'conform', ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('fleece conform', () => {
+  it('--list prints the catalogue with ids, levels and sections, exit 0', () => {
+    const r = fleece('--list', '--filter', 'nbd/handshake');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/nbd\/handshake\/unknown-client-flags\s+MUST/);
+    expect(r.stdout).toMatch(/nbd-protocol\.md §2 A2/);
+    expect(r.stdout).not.toMatch(/nbd\/transmission\//);
+  });
+
+  it('exit 0 when every MUST passes; reports are written; the last line counts', () => {
+    const dir = path.join(out, 'ok');
+    const r = fleece('--target', 'qemu-nbd', '--filter', 'nbd/handshake/go', '--filter', 'nbd/bounds/write-past-end', '--out', dir, '--seed', '42', '--no-color');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim().split('\n').filter((l) => !l.startsWith('reports:')).pop()).toBe('3 passed, 0 failed, 0 skipped');
+    const json = JSON.parse(fs.readFileSync(path.join(dir, 'results.json'), 'utf8'));
+    expect(json.seed).toBe(42);
+    expect(json.results.map((x: { verdict: string }) => x.verdict).sort()).toEqual(['non-strict', 'pass', 'pass']);
+    const junit = fs.readFileSync(path.join(dir, 'junit.xml'), 'utf8');
+    expect(junit).toMatch(/<testcase classname="proto.md &quot;Option types&quot; NBD_OPT_GO; nbd-protocol.md §2 A12" name="nbd\/handshake\/go"/);
+    const index = fs.readFileSync(path.join(dir, 'html/index.html'), 'utf8');
+    expect(index).toMatch(/nbd\/handshake\/go/);
+    const page = fs.readFileSync(path.join(dir, 'html/cases/nbd__bounds__write-past-end.html'), 'utf8');
+    expect(page).toMatch(/Expectation/);
+    expect(page).toMatch(/NBD_CMD_WRITE offset/); // the wire log
+    expect(page).toMatch(/25 60 95 13/); // request magic in hex
+  });
+
+  it('--strict turns a SHOULD violation into exit 1', () => {
+    const r = fleece('--target', 'qemu-nbd', '--filter', 'nbd/bounds/write-past-end', '--strict', '--out', path.join(out, 'strict'), '--no-color');
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/0 passed, 1 failed, 0 skipped\n/);
+  });
+
+  it('exit 1 on a MUST failure (nbd-server keeps negotiating after unknown client flags); --json prints results', () => {
+    const r = fleece('--target', 'nbd-server', '--filter', 'nbd/handshake/unknown-client-flags', '--json', '--out', path.join(out, 'fail'));
+    expect(r.code).toBe(1);
+    const json = JSON.parse(r.stdout);
+    expect(json.results[0].verdict).toBe('fail');
+    expect(r.stderr).toMatch(/0 passed, 1 failed, 0 skipped/);
+  });
+
+  it('exit 2 on usage errors, with a message naming what was wrong', () => {
+    const bogus = fleece('--bogus');
+    expect(bogus.code).toBe(2);
+    expect(bogus.stderr).toMatch(/unknown argument '--bogus'/);
+    expect(fleece('--seed', 'abc').stderr).toMatch(/--seed must be an integer/);
+    expect(fleece('--target', 'no-such-server', '--out', out).stderr).toMatch(/unknown target 'no-such-server'/);
+    expect(fleece('--target', 'nbd+unix:///disk').stderr).toMatch(/nbd\+unix needs \?socket=PATH/);
+    expect(fleece('--filter', 'nbd/nothing-here').code).toBe(2);
+    expect(fleece('--suite', 'nope').stderr).toMatch(/unknown suite 'nope'/);
+  });
+
+  it('exit 2 on a harness error: a URI where nothing listens', () => {
+    const r = fleece('--target', `nbd+unix:///disk?socket=${path.join(out, 'nothing.sock')}`, '--filter', 'nbd/handshake/greeting', '--out', path.join(out, 'harness'), '--no-color');
+    expect(r.code).toBe(2);
+    expect(r.stdout).toMatch(/ERR|error/);
+  });
+});
+
+describe('NBD URIs (doc/uri.md; checklist H75)', () => {
+  it('parses the doc/uri.md table', () => {
+    expect(parseNbdUri('nbd://example.com')).toEqual({ address: { kind: 'tcp', host: 'example.com', port: 10809 }, name: '' });
+    expect(parseNbdUri('nbd://example.com/')).toMatchObject({ name: '' });
+    expect(parseNbdUri('nbd://example.com//disk')).toMatchObject({ name: '/disk' });
+    expect(parseNbdUri('nbd://h:1234/hello%20world')).toEqual({ address: { kind: 'tcp', host: 'h', port: 1234 }, name: 'hello world' });
+    expect(parseNbdUri('nbd://[::1]:10809/disk')).toEqual({ address: { kind: 'tcp', host: '::1', port: 10809 }, name: 'disk' });
+    expect(parseNbdUri('nbd+unix:///disk?socket=/tmp/x.sock')).toEqual({ address: { kind: 'unix', path: '/tmp/x.sock' }, name: 'disk' });
+  });
+  it('rejects what it cannot or must not do', () => {
+    expect(() => parseNbdUri('nbd+unix:///disk')).toThrow(/socket=PATH/);
+    expect(() => parseNbdUri('nbds://h/disk')).toThrow(/requires TLS/);
+    expect(() => parseNbdUri('nbd://h/disk?frobnicate=1')).toThrow(/unknown query parameter 'frobnicate'/);
+    expect(() => parseNbdUri('http://h/disk')).toThrow(/unknown scheme/);
+    expect(() => parseNbdUri('nbd://h:99999/')).toThrow(/port/);
+  });
+});
