@@ -511,6 +511,7 @@ const scratch = new Uint16Array(512);
 const scratchOrder: number[] = [];
 const scratchIndex: number[] = [];
 const scratchReaders: number[] = [];
+const scratchFirst: number[] = [];
 
 /** Compares two writers by their local state without values naming writers. */
 function compareWriters(a: Writer, b: Writer): number {
@@ -550,10 +551,19 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
   newIndex.length = W;
   for (let i = 0; i < W; i++) order[i] = i;
   if (symmetric) {
+    // Tie-break writers with equal local state (typically finished ones) by the first cluster
+    // whose source data they wrote: equivalent states then get the same order more often.
+    const first = scratchFirst;
+    first.length = W;
+    for (let i = 0; i < W; i++) first[i] = 255;
+    for (let c = s.source.length - 1; c >= 0; c--) {
+      const v = s.source[c]!;
+      if (v > 0) first[v - 1] = c;
+    }
     for (let i = 1; i < W; i++) {
       const x = order[i]!;
       let j = i - 1;
-      while (j >= 0 && compareWriters(s.writers[order[j]!]!, s.writers[x]!) > 0) {
+      while (j >= 0 && (compareWriters(s.writers[order[j]!]!, s.writers[x]!) || first[order[j]!]! - first[x]!) > 0) {
         order[j + 1] = order[j]!;
         j--;
       }
