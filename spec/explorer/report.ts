@@ -30,7 +30,7 @@ export function formatCoverage(r: ExploreResult<unknown, unknown>): string {
   const w = Math.max(6, ...r.coverage.map((c) => c.action.length));
   const lines = [`coverage:  ${'action'.padEnd(w)}  ${'enabled'.padStart(10)}  ${'taken'.padStart(10)}`];
   for (const c of r.coverage) {
-    lines.push(`           ${c.action.padEnd(w)}  ${String(c.enabled).padStart(10)}  ${String(c.taken).padStart(10)}${c.enabled === 0 ? '  NEVER ENABLED' : ''}`);
+    lines.push(`           ${c.action.padEnd(w)}  ${String(c.enabled).padStart(10)}  ${String(c.taken).padStart(10)}${c.enabled === 0 ? (r.exhaustive ? '  NEVER ENABLED' : '  not enabled before the search stopped') : ''}`);
   }
   const never = neverEnabled(r);
   if (never.length > 0 && r.exhaustive) lines.push(`never enabled (vacuous model?): ${never.join(', ')}`);
