@@ -73,8 +73,10 @@ export interface RunInterleavingsOptions {
   /** Only these interleaving indexes (replay). */
   only?: readonly number[];
   stepTimeoutMs?: number;
-  /** QEMU: read delay under the source (nbdkit --filter=delay), ms. */
+  /** Submission-orders mode: read delay under the source, ms (default 20). */
   sourceReadDelayMs?: number;
+  /** Default: breakpoints when the target has them, else submission orders. */
+  mode?: 'breakpoints' | 'submission-orders';
   onProgress?: (line: string) => void;
 }
 
@@ -86,12 +88,14 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
   const target = INTERLEAVING_TARGETS[o.target];
   const scheme = o.scheme ?? SCHEMES_BY_NAME[target.scheme]!;
   const mapping = o.mapping ?? DEFAULT_MAPPING;
+  const mode = o.mode ?? (target.breakpoints ? 'breakpoints' : 'submission-orders');
+  if (mode === 'breakpoints' && !target.breakpoints) throw new Error(`${target.name} has no breakpoints; use submission orders`);
   const out: ScenarioReport[] = [];
   for (const sc of o.scenarios ?? DEFAULT_SCENARIOS) {
     const t0 = performance.now();
     const base: Omit<ScenarioReport, 'counts' | 'coverage' | 'interleavings' | 'durationMs'> = {
       id: sc.id, title: sc.title, ...(sc.note ? { note: sc.note } : {}), target: target.name, scheme: scheme.name, mapping: mapping.name,
-      mode: target.breakpoints ? 'breakpoints' : 'submission-orders',
+      mode,
       replay: replayCommand(target.name, sc.id, o.scheme ? scheme.name : undefined),
     };
     if (sc.kinds && !sc.kinds.includes(scheme.kind)) {
@@ -102,7 +106,7 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
     const all = m.executions();
     const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
     try {
-      if (target.breakpoints) {
+      if (mode === 'breakpoints') {
         const chosen = o.only ? all.filter((e) => o.only!.includes(e.index)) : all;
         const results = await withSetup(target.name, sc, chosen.length, {}, async (setup, conns) => {
           const hits = new HitWatcher(setup.qmp);
@@ -210,12 +214,12 @@ export interface ExplorationReport {
   statement: string;
 }
 
-const originKey = (o: Int8Array): string => {
+export const originKey = (o: Int8Array): string => {
   const runs: string[] = [];
   let start = 0;
   for (let i = 1; i <= o.length; i++) {
     if (i === o.length || o[i] !== o[start]) {
-      runs.push(`[${start}, ${i}) ${o[start]! < 0 ? 'snapshot' : `W${o[start]}`}`);
+      runs.push(`[${start}, ${i}) ${o[start] === -1 ? 'snapshot' : o[start] === -2 ? 'other' : `W${o[start]}`}`);
       start = i;
     }
   }
@@ -227,14 +231,37 @@ function permutations<T>(xs: readonly T[]): T[][] {
   return xs.flatMap((x, i) => permutations([...xs.slice(0, i), ...xs.slice(i + 1)]).map((p) => [x, ...p]));
 }
 
-async function exploreSubmissionOrders(name: InterleavingTargetName, m: ScenarioModel, delayMs: number, progress?: (l: string) => void): Promise<ExplorationReport> {
-  const sc = m.scenario;
-  const all = m.executions();
+/** The model's outcome classes: predicted replies (where each read byte comes from, per read)
+ * -> the interleavings predicting them. */
+export function outcomeClasses(m: ScenarioModel): Map<string, number[]> {
   const classes = new Map<string, number[]>();
-  for (const ex of all) {
+  for (const ex of m.executions()) {
     const k = predict(m, ex).origins.map(originKey).join(' | ');
     classes.set(k, [...(classes.get(k) ?? []), ex.index]);
   }
+  return classes;
+}
+
+/** Which model interleavings predict the observed replies (`observed`: one origin description
+ * per read, as `originKey` prints it); empty: the model cannot explain them. */
+export function explain(classes: ReadonlyMap<string, number[]>, observed: readonly string[]): number[] {
+  return classes.get(observed.join(' | ')) ?? [];
+}
+
+/** Where each byte of a read came from: -1 snapshot, k guest write Wk, -2 anything else. */
+export function origins(data: Buffer, snapshot: Buffer): Int8Array {
+  const o = new Int8Array(data.length);
+  for (let j = 0; j < data.length; j++) {
+    const b = data[j]!;
+    o[j] = b === snapshot[j] ? -1 : (b & 0x80) !== 0 ? (b >> 4) & 7 : -2;
+  }
+  return o;
+}
+
+async function exploreSubmissionOrders(name: InterleavingTargetName, m: ScenarioModel, delayMs: number, progress?: (l: string) => void): Promise<ExplorationReport> {
+  const sc = m.scenario;
+  const all = m.executions();
+  const classes = outcomeClasses(m);
   const orders = permutations(m.actors);
   const modes: ('sequential' | 'pipelined')[] = ['sequential', 'pipelined'];
   const plan = orders.flatMap((order) => modes.map((mode) => ({ order, mode })));
@@ -265,19 +292,14 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
           observed.push('error');
           continue;
         }
-        const o = new Int8Array(rr.length);
-        for (let j = 0; j < rr.length; j++) {
-          const b = r.data[j]!;
-          o[j] = b === snap[rr.offset + j] ? -1 : (b & 0x80) !== 0 ? (b >> 4) & 7 : -2;
-        }
-        observed.push(originKey(o));
+        observed.push(originKey(origins(r.data, snap.subarray(rr.offset, rr.offset + rr.length))));
       }
       for (let i = 0; i < sc.writes.length; i++) {
         const r = await replies.get(`W${i}`)!.catch((e: Error) => e);
         if (r instanceof Error || r.error !== 0) errors.push(`W${i}: ${r instanceof Error ? r.message : errnoName(r.error)}`);
       }
       const key = observed.join(' | ');
-      const reaches = classes.get(key) ?? [];
+      const reaches = explain(classes, observed);
       rs.push({ order: order.join(' '), mode, observed, explained: errors.length === 0 && reaches.length > 0, postSnapshot: observed.some((x) => /W\d/.test(x)), reaches, errors });
       progress?.(`${name} ${sc.id} ${mode} ${order.join(' ')}: ${key}`);
     }
@@ -285,6 +307,7 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
   });
   const reached = new Set(runs.flatMap((r) => r.reaches));
   const classesReached = new Set(runs.filter((r) => r.reaches.length).map((r) => r.observed.join(' | '))).size;
+  const unexplained = runs.filter((r) => !r.explained).length;
   return {
     sourceReadDelayMs: delayMs,
     runs,
@@ -293,7 +316,8 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
     interleavingsReached: [...reached].sort((a, b) => a - b),
     statement:
       `${runs.length} runs (${orders.length} submission orders x sequential/pipelined, ${delayMs} ms read delay under the source) ` +
-      `reached ${reached.size} of ${all.length} model interleavings (${classesReached} of ${classes.size} classes of equal predicted replies); ` +
-      `without breakpoints the internal order is not observable, so an interleaving counts as reached when a run's replies equal its prediction`,
+      `reached ${classesReached} of the ${classes.size} distinct outcomes the ${m.scheme.name} model predicts, covering ${reached.size} of its ${all.length} interleavings` +
+      (classes.size < all.length ? ` (interleavings with the same predicted replies cannot be told apart without breakpoints)` : '') +
+      (unexplained ? `; ${unexplained} runs produced replies no model interleaving predicts` : '; every run produced replies some model interleaving predicts'),
   };
 }

@@ -41,7 +41,8 @@ export interface SetupOptions {
   readonly size: number;
   /** Content of the disk at snapshot time. */
   readonly content: Buffer;
-  /** Read delay under the source, QEMU only (nbdkit --filter=delay), to widen windows. */
+  /** Read delay under the source, to widen windows (reference: the delay driver; QEMU: the
+   * source is an NBD client of nbdkit --filter=delay). */
   readonly sourceReadDelayMs?: number;
   readonly startTimeoutMs?: number;
 }
@@ -89,7 +90,10 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
     const args: string[] = [];
     const bd = (s: string) => args.push('--blockdev', s);
     const reference = target.name.startsWith('reference');
-    if (!reference && o.sourceReadDelayMs) {
+    if (reference && o.sourceReadDelayMs) {
+      bd(`driver=file,node-name=source-file,filename=${src}`);
+      bd(`driver=delay,node-name=source,file=source-file,read-delay-ms=${o.sourceReadDelayMs}`);
+    } else if (o.sourceReadDelayMs) {
       requirePeer('nbdkit');
       const sock = path.join(dir, 'delay.sock');
       const p = ManagedProcess.spawn('nbdkit --filter=delay', 'nbdkit', ['-f', '-U', sock, '--filter=delay', 'file', src, `rdelay=${o.sourceReadDelayMs}ms`]);

@@ -49,7 +49,9 @@ export interface FleecingScenario {
 export const CLUSTER = 65536;
 const KiB = 1024;
 
-/** The default scenarios: small enough to drive every interleaving in well under a minute. */
+/** The default scenarios: small enough to drive every interleaving in well under a minute. Every
+ * read overlaps, byte for byte, each write that shares a cluster with it, so the model's
+ * cluster-level invariant and the byte-level check of the replies say the same thing. */
 export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
   {
     id: '1w1r-same-cluster',
@@ -88,7 +90,7 @@ export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
     title: 'a snapshot read straddling two clusters, and a guest write into each',
     clusterSize: CLUSTER,
     clusters: 2,
-    writes: [{ offset: 16 * KiB, length: 8 * KiB }, { offset: CLUSTER + 16 * KiB, length: 8 * KiB }],
+    writes: [{ offset: CLUSTER / 2 + 8 * KiB, length: 8 * KiB }, { offset: CLUSTER + 16 * KiB, length: 8 * KiB }],
     reads: [{ offset: CLUSTER / 2, length: CLUSTER }],
     kinds: ['cbw'],
     note: 'legacy graphs only: the S1-S3 model looks up the temp allocation per cluster, while an overlay (like qcow2) looks up a whole run at once, so a multi-cluster legacy read has no step-for-step counterpart',
@@ -120,6 +122,8 @@ export interface ScenarioExecution {
   readonly deadlocked: boolean;
   /** First invariant the model violates along the execution (undefined: every state is fine). */
   readonly violation: string | undefined;
+  /** Names of every invariant violated somewhere along the execution. */
+  readonly violated: readonly string[];
 }
 
 export interface ScenarioModel {
@@ -133,8 +137,9 @@ export interface ScenarioModel {
   countModelPaths(): number;
   /** Maximal paths after fusing the implementation's atomic steps (no reduction). */
   countFusedPaths(): number;
-  /** Executions to drive: fused, partial-order and symmetry reduced, deterministic order. */
-  executions(limit?: number): ScenarioExecution[];
+  /** Executions to drive: fused, partial-order and symmetry reduced (each reduction can be
+   * turned off), in a deterministic order. */
+  executions(options?: { limit?: number; por?: boolean; symmetry?: boolean }): ScenarioExecution[];
 }
 
 const actorOf = (a: FleecingAction): string => {
@@ -206,14 +211,6 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
     return go(base.initial()[0]!);
   };
 
-  const violationOf = (s: FleecingState): string | undefined => {
-    for (const inv of base.invariants) {
-      const m = inv.check(s);
-      if (m) return `${inv.name}: ${m}`;
-    }
-    return undefined;
-  };
-
   // Symmetry classes: actors with identical requests.
   const classOf = new Map<string, string>();
   sc.writes.forEach((w, i) => classOf.set(`W${i}`, `W:${w.offset}:${w.length}`));
@@ -234,7 +231,10 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
     }).join(' ');
   };
 
-  function executions(limit = 20_000): ScenarioExecution[] {
+  function executions(options: { limit?: number; por?: boolean; symmetry?: boolean } = {}): ScenarioExecution[] {
+    const limit = options.limit ?? 20_000;
+    const por = options.por ?? true;
+    const symmetry = options.symmetry ?? true;
     const out: ScenarioExecution[] = [];
     const seen = new Set<string>();
     const key = (s: FleecingState) => base.key(s, false);
@@ -249,19 +249,27 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
     const dfs = (s: FleecingState, sleep: ScenarioStep[]) => {
       const en = steps(s);
       if (en.length === 0) {
-        const c = canonical(path.map((p) => p.actor));
+        const c = symmetry ? canonical(path.map((p) => p.actor)) : path.map((p) => p.actor).join(' ');
         if (seen.has(c)) return;
         seen.add(c);
         if (out.length >= limit) throw new SpecError(`scenario ${sc.id}: more than ${limit} interleavings; make it smaller`, scheme.name);
         let violation: string | undefined;
-        for (const st of path) violation ??= violationOf(st.after);
-        out.push({ index: out.length, steps: [...path], final: s, deadlocked: base.pending(s), violation });
+        const violated = new Set<string>();
+        for (const st of path) {
+          for (const inv of base.invariants) {
+            const msg = inv.check(st.after);
+            if (!msg) continue;
+            violated.add(inv.name);
+            violation ??= `${inv.name}: ${msg}`;
+          }
+        }
+        out.push({ index: out.length, steps: [...path], final: s, deadlocked: base.pending(s), violation, violated: [...violated] });
         return;
       }
       const done: ScenarioStep[] = [];
       for (const a of en) {
         if (sleep.some((b) => b.actor === a.actor)) continue;
-        const nextSleep = [...sleep, ...done].filter((b) => independent(s, a, b)).map((b) => steps(a.after).find((x) => x.actor === b.actor)!);
+        const nextSleep = !por ? [] : [...sleep, ...done].filter((b) => independent(s, a, b)).map((b) => steps(a.after).find((x) => x.actor === b.actor)!);
         path.push(a);
         dfs(a.after, nextSleep);
         path.pop();
@@ -289,13 +297,36 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
 
 /** Snapshot content of byte `i` of a region: distinct per region, cluster and offset. */
 export function snapshotBytes(region: number, size: number): Buffer {
+  const k = `${region}:${size}`;
+  let b = snapCache.get(k);
+  if (!b) {
+    b = makeSnapshot(region, size);
+    if (snapCache.size > 4096) snapCache.clear();
+    snapCache.set(k, b);
+  }
+  return Buffer.from(b);
+}
+const snapCache = new Map<string, Buffer>();
+
+function makeSnapshot(region: number, size: number): Buffer {
   const b = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) b[i] = ((i >> 9) * 7 + region * 13 + 0x10) & 0x7f; // 0x00-0x7f
+  for (let i = 0; i < size; i++) b[i] = (((i >> 9) * 7 + region * 13) % 127) + 1; // 0x01-0x7f: never zero, never a write's
   return b;
 }
 
 /** Data guest write k writes: 0x80 | k in the top bits, offset-dependent low bits. */
 export function writeBytes(k: number, length: number): Buffer {
+  const key = `${k}:${length}`;
+  let b = writeCache.get(key);
+  if (!b) {
+    b = makeWrite(k, length);
+    writeCache.set(key, b);
+  }
+  return Buffer.from(b);
+}
+const writeCache = new Map<string, Buffer>();
+
+function makeWrite(k: number, length: number): Buffer {
   const b = Buffer.alloc(length);
   for (let i = 0; i < length; i++) b[i] = 0x80 | ((k & 7) << 4) | ((i >> 9) & 0x0f);
   return b;
@@ -322,7 +353,7 @@ export function predict(m: ScenarioModel, ex: ScenarioExecution, region = 0): Pr
   const srcOrigin = new Int8Array(size).fill(-1);
   const tgt = Buffer.alloc(size);
   const tgtOrigin = new Int8Array(size).fill(-1);
-  const bufs = new Map<number, { data: Buffer; origin: Int8Array; claim: number }>();
+  const bufs = new Map<number, Map<number, { data: Buffer; origin: Int8Array }>>();
   const reads = sc.reads.map((r) => Buffer.alloc(r.length));
   const origins = sc.reads.map((r) => new Int8Array(r.length).fill(-1));
   for (const st of ex.steps) {
@@ -332,15 +363,18 @@ export function predict(m: ScenarioModel, ex: ScenarioExecution, region = 0): Pr
         case 'submit': {
           const t = step1(s, a);
           const claim = t.writers[a.w]!.claim;
-          bufs.set(a.w, { data: Buffer.from(src), origin: Int8Array.from(srcOrigin), claim });
+          // Old data of the claimed clusters only.
+          const parts = new Map<number, { data: Buffer; origin: Int8Array }>();
+          for (let c = 0; c < sc.clusters; c++) {
+            if ((claim >> c) & 1) parts.set(c, { data: Buffer.from(src.subarray(c * cs, (c + 1) * cs)), origin: srcOrigin.slice(c * cs, (c + 1) * cs) });
+          }
+          bufs.set(a.w, parts);
           break;
         }
         case 'copyWrite': {
-          const b = bufs.get(a.w)!;
-          for (let c = 0; c < sc.clusters; c++) {
-            if (!((b.claim >> c) & 1)) continue;
-            b.data.copy(tgt, c * cs, c * cs, (c + 1) * cs);
-            tgtOrigin.set(b.origin.subarray(c * cs, (c + 1) * cs), c * cs);
+          for (const [c, p] of bufs.get(a.w)!) {
+            p.data.copy(tgt, c * cs);
+            tgtOrigin.set(p.origin, c * cs);
           }
           break;
         }
