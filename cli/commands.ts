@@ -5,3 +5,4 @@ registerSubcommand('serve', async () => (await import('../reference/src/daemon/c
 registerSubcommand('explore', async () => (await import('../spec/cli.ts')).default);
 registerSubcommand('conform', async () => (await import('../conformance/cli.ts')).default);
 registerSubcommand('bench', async () => (await import('../bench/cli.ts')).default);
+registerSubcommand('replay', async () => (await import('../conformance/replay/cli.ts')).default);

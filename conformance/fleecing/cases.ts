@@ -1,0 +1,415 @@
+// The fleecing cases (issue 6 outcome 2). Each starts its own setup of the target with the
+// configuration it needs, drives it over NBD with the suite's own client, and judges every
+// snapshot read against the shadow copy of the disk at snapshot time. Expectations: the snapshot
+// invariant of spec/models/fleecing (S3 for the legacy graph, S4 for cbw + snapshot-access),
+// research/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
+import fc from 'fast-check';
+import { Errno, TF, errnoName } from '../nbd/constants.ts';
+import type { CaseContext, CaseDef } from '../runner/model.ts';
+import { S3, S4 } from '../../spec/models/fleecing/index.ts';
+import { CLUSTER, CONTENTS, HOT, IOTEST_OVERWRITE, IOTEST_PATTERNS, IOTEST_ZEROES, KiB, MiB, hex, range, type Region } from './content.ts';
+import { contentShadow, describeOp, FleeceDriver, readWholeSnapshot, type Batch, type Op, type OpKind, type Violation } from './driver.ts';
+import { writeTrace, type FleeceTrace } from './trace.ts';
+import { describeConfig, type FleeceConfig, type FleeceLab, type FleeceSetup } from './targets.ts';
+
+export interface FleeceEnv {
+  lab: FleeceLab;
+}
+
+type Ctx = CaseContext<FleeceEnv>;
+
+const INVARIANT = 'No snapshot read ever observes post-snapshot data (DESIGN.md; spec/models/fleecing invariant)';
+
+/** Starts a setup for the case (skipping when the target cannot build it) and stops it after. */
+async function launch(ctx: Ctx, config: FleeceConfig): Promise<FleeceSetup> {
+  const why = ctx.env.lab.flavor.unsupported(config);
+  if (why) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: ${why}`);
+  const setup = await ctx.env.lab.launch(config);
+  ctx.defer(() => setup.stop());
+  ctx.observe(`setup: ${setup.description}`);
+  return setup;
+}
+
+async function openDriver(ctx: Ctx, setup: FleeceSetup, config: FleeceConfig, live: number, snapshot: number): Promise<FleeceDriver> {
+  const timeoutMs = Math.max(ctx.timeoutMs, 5000);
+  const external = setup.graph === 'external';
+  const shadow = external ? await readWholeSnapshot(setup, timeoutMs) : contentShadow(CONTENTS[config.content]!);
+  const d = await FleeceDriver.open(setup, shadow, { live, snapshot, timeoutMs, log: ctx.wire, trackLive: !external });
+  ctx.defer(() => d.close());
+  return d;
+}
+
+/** The server died: say so in plain words, with its last output (an assertion, usually). */
+function deathReport(setup: FleeceSetup, during: string): string | undefined {
+  const how = setup.exited();
+  if (!how) return undefined;
+  const assertion = setup.logs().split('\n').find((l) => /assert|abort|panic|fatal/i.test(l));
+  return `the server process died (${how}) ${during}${assertion ? `; it printed: ${assertion.trim()}` : ''}`;
+}
+
+async function readSnapshot(ctx: Ctx, d: FleeceDriver, rows: readonly Region[], when: string): Promise<void> {
+  for (const r of rows) {
+    const { rec, reply } = await d.request('read', r.offset, r.length);
+    const v = d.judgeSnapshotRead(rec, reply);
+    ctx.must(v.length === 0, `${when}: snapshot read of ${range(r.offset, r.length)} returns the snapshot (${r.byte === 0 ? 'zeroes' : `pattern ${hex(r.byte)}`})`, v[0]?.text);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// §4.1 image-fleecing
+
+const imageFleecing: CaseDef<FleeceEnv> = {
+  id: 'fleecing/image-fleecing/scenario',
+  section: 'qemu-fleecing.md §4.1 (tests/qemu-iotests/tests/image-fleecing); nbd-protocol.md §2 I76-I77',
+  level: 'MUST',
+  title: "QEMU's image-fleecing scenario over the wire",
+  description:
+    'Disk with the iotest patterns; reads every pattern and zero range through the snapshot export, overwrites (full, partial-left, partial-right, adjacent) through the live export, reads the snapshot again, reads the overwrites back from the live export. Also checks the snapshot export is read-only.',
+  expectation: 'Every snapshot read returns the pre-write patterns and zeroes; the live export returns the overwrites; the snapshot export advertises READ_ONLY.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'iotest' };
+    if (ctx.env.lab.flavor.graph === 'external') ctx.skip('needs the §4.1 patterns on the disk, which the runner cannot write into a setup it did not start');
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    const flags = d.snapshotFlags;
+    ctx.must((flags & TF.READ_ONLY) !== 0, 'the snapshot export advertises NBD_FLAG_READ_ONLY (nbd-protocol.md §2 I77)', `transmission flags 0x${flags.toString(16)}`);
+    await readSnapshot(ctx, d, [...IOTEST_PATTERNS, ...IOTEST_ZEROES], 'before the guest writes');
+    for (const w of IOTEST_OVERWRITE) {
+      const rec = await d.writePattern(w.offset, w.length, w.byte);
+      ctx.must(rec.error === 0, `guest write ${hex(w.byte)} to ${range(w.offset, w.length)} through the live export succeeds`, rec.note);
+    }
+    await readSnapshot(ctx, d, [...IOTEST_PATTERNS, ...IOTEST_ZEROES], 'after the guest writes');
+    for (const w of IOTEST_OVERWRITE) {
+      const { rec, reply } = await d.request('live-read', w.offset, w.length);
+      const ok = rec.error === 0 && !!reply?.data && reply.data.every((b) => b === w.byte);
+      ctx.must(ok, `the live export returns the guest's ${hex(w.byte)} at ${range(w.offset, w.length)}`, ok ? undefined : rec.note ?? 'other bytes');
+    }
+    const dead = deathReport(setup, 'during the scenario');
+    ctx.must(!dead, 'the server keeps running', dead);
+  },
+};
+
+// ------------------------------------------------------------------------------------------
+// Model-based runs (fast-check commands)
+
+interface RunPlan {
+  /** Requests per batch are sent at random offsets in [0, jitterMs]. */
+  jitterMs: number;
+  numRuns: number;
+  maxCommands: number;
+  /** Stop generating runs after this long (a passing target must not take forever). */
+  budgetMs: number;
+  live: number;
+  snapshot: number;
+  /** Request mix: kind and weight. */
+  kinds: readonly (readonly [OpKind, number])[];
+}
+
+/** Guest writes only (with live reads), against snapshot reads and block status. */
+export const WRITE_MIX: readonly (readonly [OpKind, number])[] = [
+  ['write', 6],
+  ['live-read', 1],
+  ['read', 6],
+  ['status', 1],
+];
+/** Write-zeroes and trims on the live export too. */
+export const ZERO_TRIM_MIX: readonly (readonly [OpKind, number])[] = [
+  ['write', 3],
+  ['zero', 3],
+  ['trim', 2],
+  ['live-read', 1],
+  ['read', 6],
+  ['status', 1],
+];
+
+/** A batch: requests around one hot cluster (so writes and reads meet), on several connections. */
+export function batchArbitrary(size: number, jitterMs: number, kinds: readonly (readonly [OpKind, number])[] = WRITE_MIX): fc.Arbitrary<Batch> {
+  const kind = fc.oneof(...kinds.map(([k, weight]) => ({ arbitrary: fc.constant(k), weight })));
+  const op = fc.record({
+    kind,
+    conn: fc.nat(7),
+    rel: fc.integer({ min: -64, max: 191 }),
+    sectors: fc.integer({ min: 1, max: 256 }),
+    at: fc.integer({ min: 0, max: jitterMs }),
+  });
+  return fc.record({ cluster: fc.nat(HOT / CLUSTER - 1), ops: fc.array(op, { minLength: 2, maxLength: 12 }) }).map(({ cluster, ops }) => ({
+    ops: ops.map((o): Op => {
+      const offset = Math.max(0, cluster * CLUSTER + o.rel * 512);
+      const length = Math.min(o.sectors * 512, size - offset);
+      return { kind: o.kind, conn: o.conn, offset, length, at: o.at };
+    }),
+  }));
+}
+
+class Runner {
+  batches: Batch[] = [];
+  violations: Violation[] = [];
+  failedBatches: Batch[] | undefined;
+  /** Where this run's records start in the driver's list. */
+  readonly firstRecord: number;
+  constructor(readonly d: FleeceDriver) {
+    this.firstRecord = d.records.length;
+  }
+  async run(batch: Batch): Promise<void> {
+    const i = this.batches.length;
+    this.batches.push(batch);
+    const v = await this.d.runBatch(batch, i);
+    if (v.length) {
+      this.violations = v;
+      this.failedBatches = [...this.batches];
+      throw new Error(v[0]!.text);
+    }
+  }
+}
+
+class BatchCommand implements fc.AsyncCommand<object, Runner> {
+  constructor(readonly batch: Batch) {}
+  check(): boolean {
+    return true;
+  }
+  async run(_m: object, r: Runner): Promise<void> {
+    await r.run(this.batch);
+  }
+  toString(): string {
+    return `batch(${this.batch.ops.map((o) => `${o.kind}@${hex(o.offset)}+${hex(o.length)}`).join(' ')})`;
+  }
+}
+
+/** Runs fast-check command sequences against one setup; a violation ends the case with a trace. */
+async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<void> {
+  const setup = await launch(ctx, config);
+  const d = await openDriver(ctx, setup, config, plan.live, plan.snapshot);
+  const size = CONTENTS[config.content]!.size;
+  let current: Runner | undefined;
+  let failed: Runner | undefined;
+  const started = performance.now();
+  let runs = 0;
+  let batches = 0;
+  const prop = fc.asyncProperty(fc.commands([batchArbitrary(size, plan.jitterMs, plan.kinds).map((b) => new BatchCommand(b))], { maxCommands: plan.maxCommands, size: 'max' }), async (cmds) => {
+    current = new Runner(d);
+    runs++;
+    try {
+      await fc.asyncModelRun(() => ({ model: {}, real: current! }), cmds);
+    } finally {
+      batches += current.batches.length;
+      if (current.failedBatches) failed = current;
+    }
+  });
+  try {
+    await fc.assert(prop, { seed: ctx.seed | 0, numRuns: plan.numRuns, endOnFailure: true, interruptAfterTimeLimit: plan.budgetMs, markInterruptAsFailure: false });
+  } catch (e) {
+    if (!failed) throw e;
+  }
+  const elapsed = Math.round(performance.now() - started);
+  const requests = d.records.length;
+  ctx.observe(`${runs} fast-check run(s), ${batches} batch(es), ${requests} requests over ${plan.live} live + ${plan.snapshot} snapshot connections in ${elapsed} ms (seed ${ctx.seed | 0})`);
+  const dead = deathReport(setup, 'during the model-based run');
+  if (failed) {
+    const v = [...failed.violations].sort((a, b) => Number(b.kind === 'post-snapshot') - Number(a.kind === 'post-snapshot'));
+    const trace: FleeceTrace = {
+      kind: 'fleece-trace',
+      version: 1,
+      case: ctx.caseId,
+      target: ctx.env.lab.flavor.name,
+      seed: ctx.seed | 0,
+      createdAt: new Date().toISOString(),
+      config,
+      connections: { live: plan.live, snapshot: plan.snapshot },
+      batches: failed.failedBatches!,
+      records: d.records.slice(failed.firstRecord),
+      violations: v,
+      wire: ctx.wire.entries,
+    };
+    const file = writeTrace(trace);
+    ctx.observe(`found after ${elapsed} ms; wire trace: ${file}`);
+    ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+    for (const x of v) {
+      const what =
+        x.kind === 'post-snapshot' ? INVARIANT
+        : x.kind === 'status' ? 'block status agrees with the snapshot reads (nbd-protocol.md §2 I78)'
+        : x.kind === 'live' ? 'the live export keeps every completed write'
+        : 'every snapshot request succeeds with the snapshot bytes';
+      ctx.must(false, what, x.text);
+    }
+  } else {
+    ctx.must(true, INVARIANT);
+  }
+  ctx.must(!dead, 'the server keeps running', dead);
+}
+
+const modelConcurrent: CaseDef<FleeceEnv> = {
+  id: 'fleecing/model/concurrent',
+  section: `nbd-protocol.md §2 I76, I78; spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
+  level: 'MUST',
+  title: 'Model-based runs: concurrent guest writes vs snapshot reads and block status',
+  description:
+    'fast-check command sequences; each command is a batch of up to 12 requests around one cluster (writes and reads on the live export; reads and base:allocation block status on the snapshot export) sent at once over 2 live and 3 snapshot connections. Every snapshot read is compared byte for byte with the shadow copy taken at snapshot time.',
+  expectation: 'Every snapshot read returns exactly the shadow bytes; ZERO extents read as zeroes; completed live writes are visible on the live export.',
+  run: (ctx) => modelRun(ctx, { content: 'dense' }, { jitterMs: 2, numRuns: 12, maxCommands: 6, budgetMs: 6000, live: 2, snapshot: 3, kinds: WRITE_MIX }),
+};
+
+const modelZeroTrim: CaseDef<FleeceEnv> = {
+  id: 'fleecing/model/zero-trim',
+  section: `nbd-protocol.md §2 I76, I78; qemu-fleecing.md §2.3 (write-zeroes and discard go through CBW); spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
+  level: 'MUST',
+  title: 'Model-based runs: concurrent write-zeroes and trims on the live export vs snapshot reads',
+  description:
+    'As fleecing/model/concurrent, with NBD_CMD_WRITE_ZEROES and NBD_CMD_TRIM on the live export as well as writes. The snapshot must not change whichever way the guest changes the disk.',
+  expectation: 'Every snapshot read returns exactly the shadow bytes, whether the server sends them as data or hole chunks; ZERO extents read as zeroes.',
+  run: (ctx) => modelRun(ctx, { content: 'dense' }, { jitterMs: 2, numRuns: 50, maxCommands: 8, budgetMs: 5000, live: 2, snapshot: 3, kinds: ZERO_TRIM_MIX }),
+};
+
+/** The delay under the source: long enough that the race window (qemu-fleecing.md §3 steps 1-3)
+ * is open for tens of milliseconds, short enough for a run of a few seconds. */
+export const RACE_DELAY_MS = 25;
+
+const raceDelayed: CaseDef<FleeceEnv> = {
+  id: 'fleecing/race/delayed-source',
+  section: 'qemu-fleecing.md §3 (the 2018 race), §6 B0; seed steps 1-7; spec/models/fleecing S1 (known bad) vs S3/S4',
+  level: 'MUST',
+  title: 'Widened race window: a read delay under the source',
+  description: `As the model-based runs, with a ${RACE_DELAY_MS} ms read delay under the source (reference: the delay driver; QEMU: the source is an NBD client of nbdkit --filter=delay) and requests of a batch sent at random offsets within ${RACE_DELAY_MS + 15} ms, so a snapshot read that decided to read the source keeps going while a guest write copies and lands.`,
+  expectation: 'A serialised or cbw design never returns post-snapshot data; an unserialised one is caught within seconds.',
+  run: (ctx) => modelRun(ctx, { content: 'dense', sourceReadDelayMs: RACE_DELAY_MS }, { jitterMs: RACE_DELAY_MS + 15, numRuns: 40, maxCommands: 5, budgetMs: 5000, live: 2, snapshot: 3, kinds: WRITE_MIX }),
+};
+
+// ------------------------------------------------------------------------------------------
+// Bitmap, snapshot discard, on-cbw-error (modern graph)
+
+const bitmapCase: CaseDef<FleeceEnv> = {
+  id: 'fleecing/bitmap/clean-clusters',
+  section: 'qemu-fleecing.md §5.1 (bitmap variant), §4.1 (d), §6 B3, B7',
+  level: 'MUST',
+  title: 'Bitmap fleecing: only dirty clusters are in the snapshot',
+  description: 'The source carries bitmap0, dirty exactly over the iotest patterns; cbw has bitmap=bitmap0. Reads the patterns, overwrites a dirty and a clean cluster through the live export, reads both through the snapshot.',
+  expectation: 'Dirty clusters read as the snapshot before and after the guest write; a clean cluster is not readable (an error, NBD EINVAL on QEMU 7.2: B7), never the guest data.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'iotest', bitmap: true };
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    await readSnapshot(ctx, d, IOTEST_PATTERNS, 'before the guest writes');
+    const clean = 2 * MiB;
+    for (const [off, byte] of [[0, 0xab], [clean, 0xee]] as const) {
+      const rec = await d.writePattern(off, 64 * KiB, byte);
+      ctx.must(rec.error === 0, `guest write to ${range(off, 64 * KiB)} succeeds`, rec.note);
+    }
+    await readSnapshot(ctx, d, IOTEST_PATTERNS.slice(0, 1), 'after the guest writes');
+    const { rec, reply } = await d.request('read', clean, 64 * KiB);
+    const leaked = rec.error === 0 && reply?.data?.some((b) => b === 0xee);
+    ctx.must(!leaked, `a snapshot read of the clean cluster ${range(clean, 64 * KiB)} never returns the guest's data`, leaked ? 'it returned the guest write 0xee' : undefined);
+    ctx.must(rec.error !== 0, 'a snapshot read of a cluster outside the bitmap fails (§6 B3)', rec.error === 0 ? 'it succeeded' : rec.note);
+    ctx.should(rec.error === Errno.EINVAL, 'the error is EINVAL, as QEMU 7.2 maps EACCES (§6 B7)', rec.note);
+  },
+};
+
+async function trimSnapshot(d: FleeceDriver, offset: number, length: number) {
+  return d.request('snapshot-trim', offset, length);
+}
+
+const discardAligned: CaseDef<FleeceEnv> = {
+  id: 'fleecing/discard/aligned',
+  section: 'qemu-fleecing.md §5.1 (snapshot discard variant), §2.3 "Snapshot discard", §4.3, §6 B7-B8',
+  level: 'MUST',
+  title: 'Snapshot discard of a whole cluster',
+  description: 'snapshot-access and the temp with discard=unmap, snapshot export writable. Discards [0,+0x10000) through the snapshot export, reads it and a neighbour, then writes the discarded cluster through the live export.',
+  expectation: 'The discard succeeds; the discarded cluster is no longer readable (EINVAL on QEMU 7.2), before and after the guest write; the neighbour still reads as the snapshot.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'iotest', snapshotDiscard: true };
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    const t = await trimSnapshot(d, 0, CLUSTER);
+    const dead = deathReport(setup, `when the snapshot export got a discard of ${range(0, CLUSTER)}`);
+    ctx.must(!dead && t.rec.error === 0, `a cluster-aligned snapshot discard of ${range(0, CLUSTER)} succeeds`, dead ?? t.rec.note);
+    if (dead) return;
+    const r1 = await d.request('read', 0, CLUSTER);
+    ctx.must(r1.rec.error !== 0, 'the discarded cluster is no longer readable', r1.rec.error === 0 ? 'the read succeeded' : r1.rec.note);
+    ctx.should(r1.rec.error === Errno.EINVAL, 'the error is EINVAL (§6 B7)', r1.rec.note);
+    await readSnapshot(ctx, d, [IOTEST_PATTERNS[1]!], 'after the discard');
+    const w = await d.writePattern(0, CLUSTER, 0xab);
+    ctx.must(w.error === 0, 'a guest write to the discarded cluster succeeds', w.note);
+    const r2 = await d.request('read', 0, CLUSTER);
+    const leaked = r2.rec.error === 0 && r2.reply?.data?.some((b) => b === 0xab);
+    ctx.must(!leaked && r2.rec.error !== 0, 'after the guest write the discarded cluster is still unreadable, never the guest data', leaked ? 'it returned the guest write 0xab' : r2.rec.note);
+  },
+};
+
+const discardUnaligned: CaseDef<FleeceEnv> = {
+  id: 'fleecing/discard/unaligned',
+  section: 'qemu-fleecing.md §6 B1 (fixed in 9.1: "support unligned snapshot-discard"), §2.3 "Snapshot discard"',
+  level: 'MUST',
+  title: 'Snapshot discard that is not cluster-aligned',
+  description: `Discards ${range(0, 32 * KiB)} (inside one cluster) and then ${range(96 * KiB, 160 * KiB)} (two whole clusters and a part) through the writable snapshot export.`,
+  expectation: 'The server answers and keeps running; the discard shrinks inward to whole clusters: the first is a no-op (the cluster still reads as the snapshot), the second makes [0x20000,+0x20000) unreadable and leaves [0x10000,+0x10000) readable.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'iotest', snapshotDiscard: true };
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    const first = await trimSnapshot(d, 0, 32 * KiB);
+    await new Promise((r) => setTimeout(r, 100));
+    const dead = deathReport(setup, `when the snapshot export got a discard of ${range(0, 32 * KiB)}, which is not cluster-aligned (research qemu-fleecing.md §6 B1: QEMU before 9.1 passes the unaligned range to hbitmap_reset and aborts on its assertion)`);
+    if (dead || first.rec.error === -1) {
+      ctx.must(false, 'the server survives an unaligned snapshot discard and answers it', dead ?? `no reply: ${first.rec.note}`);
+      return;
+    }
+    ctx.should(first.rec.error === 0, `the unaligned snapshot discard of ${range(0, 32 * KiB)} succeeds (a no-op: it covers no whole cluster)`, first.rec.note);
+    await readSnapshot(ctx, d, [IOTEST_PATTERNS[0]!], 'after a discard covering no whole cluster');
+    const second = await trimSnapshot(d, 96 * KiB, 160 * KiB);
+    const dead2 = deathReport(setup, `when the snapshot export got a discard of ${range(96 * KiB, 160 * KiB)}`);
+    ctx.must(!dead2 && second.rec.error !== -1, 'the server survives a second unaligned snapshot discard', dead2 ?? second.rec.note);
+    if (dead2) return;
+    const kept = await d.request('read', 64 * KiB, 64 * KiB);
+    ctx.must(kept.rec.error === 0 && d.judgeSnapshotRead(kept.rec, kept.reply).length === 0, `the partly discarded cluster ${range(64 * KiB, 64 * KiB)} still reads as the snapshot (the discard shrinks inward)`, kept.rec.note);
+    const gone = await d.request('read', 128 * KiB, 128 * KiB);
+    ctx.must(gone.rec.error !== 0, `the wholly discarded clusters ${range(128 * KiB, 128 * KiB)} are no longer readable`, gone.rec.error === 0 ? 'the read succeeded' : undefined);
+  },
+};
+
+function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot'): CaseDef<FleeceEnv> {
+  const guestFails = policy === 'break-guest-write';
+  return {
+    id: `fleecing/cbw-error/${policy}`,
+    section: 'qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write), §6 B4; spec/models/fleecing S4 on-cbw-error',
+    level: 'MUST',
+    title: `on-cbw-error=${policy} under an injected target write error`,
+    description: `The cbw target fails its first write with EIO (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
+    expectation: guestFails
+      ? 'The guest write fails (EIO); the snapshot stays readable and equal to the snapshot.'
+      : 'The guest write succeeds; from then on every snapshot read fails (EINVAL on the wire for EACCES), none returns data.',
+    async run(ctx) {
+      const config: FleeceConfig = { content: 'iotest', cbwError: policy };
+      const setup = await launch(ctx, config);
+      const d = await openDriver(ctx, setup, config, 1, 1);
+      const w = await d.writePattern(0, CLUSTER, 0xab);
+      if (guestFails) {
+        ctx.must(w.error > 0, 'the guest write whose copy-before-write failed fails', w.error === 0 ? 'it succeeded' : w.note);
+        ctx.should(w.error === Errno.EIO, 'with EIO, the injected error', w.note);
+        await readSnapshot(ctx, d, [...IOTEST_PATTERNS.slice(0, 2), ...IOTEST_ZEROES.slice(0, 1)], 'after the failed guest write');
+      } else {
+        ctx.must(w.error === 0, 'the guest write succeeds although its copy-before-write failed', w.note);
+        for (const r of IOTEST_PATTERNS.slice(0, 2)) {
+          const { rec, reply } = await d.request('read', r.offset, r.length);
+          const leaked = rec.error === 0 && reply?.data?.some((b) => b === 0xab);
+          ctx.must(!leaked, `the snapshot read of ${range(r.offset, r.length)} never returns the guest's data`, leaked ? 'it returned 0xab' : undefined);
+          ctx.must(rec.error !== 0, `the broken snapshot refuses the read of ${range(r.offset, r.length)}`, rec.error === 0 ? 'it returned data' : undefined);
+          ctx.should(rec.error === Errno.EINVAL, 'with EINVAL (EACCES on the wire, §6 B7)', rec.error ? errnoName(rec.error) : undefined);
+        }
+      }
+      const dead = deathReport(setup, 'during the case');
+      ctx.must(!dead, 'the server keeps running', dead);
+    },
+  };
+}
+
+export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
+  imageFleecing,
+  modelConcurrent,
+  modelZeroTrim,
+  raceDelayed,
+  bitmapCase,
+  discardAligned,
+  discardUnaligned,
+  cbwErrorCase('break-guest-write'),
+  cbwErrorCase('break-snapshot'),
+];
+
+export { describeConfig, describeOp };

@@ -1,0 +1,417 @@
+// Fleecing targets (issue 6 outcome 1): a live (writable) export and a snapshot export of one
+// disk, started privately with the command lines of research/qemu-fleecing.md §5.1 (modern:
+// copy-before-write + snapshot-access) and §5.2 (legacy: blockdev-backup sync=none into an
+// overlay backed by the source, over QMP), and torn down afterwards.
+//   reference          fleece serve, §5.1 (raw in place of qcow2)
+//   reference-legacy   fleece serve, §5.2 (the `overlay` driver in place of the qcow2 temp)
+//   reference-racy     reference-legacy with the UNSAFE x-unserialized-target-writes: the
+//                      pre-3.0 race (§3, §6 B0) - the known-bad target every check must catch
+//   qemu               qemu-storage-daemon, §5.1 verbatim
+//   qemu-legacy        qemu-storage-daemon, §5.2 verbatim
+//   --live URI --snapshot URI   anything else (a setup the user runs)
+// A case asks the target for a setup with a configuration (content, a delay under the source, a
+// cbw bitmap, snapshot discard, an injected target error); each setup is its own process in its
+// own directory, so cases never see each other's writes.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Address } from '../nbd/client.ts';
+import { HarnessError } from '../targets/errors.ts';
+import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import type { ExportRef, RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
+import { parseNbdUri } from '../targets/uri.ts';
+import { QmpClient } from '../qmp/client.ts';
+import { CONTENTS, qemuIoWrites, writeRaw, type Content } from './content.ts';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+export type OnCbwError = 'break-guest-write' | 'break-snapshot';
+
+/** What a case needs from a fleecing setup. Plain data: it is recorded in traces. */
+export interface FleeceConfig {
+  /** Disk content at snapshot time (a key of CONTENTS). */
+  content: 'iotest' | 'dense';
+  /** Read latency added under the source, to widen race windows (reference: the `delay`
+   * driver; QEMU: the source is an NBD client of `nbdkit --filter=delay`). */
+  sourceReadDelayMs?: number;
+  /** copy-before-write `bitmap`: only the content's regions are in the snapshot (§5.1 variant). */
+  bitmap?: boolean;
+  /** discard=unmap on the snapshot-access node and the temp, and a writable snapshot export (§5.1). */
+  snapshotDiscard?: boolean;
+  /** blkdebug under the cbw target failing the first write with EIO, and this policy (§4.2). */
+  cbwError?: OnCbwError;
+  /** Known-bad knob: with snapshotDiscard, leave the snapshot-access node at discard=ignore, so a
+   * snapshot discard succeeds and does nothing (qemu-fleecing.md §6 B8). */
+  discardIgnored?: boolean;
+}
+
+export type Graph = 'modern' | 'legacy' | 'external';
+
+export interface FleeceSetup {
+  readonly live: ExportRef;
+  readonly snapshot: ExportRef;
+  readonly description: string;
+  readonly graph: Graph;
+  /** undefined while the server runs; else how it ended ('signal SIGABRT', 'exit code 1'). */
+  exited(): string | undefined;
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+export interface FleeceFlavor {
+  readonly name: string;
+  readonly summary: string;
+  readonly graph: Graph;
+  readonly peers: readonly string[];
+  /** Why this target cannot build `config` (the case is then skipped), or undefined. */
+  unsupported(config: FleeceConfig): string | undefined;
+  launch(config: FleeceConfig, dir: string, startTimeoutMs: number): Promise<FleeceSetup>;
+}
+
+const unix = (p: string): Address => ({ kind: 'unix', path: p });
+
+// ------------------------------------------------------------------------------------------
+// Processes
+
+interface Started {
+  procs: ManagedProcess[];
+  qmp?: QmpClient;
+}
+
+function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess): FleeceSetup {
+  return {
+    live,
+    snapshot,
+    description,
+    graph,
+    exited: () => (main.hasExited ? main.exitStatus : undefined),
+    logs: () => started.procs.map((p) => `--- ${p.label} (${p.exitStatus})\n${p.output.trim()}`).join('\n'),
+    stop: async () => {
+      started.qmp?.close();
+      for (const p of [...started.procs].reverse()) await p.stop();
+    },
+  };
+}
+
+async function guarded<T>(started: Started, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    started.qmp?.close();
+    for (const p of [...started.procs].reverse()) await p.stop();
+    const logs = started.procs.map((p) => `--- ${p.label} (${p.exitStatus})\n${p.output.trim()}`).join('\n');
+    throw new HarnessError(`${(e as Error).message}${logs ? `\n${logs}` : ''}`);
+  }
+}
+
+async function waitFile(p: string, proc: ManagedProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!fs.existsSync(p)) {
+    if (proc.hasExited) throw new HarnessError(`${proc.label} exited (${proc.exitStatus}) before creating ${p}:\n${proc.output.trim()}`);
+    if (Date.now() > deadline) throw new HarnessError(`${proc.label} did not create ${p} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** nbdkit serving the source image with a read delay: the widened race window under QEMU. */
+async function startDelayedSource(dir: string, image: string, delayMs: number, started: Started, timeoutMs: number): Promise<string> {
+  const sock = path.join(dir, 'delay.sock');
+  const p = ManagedProcess.spawn('nbdkit --filter=delay', 'nbdkit', ['-f', '-U', sock, '--filter=delay', 'file', image, `rdelay=${delayMs}ms`]);
+  started.procs.push(p);
+  await waitListening(unix(sock), p, timeoutMs);
+  return sock;
+}
+
+// ------------------------------------------------------------------------------------------
+// The reference: fleece serve with qemu-storage-daemon's command line
+
+function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean): FleeceFlavor {
+  return {
+    name,
+    graph,
+    peers: [],
+    summary: racy
+      ? 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (the pre-3.0 race, known bad)'
+      : graph === 'modern'
+        ? 'fleece serve, copy-before-write + snapshot-access (qemu-fleecing.md §5.1, raw for qcow2)'
+        : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
+    unsupported(c) {
+      if (c.bitmap) return 'the reference daemon has no block-dirty-bitmap-add (QMP) and raw images carry no persistent bitmap, so a cbw bitmap cannot be set up';
+      if (graph === 'legacy' && (c.snapshotDiscard || c.cbwError)) return 'snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
+      return undefined;
+    },
+    async launch(c, dir, timeoutMs) {
+      const content = CONTENTS[c.content]!;
+      const src = path.join(dir, 'src.raw');
+      const tmp = path.join(dir, 'tmp.raw');
+      writeRaw(src, content);
+      fs.writeFileSync(tmp, '');
+      fs.truncateSync(tmp, content.size);
+      const nbd = path.join(dir, 'nbd.sock');
+      const qmp = path.join(dir, 'qmp.sock');
+      const args: string[] = [path.join(REPO, 'bin/fleece.mjs'), 'serve'];
+      const bd = (s: string) => args.push('--blockdev', s);
+      if (c.sourceReadDelayMs) {
+        bd(`driver=file,node-name=source-file,filename=${src}`);
+        bd(`driver=delay,node-name=source,file=source-file,read-delay-ms=${c.sourceReadDelayMs}`);
+      } else bd(`driver=file,node-name=source,filename=${src}`);
+      if (graph === 'modern') {
+        const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
+        if (c.cbwError) {
+          bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
+        } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
+        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}`);
+        bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
+        args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${c.snapshotDiscard ? ',writable=on' : ''}`);
+      } else {
+        bd(`driver=overlay,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
+      }
+      args.push('--chardev', `socket,id=qmp0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=qmp0');
+      const started: Started = { procs: [] };
+      const proc = new ManagedProcess('fleece serve', spawn(process.execPath, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] }));
+      started.procs.push(proc);
+      return guarded(started, async () => {
+        await waitListening(unix(nbd), proc, Math.max(timeoutMs, 20_000));
+        await waitFile(qmp, proc, timeoutMs);
+        if (graph === 'legacy') {
+          started.qmp = await QmpClient.connect(qmp);
+          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}) });
+          await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+        }
+        return makeSetup(started, { address: unix(nbd), name: 'live' }, { address: unix(nbd), name: 'fleece' }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+      });
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// QEMU: qemu-storage-daemon with the verified 7.2 command lines
+
+function qemuImg(args: string[]): void {
+  requirePeer('qemu-img');
+  execFileSync('qemu-img', args, { stdio: 'pipe' });
+}
+
+/** A qcow2 source holding `content`; with `bitmap`, a persistent bitmap0 added before the content
+ * is written, so exactly the content's clusters are dirty (image-fleecing's bitmap variant). */
+function qcow2Source(file: string, raw: string, content: Content, bitmap: boolean): void {
+  if (!bitmap) {
+    qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, file]);
+    return;
+  }
+  qemuImg(['create', '-q', '-f', 'qcow2', file, String(content.size)]);
+  qemuImg(['bitmap', '--add', file, 'bitmap0']);
+  requirePeer('qemu-io');
+  execFileSync('qemu-io', ['-f', 'qcow2', ...qemuIoWrites(content).flatMap((w) => ['-c', w]), file], { stdio: 'pipe' });
+}
+
+function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
+  return {
+    name,
+    graph,
+    peers: ['qemu-storage-daemon', 'qemu-img', 'qemu-io'],
+    summary:
+      graph === 'modern'
+        ? 'qemu-storage-daemon, copy-before-write + snapshot-access (qemu-fleecing.md §5.1)'
+        : 'qemu-storage-daemon, blockdev-backup sync=none into a qcow2 temp backed by the source (§5.2)',
+    unsupported(c) {
+      if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
+      if (c.bitmap && c.sourceReadDelayMs) return 'a bitmap needs the qcow2 source, a delay the NBD source';
+      return undefined;
+    },
+    async launch(c, dir, timeoutMs) {
+      for (const p of this.peers) requirePeer(p);
+      const content = CONTENTS[c.content]!;
+      const raw = path.join(dir, 'src.raw');
+      writeRaw(raw, content);
+      const nbd = path.join(dir, 'nbd.sock');
+      const qmp = path.join(dir, 'qmp.sock');
+      const started: Started = { procs: [] };
+      return guarded(started, async () => {
+        const args: string[] = [];
+        const bd = (s: string) => args.push('--blockdev', s);
+        if (c.sourceReadDelayMs) {
+          requirePeer('nbdkit');
+          const sock = await startDelayedSource(dir, raw, c.sourceReadDelayMs, started, timeoutMs);
+          bd(`driver=nbd,node-name=source,server.type=unix,server.path=${sock}`);
+        } else {
+          const q = path.join(dir, 'src.qcow2');
+          qcow2Source(q, raw, content, c.bitmap ?? false);
+          bd(`driver=qcow2,node-name=source,file.driver=file,file.filename=${q}`);
+        }
+        if (graph === 'modern') {
+          const tmp = path.join(dir, 'tmp.raw');
+          qemuImg(['create', '-q', '-f', 'raw', tmp, String(content.size)]);
+          const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
+          if (c.cbwError) {
+            // blkdebug raises write_aio only for writes its parent format driver announces, so
+            // the target is raw over blkdebug over the file, as in iotest copy-before-write (§4.2).
+            bd(JSON.stringify({
+              driver: 'raw', 'node-name': 'temp',
+              file: { driver: 'blkdebug', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] },
+            }));
+          } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
+          const bitmap = c.bitmap ? ',bitmap.node=source,bitmap.name=bitmap0' : '';
+          bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${bitmap}${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}`);
+          bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
+          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+          args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
+          args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${c.snapshotDiscard ? ',writable=on' : ''}`);
+        } else {
+          const tmp = path.join(dir, 'tmp.qcow2');
+          qemuImg(['create', '-q', '-f', 'qcow2', tmp, String(content.size)]);
+          bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
+          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+          args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
+        }
+        args.push('--chardev', `socket,id=qmp0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=qmp0');
+        const proc = ManagedProcess.spawn('qemu-storage-daemon', 'qemu-storage-daemon', args);
+        started.procs.push(proc);
+        await waitListening(unix(nbd), proc, timeoutMs);
+        await waitFile(qmp, proc, timeoutMs);
+        if (graph === 'legacy') {
+          started.qmp = await QmpClient.connect(qmp);
+          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });
+          await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+        }
+        return makeSetup(started, { address: unix(nbd), name: 'live' }, { address: unix(nbd), name: 'fleece' }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+      });
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// External: --live URI --snapshot URI
+
+/** A fleecing setup the user runs. The runner cannot know its content at snapshot time, so it
+ * reads the snapshot once first and uses that as the shadow copy (see FleeceLab.external). */
+export function externalFlavor(liveUri: string, snapshotUri: string): FleeceFlavor {
+  const live = parseNbdUri(liveUri);
+  const snapshot = parseNbdUri(snapshotUri);
+  return {
+    name: `--live ${liveUri} --snapshot ${snapshotUri}`,
+    graph: 'external',
+    peers: [],
+    summary: 'a fleecing setup started by the user',
+    unsupported(c) {
+      if (c.bitmap || c.snapshotDiscard || c.cbwError || c.sourceReadDelayMs) return 'the runner cannot reconfigure a setup it did not start (delay, bitmap, discard, injected errors)';
+      return undefined;
+    },
+    async launch() {
+      return { live, snapshot, description: `live ${liveUri}, snapshot ${snapshotUri}`, graph: 'external', exited: () => undefined, logs: () => '', stop: async () => undefined };
+    },
+  };
+}
+
+export function describeConfig(c: FleeceConfig): string {
+  const parts = [`content ${c.content}`];
+  if (c.sourceReadDelayMs) parts.push(`source read delay ${c.sourceReadDelayMs} ms`);
+  if (c.bitmap) parts.push('cbw bitmap');
+  if (c.snapshotDiscard) parts.push('snapshot discard=unmap, writable snapshot export');
+  if (c.cbwError) parts.push(`blkdebug EIO on the first target write, on-cbw-error=${c.cbwError}`);
+  if (c.discardIgnored) parts.push('snapshot-access left at discard=ignore');
+  return parts.join(', ');
+}
+
+/** A known-bad variant of a target for tests: the same launch with the configuration changed
+ * (a dropped bitmap, a flipped on-cbw-error policy, discard=ignore) or the snapshot export
+ * replaced by the live one. Every check of the suite is shown failing on one of these. */
+export function mutantFlavor(base: FleeceFlavor, name: string, m: { config?: (c: FleeceConfig) => FleeceConfig; snapshotIsLive?: boolean }): FleeceFlavor {
+  return {
+    ...base,
+    name,
+    summary: `${base.summary} [known bad: ${name}]`,
+    unsupported: (c) => base.unsupported(m.config ? m.config(c) : c),
+    async launch(c, dir, timeoutMs) {
+      const s = await base.launch(m.config ? m.config(c) : c, dir, timeoutMs);
+      return m.snapshotIsLive ? { ...s, snapshot: s.live, exited: s.exited, logs: s.logs, stop: s.stop } : s;
+    },
+  };
+}
+
+export const FLAVORS: readonly FleeceFlavor[] = [
+  referenceFlavor('reference', 'modern', false),
+  referenceFlavor('reference-legacy', 'legacy', false),
+  referenceFlavor('reference-racy', 'legacy', true),
+  qemuFlavor('qemu', 'modern'),
+  qemuFlavor('qemu-legacy', 'legacy'),
+];
+
+export function findFlavor(name: string): FleeceFlavor | undefined {
+  return FLAVORS.find((f) => f.name === name);
+}
+
+// ------------------------------------------------------------------------------------------
+// The lab: what a fleecing RunningTarget hands to the suite
+
+/** Starts setups for cases in fresh subdirectories of the runner's work dir; stops them all. */
+export class FleeceLab {
+  private readonly running = new Set<FleeceSetup>();
+  private n = 0;
+  constructor(
+    readonly flavor: FleeceFlavor,
+    private readonly workDir: string,
+    readonly startTimeoutMs: number,
+  ) {}
+
+  async launch(config: FleeceConfig): Promise<FleeceSetup> {
+    const dir = path.join(this.workDir, `setup-${++this.n}`);
+    fs.mkdirSync(dir, { recursive: true });
+    const s = await this.flavor.launch(config, dir, this.startTimeoutMs);
+    let stopped: Promise<void> | undefined;
+    const wrapped: FleeceSetup = {
+      live: s.live,
+      snapshot: s.snapshot,
+      description: s.description,
+      graph: s.graph,
+      exited: () => s.exited(),
+      logs: () => s.logs(),
+      stop: () => {
+        this.running.delete(wrapped);
+        stopped ??= s.stop().finally(() => fs.rmSync(dir, { recursive: true, force: true }));
+        return stopped;
+      },
+    };
+    this.running.add(wrapped);
+    return wrapped;
+  }
+
+  async stopAll(): Promise<void> {
+    for (const s of [...this.running]) await s.stop().catch(() => undefined);
+    this.running.clear();
+  }
+}
+
+/** The runner's view: a TargetDef whose RunningTarget carries the lab in `extra.fleecing`. */
+export function fleeceTargetDef(flavor: FleeceFlavor): TargetDef {
+  return {
+    name: flavor.name,
+    summary: flavor.summary,
+    peers: flavor.peers,
+    async start(opts: TargetStartOptions): Promise<RunningTarget> {
+      for (const p of flavor.peers) requirePeer(p);
+      const lab = new FleeceLab(flavor, opts.workDir, Math.max(opts.startTimeoutMs, 10_000));
+      return {
+        name: flavor.name,
+        description: flavor.summary,
+        exports: {},
+        extra: { fleecing: lab },
+        logs: () => '',
+        stop: () => lab.stopAll(),
+      };
+    },
+  };
+}
+
+export function labOf(target: RunningTarget): FleeceLab {
+  const lab = target.extra?.fleecing;
+  if (!(lab instanceof FleeceLab)) {
+    throw new HarnessError(`target ${target.name} is not a fleecing target: use ${FLAVORS.map((f) => f.name).join(', ')}, or --live URI --snapshot URI`);
+  }
+  return lab;
+}

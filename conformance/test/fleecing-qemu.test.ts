@@ -1,0 +1,52 @@
+// Issue 6: reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
+// applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
+// skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
+// qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1).
+import { describe, expect, it } from 'vitest';
+import os from 'node:os';
+import path from 'node:path';
+import fs from 'node:fs';
+import { findFlavor } from '../fleecing/targets.ts';
+import { runFleecing } from '../fleecing/run.ts';
+import type { CaseResult } from '../runner/model.ts';
+
+const traces = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-traces-'));
+process.env.FLEECE_TRACE_DIR = traces;
+
+const line = (r: CaseResult) => `${r.target} ${r.id}: ${r.verdict} ${r.reason}`;
+
+async function suite(name: string) {
+  const flavor = findFlavor(name)!;
+  const result = await runFleecing([flavor], { seed: 7 });
+  const by = new Map(result.results.map((r) => [r.id, r]));
+  return { result, by };
+}
+
+describe('QEMU fleecing targets pass every fleecing case', () => {
+  it('qemu (qemu-storage-daemon 7.2, cbw + snapshot-access): all pass but the unaligned snapshot discard, which aborts the daemon (B1)', async () => {
+    const { result, by } = await suite('qemu');
+    const bad = result.results.filter((r) => r.verdict !== 'pass' && r.id !== 'fleecing/discard/unaligned' && r.id !== 'fleecing/model/zero-trim');
+    expect(bad.map(line)).toEqual([]);
+    // Finding F1 (this suite, not in the research notes): under concurrent write-zeroes/trims on
+    // the live export, QEMU 7.2 sometimes answers a snapshot read with a HOLE chunk (or a ZERO
+    // extent) over snapshot data. It is a race, so this case may pass on a given seed; when it
+    // fails it must be for that reason, said in plain words.
+    const f1 = by.get('fleecing/model/zero-trim')!;
+    if (f1.verdict !== 'pass') {
+      expect(f1.verdict).toBe('fail');
+      expect(f1.reason).toMatch(/post-snapshot data, written by live (write-zeroes|trim) #\d+|reads as zeroes \(NBD_STATE_ZERO\), but the snapshot holds/);
+    }
+    const b1 = by.get('fleecing/discard/unaligned')!;
+    expect(b1.verdict).toBe('fail');
+    // In plain words: the daemon died, with which signal, on which request, and why (§6 B1).
+    expect(b1.reason).toMatch(/the server process died \(signal SIGABRT\) when the snapshot export got a discard of \[0x0,\+0x8000\), which is not cluster-aligned/);
+    expect(b1.reason).toMatch(/§6 B1/);
+    expect(b1.reason).toMatch(/hbitmap_reset: Assertion/);
+  }, 120_000);
+
+  it('qemu-legacy (blockdev-backup sync=none over QMP)', async () => {
+    const { result, by } = await suite('qemu-legacy');
+    expect(result.results.filter((r) => r.verdict !== 'pass' && r.verdict !== 'skipped').map(line)).toEqual([]);
+    for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/race/delayed-source']) expect(by.get(id)?.verdict, id).toBe('pass');
+  }, 120_000);
+});
