@@ -120,12 +120,16 @@ export async function runOk(cmd: string, args: string[], opts: { timeoutMs?: num
 
 /** A raw NBD byte-level client: send bytes, read exact counts, observe EOF. */
 export class RawClient {
-  private buf = Buffer.alloc(0);
+  // Received bytes as a chunk list: concatenating on every 'data' event would be quadratic when
+  // a test lets hundreds of MiB of replies pile up.
+  private chunks: Buffer[] = [];
+  private size = 0;
   private waiters: (() => void)[] = [];
   ended = false;
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
+      this.chunks.push(d);
+      this.size += d.length;
       this.wake();
     });
     socket.on('close', () => {
@@ -142,6 +146,20 @@ export class RawClient {
     this.waiters = [];
     for (const f of w) f();
   }
+  private take(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let p = 0;
+    while (p < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - p);
+      c.copy(out, p, 0, k);
+      p += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    this.size -= n;
+    return out;
+  }
   static connect(addr: string | { port: number; host: string }): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const s = typeof addr === 'string' ? net.connect(addr) : net.connect(addr.port, addr.host);
@@ -155,10 +173,10 @@ export class RawClient {
   /** Reads exactly n bytes, or throws on EOF/timeout. */
   async read(n: number, timeoutMs = 3000): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.buf.length < n) {
-      if (this.ended) throw new Error(`EOF after ${this.buf.length} of ${n} bytes`);
+    while (this.size < n) {
+      if (this.ended) throw new Error(`EOF after ${this.size} of ${n} bytes`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timeout waiting for ${n} bytes (have ${this.buf.length})`);
+      if (left <= 0) throw new Error(`timeout waiting for ${n} bytes (have ${this.size})`);
       await new Promise<void>((r) => {
         const t = setTimeout(r, left);
         this.waiters.push(() => {
@@ -167,9 +185,7 @@ export class RawClient {
         });
       });
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
+    return this.take(n);
   }
   /** Resolves true when the server closed the connection (with nothing more to read). */
   async waitEof(timeoutMs = 3000): Promise<boolean> {
@@ -188,7 +204,7 @@ export class RawClient {
     return true;
   }
   get pending(): number {
-    return this.buf.length;
+    return this.size;
   }
   close(): void {
     this.socket.destroy();

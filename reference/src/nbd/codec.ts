@@ -79,6 +79,9 @@ export type ClientMessage =
  */
 export class Parser {
   phase: Phase = 'client-flags';
+  /** Set by the session to stop taking messages (flow control): the rest stays buffered until the
+   * next parse() call after it is cleared. */
+  held = false;
   private buf: Buffer = Buffer.alloc(0);
   private consumed = 0; // stream offset of buf[0]
   private skip = 0; // bytes of an oversized option still to discard
@@ -111,6 +114,7 @@ export class Parser {
     let pos = 0;
     const buf = this.buf;
     for (;;) {
+      if (this.held) break;
       const phase = this.phase as Phase;
       const avail = buf.length - pos;
       const at = this.consumed + pos;

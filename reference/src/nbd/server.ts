@@ -17,6 +17,9 @@ export interface BoundAddress {
   readonly port?: number;
 }
 
+/** Reply bytes queued on one connection before we stop reading its requests. */
+export const MAX_QUEUED_REPLY_BYTES = 64 * 1024 * 1024;
+
 export class NbdServerError extends Error {
   override readonly name = 'NbdServerError';
 }
@@ -33,6 +36,9 @@ export interface NbdServerOptions {
   readonly onConnectionClosed?: (exp: NbdExport | undefined) => void;
   /** Refuse connections beyond this many (nbd-server-start max-connections; 0 = unlimited). */
   readonly maxConnections?: number;
+  /** Reply bytes queued on one connection before it stops being read (default
+   * MAX_QUEUED_REPLY_BYTES; tests use Infinity for the known-bad, unbounded variant). */
+  readonly maxQueuedReplyBytes?: number;
 }
 
 export class NbdServer implements ExportLookup {
@@ -122,6 +128,10 @@ export class NbdServer implements ExportLookup {
     }
     socket.setNoDelay(true);
     let conn: Conn;
+    // A client that does not read its replies must not make us queue without bound: past the
+    // cap the session holds (stops taking requests) until the socket drains.
+    const maxQueued = this.opts.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
+    socket.on('drain', () => session.release('drain'));
     const session = new NbdSession(
       this,
       {
@@ -133,6 +143,9 @@ export class NbdServer implements ExportLookup {
             for (const b of bufs) if (b.length) socket.write(b);
             socket.uncork();
           }
+          // Node's own high-water mark (16 KiB) is below one READ reply; what matters is that a
+          // client that stops reading cannot make us queue without bound.
+          if (socket.writableLength > maxQueued) session.hold('drain');
         },
         close: (_reason, error) => {
           // A hard disconnect after a violation drops the link at once; a soft one (ABORT, DISC)
@@ -174,6 +187,13 @@ export class NbdServer implements ExportLookup {
 
   get connectionCount(): number {
     return this.conns.size;
+  }
+
+  /** Reply bytes written but not yet taken by clients, over every connection (diagnostics). */
+  get queuedReplyBytes(): number {
+    let n = 0;
+    for (const c of this.conns) n += c.socket.writableLength;
+    return n;
   }
 }
 

@@ -136,7 +136,10 @@ export class NbdSession {
   private exp: NbdExport | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
-  private paused = false;
+  /** Why we are not taking requests: 'in-flight' (our caps) or the I/O edge's reasons
+   * ('drain': the client is not reading replies). While any hold is set, the parser keeps the
+   * bytes it has and the socket is not read. */
+  private readonly holds = new Set<string>();
   private disconnecting = false;
   private closed = false;
   private readonly maxInFlight: number;
@@ -381,25 +384,36 @@ export class NbdSession {
     this.inFlight++;
     const bytes = req.type === CMD.WRITE || req.type === CMD.READ ? req.length : 0;
     this.inFlightBytes += bytes;
-    if (!this.paused && (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes)) {
-      this.paused = true;
-      this.out.pause();
-    }
+    if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.hold('in-flight');
     this.handle(req)
       .catch((e) => this.sendError(req, e instanceof RequestFailed ? e.wire : nbdErrorOf(e, { fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0 })))
       .finally(() => {
         this.inFlight--;
         this.inFlightBytes -= bytes;
-        if (this.paused && this.inFlight < this.maxInFlight && this.inFlightBytes < this.maxInFlightBytes) {
-          this.paused = false;
-          if (!this.closed) this.out.resume();
-        }
+        if (this.inFlight < this.maxInFlight && this.inFlightBytes < this.maxInFlightBytes) this.release('in-flight');
         if (this.inFlight === 0) {
           const w = this.drainWaiters;
           this.drainWaiters = [];
           for (const f of w) f();
         }
       });
+  }
+
+  /** Stops taking requests for `reason` (idempotent). */
+  hold(reason: string): void {
+    if (this.holds.has(reason)) return;
+    this.holds.add(reason);
+    this.parser.held = true;
+    if (this.holds.size === 1) this.out.pause();
+  }
+
+  /** Lifts one hold; with none left, parses what was buffered and reads the socket again. */
+  release(reason: string): void {
+    if (!this.holds.delete(reason) || this.holds.size > 0) return;
+    this.parser.held = false;
+    if (this.closed) return;
+    this.out.resume();
+    if (this.parser.buffered > 0) this.feed(Buffer.alloc(0));
   }
 
   private whenDrained(f: () => void): void {
