@@ -118,6 +118,14 @@ function fleecingParamSpecs(scheme: Scheme): ParamSpec[] {
     { name: 'readers', type: 'int', default: d.readers, min: 0, max: 8, help: 'concurrent snapshot reads' },
     { name: 'writeSize', type: 'int', default: d.writeSize, min: 1, max: 16, help: 'guest write length in clusters' },
     { name: 'readSize', type: 'int', default: d.readSize, min: 1, max: 16, help: 'snapshot read length in clusters' },
+    {
+      name: 'tempWriters',
+      type: 'int',
+      default: d.tempWriters,
+      min: 0,
+      max: 4,
+      help: 'clients writing the temp/target image via a writable export (research §6 B6)',
+    },
   ];
   if (scheme.kind === 'cbw') {
     specs.push(

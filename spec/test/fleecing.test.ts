@@ -130,6 +130,20 @@ describe('known-bad variants fail', () => {
   });
 });
 
+describe('a writable export on the temp/target image (research §6 B6)', () => {
+  it('breaks every scheme: a snapshot read can return what the temp writer wrote', () => {
+    for (const scheme of [S2, S3, S4]) {
+      const m = fleecingModel(scheme, { clusters: 2, writers: 1, readers: 1, tempWriters: 1 });
+      const r = explore(m);
+      expect(r.verdict, scheme.name).toBe('violation');
+      expect(r.counterexample!.message, scheme.name).toMatch(/T0/);
+      // The read-side invariant alone also fails: drop the others to see it.
+      const readOnly = explore({ ...m, invariants: m.invariants.filter((i) => i.name === 'snapshot-read-consistent') });
+      expect(readOnly.counterexample!.message, scheme.name).toMatch(/data T0 wrote into the (temp|target) image, not snapshot data/);
+    }
+  });
+});
+
 describe('replay of fleecing counterexamples', () => {
   it('round-trips the S1 counterexample and rejects a tampered step', () => {
     const m = fleecingModel(S1);

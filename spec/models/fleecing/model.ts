@@ -21,7 +21,9 @@ import {
   IDLE_READER,
   IDLE_WRITER,
   SNAPSHOT,
+  TEMP_DATA,
   UNALLOCATED,
+  isGuestData,
   clustersOf,
   describeRange,
   describeValue,
@@ -46,6 +48,9 @@ export interface FleecingParams {
   readonly onCbwError: 'break-guest-write' | 'break-snapshot';
   /** How many CBW copies the environment may fail (target write error or cbw-timeout). */
   readonly cbwFailures: number;
+  /** Clients writing the temp/target image through a writable export on it (research §6 B6,
+   * accepted by QEMU 7.2's permissions): each writes one request of writeSize clusters. */
+  readonly tempWriters: number;
 }
 
 export const DEFAULT_FLEECING_PARAMS: FleecingParams = {
@@ -58,6 +63,7 @@ export const DEFAULT_FLEECING_PARAMS: FleecingParams = {
   discard: false,
   onCbwError: 'break-guest-write',
   cbwFailures: 1,
+  tempWriters: 0,
 };
 
 export type FleecingAction =
@@ -70,7 +76,8 @@ export type FleecingAction =
   | { readonly kind: 'lookup'; readonly r: number; readonly c: number }
   | { readonly kind: 'lock'; readonly r: number; readonly c: number }
   | { readonly kind: 'read'; readonly r: number; readonly c: number; readonly n: number; readonly fromTarget: boolean }
-  | { readonly kind: 'discard'; readonly off: number };
+  | { readonly kind: 'discard'; readonly off: number }
+  | { readonly kind: 'tempWrite'; readonly t: number; readonly off: number };
 
 export type FleecingBehaviour = Behaviour<FleecingState, FleecingAction> & {
   readonly scheme: Scheme;
@@ -100,6 +107,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     writers: new Array<Writer>(p.writers).fill(IDLE_WRITER),
     readers: new Array<Reader>(p.readers).fill(IDLE_READER),
     discarder: cbw && p.discard ? { pc: 'idle', off: -1 } : undefined,
+    tempDone: 0,
   };
 
   /** Clusters a writer's in-flight copy holds against other CBW (block-copy task, S2 cow req). */
@@ -190,6 +198,9 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     }
 
     if (s.discarder?.pc === 'idle') for (let off = 0; off < N; off++) out.push({ kind: 'discard', off });
+    for (let t = 0; t < p.tempWriters; t++) {
+      if (((s.tempDone >> t) & 1) === 0) for (let off = 0; off + ws <= N; off++) out.push({ kind: 'tempWrite', t, off });
+    }
     return out;
   }
 
@@ -301,6 +312,11 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
           discarder: { pc: 'done', off: a.off },
         };
       }
+      case 'tempWrite': {
+        const target = s.target.slice();
+        for (let c = a.off; c < a.off + ws; c++) target[c] = TEMP_DATA + a.t;
+        return { ...s, target, tempDone: s.tempDone | (1 << a.t) };
+      }
       default:
         return unreachable(a);
     }
@@ -328,6 +344,8 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         };
       case 'discard':
         return { actor: 'D', action: 'discard', args: { cluster: a.off } };
+      case 'tempWrite':
+        return { actor: `T${a.t}`, action: 'tempWrite', args: { cluster: a.off } };
       default:
         return unreachable(a);
     }
@@ -340,9 +358,10 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         for (let i = 0; i < s.readers.length; i++) {
           const r = s.readers[i]!;
           if (r.pc !== 'done' || r.bad === SNAPSHOT) continue;
-          const what =
-            r.bad > 0
-              ? `data written by W${r.bad - 1}, after the snapshot`
+          const what = isGuestData(r.bad)
+            ? `data written by W${r.bad - 1}, after the snapshot`
+            : r.bad >= TEMP_DATA
+              ? `data T${r.bad - TEMP_DATA} wrote into the ${cbw ? 'target' : 'temp'} image, not snapshot data`
               : r.bad === GARBAGE
                 ? 'target content that was never copied there'
                 : 'discarded target content of a cluster that is still accessible';
@@ -371,7 +390,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       if (s.snapshotError) return undefined;
       for (let c = 0; c < N; c++) {
         const v = s.source[c]!;
-        if (v !== SNAPSHOT && (s.access >> c) & 1 && s.target[c] !== SNAPSHOT) {
+        if (isGuestData(v) && (s.access >> c) & 1 && s.target[c] !== SNAPSHOT) {
           return `W${v - 1} overwrote cluster ${c} on the source while its snapshot data was not on the target (target: ${describeValue(s.target[c]!)})`;
         }
       }
@@ -389,6 +408,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     ...(cbw ? ['lock'] : ['lookup']),
     'read',
     ...(initial.discarder ? ['discard'] : []),
+    ...(p.tempWriters > 0 ? ['tempWrite'] : []),
   ];
 
   const shown: Record<string, string | number | boolean> = {
@@ -398,6 +418,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     writeSize: p.writeSize,
     readSize: p.readSize,
   };
+  if (p.tempWriters > 0) shown['tempWriters'] = p.tempWriters;
   if (cbw) Object.assign(shown, { bitmap: p.bitmap, discard: p.discard, onCbwError: p.onCbwError, cbwFailures: p.cbwFailures });
 
   return {
@@ -413,6 +434,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     key: (s, symmetric) => keyOf(s, symmetric),
     invariants,
     pending: (s) =>
+      s.tempDone !== (1 << p.tempWriters) - 1 ||
       s.writers.some((w) => w.pc !== 'done' && w.pc !== 'failed') ||
       s.readers.some((r) => r.pc !== 'done' && r.pc !== 'failed') ||
       s.discarder?.pc === 'idle',
@@ -465,6 +487,7 @@ function withActors(s: FleecingState, writers: readonly Writer[], readers: reado
     writers,
     readers,
     discarder: s.discarder,
+    tempDone: s.tempDone,
   };
 }
 
@@ -485,6 +508,7 @@ function validate(p: FleecingParams, scheme: Scheme): void {
   int('writeSize', 1, p.clusters);
   int('readSize', 1, p.clusters);
   int('cbwFailures', 0, 8);
+  int('tempWriters', 0, 4);
   if (p.onCbwError !== 'break-guest-write' && p.onCbwError !== 'break-snapshot') {
     throw new SpecError(`parameter onCbwError must be break-guest-write or break-snapshot, got ${JSON.stringify(p.onCbwError)}`, scheme.name);
   }
@@ -525,7 +549,7 @@ function compareWriters(a: Writer, b: Writer): number {
 }
 
 function renamed(v: number, newIndex: readonly number[]): number {
-  return v > 0 ? newIndex[v - 1]! + 9 : v + 8;
+  return v > 0 && v < TEMP_DATA ? newIndex[v - 1]! + 9 : v + 8;
 }
 
 function compareReaders(a: Reader, b: Reader, newIndex: readonly number[]): number {
@@ -558,7 +582,7 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
     for (let i = 0; i < W; i++) first[i] = 255;
     for (let c = s.source.length - 1; c >= 0; c--) {
       const v = s.source[c]!;
-      if (v > 0) first[v - 1] = c;
+      if (isGuestData(v)) first[v - 1] = c;
     }
     for (let i = 1; i < W; i++) {
       const x = order[i]!;
@@ -618,6 +642,7 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
     k[n++] = s.discarder.pc === 'idle' ? 1 : 2;
     k[n++] = s.discarder.off + 8;
   }
+  k[n++] = s.tempDone;
   return String.fromCharCode.apply(null, k.subarray(0, n) as unknown as number[]);
 }
 
@@ -652,5 +677,6 @@ function viewOf(s: FleecingState, cbw: boolean): Record<string, string | number 
     if (r.bad !== SNAPSHOT) v[`R${i}.returned`] = `${describeValue(r.bad)}@${r.badAt}`;
   });
   if (s.discarder) v['D.pc'] = s.discarder.pc;
+  if (s.tempDone) v['tempWritersDone'] = maskText(s.tempDone, 8);
   return v;
 }

@@ -10,6 +10,14 @@ export const SNAPSHOT = 0; // the data at the moment the snapshot was taken
 export const UNALLOCATED = -1; // legacy temp overlay: cluster not allocated, reads fall through
 export const GARBAGE = -2; // cbw raw target: never written, holds whatever was there
 export const DISCARDED = -3; // target range released by a snapshot discard
+/** Data written straight into the temp/target image by client `t` of a writable export on it
+ * (research §6 B6): TEMP_DATA + t. Guest data stays below this value. */
+export const TEMP_DATA = 64;
+
+/** Post-snapshot guest data: writer k writes k + 1. */
+export function isGuestData(v: number): boolean {
+  return v > 0 && v < TEMP_DATA;
+}
 
 export type WriterPc =
   | 'idle' // guest write not submitted yet
@@ -81,6 +89,8 @@ export interface FleecingState {
   readonly readers: readonly Reader[];
   /** The snapshot client's discard (S4 with discard on), or undefined. */
   readonly discarder: Discarder | undefined;
+  /** Temp writers (clients of a writable export on the temp image) that have written, as a mask. */
+  readonly tempDone: number;
 }
 
 export const IDLE_WRITER: Writer = { pc: 'idle', off: -1, claim: 0, buf: [], failed: false, noWait: false };
@@ -109,5 +119,6 @@ export function describeValue(v: number): string {
   if (v === UNALLOCATED) return 'unalloc';
   if (v === GARBAGE) return 'garbage';
   if (v === DISCARDED) return 'discarded';
+  if (v >= TEMP_DATA) return `T${v - TEMP_DATA}`;
   return `W${v - 1}`;
 }
