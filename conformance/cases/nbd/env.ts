@@ -85,10 +85,13 @@ async function probeExtendedHeaders(ref: ExportRef, timeoutMs: number): Promise<
 export async function setupNbd(target: RunningTarget, opts: { timeoutMs: number }): Promise<NbdEnv> {
   const rwRef = target.exports.rw;
   if (!rwRef) throw new Error("target has no 'rw' export");
-  const rw = await probeExport(rwRef, opts.timeoutMs);
+  // The probe is not a conformance check: give a server that is slow to serve its first
+  // connection (nbd-server forks one process per connection) plenty of time.
+  const probeMs = Math.max(opts.timeoutMs * 4, 10_000);
+  const rw = await probeExport(rwRef, probeMs);
   const roRef = target.exports.ro;
-  const ro = roRef ? (roRef === rwRef ? rw : await probeExport(roRef, opts.timeoutMs)) : undefined;
-  const extendedHeaders = await probeExtendedHeaders(rwRef, opts.timeoutMs);
+  const ro = roRef ? (roRef === rwRef ? rw : await probeExport(roRef, probeMs)) : undefined;
+  const extendedHeaders = await probeExtendedHeaders(rwRef, probeMs);
   const area = target.image?.scratch ?? { offset: 0, length: Math.min(Number(rw.size), 16 << 20) };
   let next = area.offset;
   return {
