@@ -112,7 +112,7 @@ describe('image-fleecing over NBD against fleece serve', () => {
       expect(await qemuIo(fleece, [...reads(patterns), ...reads(zeroes)], true)).toEqual([]);
       expect(await qemuIo(live, reads(overwrite), true)).toEqual([]);
 
-      await c.ok('block-export-del', { id: 'exp-fleece' });
+      await c.ok('block-export-del', { id: 'exp-fleece', mode: 'hard' });
       await c.ok('block-job-cancel', { device: 'fleecing' });
       const cancelled = await c.waitEvent('BLOCK_JOB_CANCELLED');
       // 1 (@0) + 2 (straddling 1M) + 2 (straddling 32M) + 1 (@64M-128k) clusters of 64 KiB (§5.2).

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseArgs } from '../src/daemon/args.ts';
 import { Daemon, registerDaemonExtension } from '../src/daemon/daemon.ts';
-import { run, runOk, tmpDir } from './nbd-helpers.ts';
+import { RawClient, openExport, run, runOk, tmpDir } from './nbd-helpers.ts';
 
 describe('Daemon in-process', () => {
   it('block-dirty-bitmap-add, writes through the export mark it, nbdinfo maps it', async () => {
@@ -59,6 +59,32 @@ describe('Daemon in-process', () => {
       // The unaligned discard covered no whole cluster: that range still reads the snapshot.
       expect(out.match(/read 65536\/65536/g)?.length).toBe(2);
       expect(out).not.toMatch(/Pattern verification failed/);
+    } finally {
+      await d.close();
+      t.cleanup();
+    }
+  });
+
+  it('nbd-server-add / nbd-server-remove (the pre-5.2 commands image-fleecing still uses)', async () => {
+    const t = tmpDir('fleece-daemon-');
+    const sock = path.join(t.dir, 'nbd.sock');
+    const d = new Daemon();
+    const s = { negotiated: true };
+    const q = (execute: string, args?: Record<string, unknown>) => d.dispatcher.dispatch(args ? { execute, arguments: args } : { execute }, s);
+    try {
+      for (const a of parseArgs(['--blockdev', 'driver=memory,node-name=fl,size=1M', '--nbd-server', `addr.type=unix,addr.path=${sock}`]).actions) await d.apply(a);
+      expect(await q('nbd-server-add', { device: 'fl' })).toEqual({ return: {} });
+      const j = JSON.parse(await runOk('nbdinfo', ['--json', `nbd+unix:///fl?socket=${sock}`]));
+      expect(j.exports[0]).toMatchObject({ 'export-name': 'fl', is_read_only: true });
+      expect(await q('query-block-exports')).toEqual({ return: [{ type: 'nbd', id: 'fl', 'node-name': 'fl', 'shutting-down': false }] });
+      expect(await q('nbd-server-remove', { name: 'nope' })).toMatchObject({ error: { desc: "Export 'nope' is not found" } });
+      // mode=safe (the default) refuses while a client is connected; hard drops it.
+      const c = await RawClient.connect(sock);
+      await openExport(c, 'fl');
+      expect(await q('nbd-server-remove', { name: 'fl' })).toMatchObject({ error: { desc: "export 'fl' still in use" } });
+      expect(await q('nbd-server-remove', { name: 'fl', mode: 'hard' })).toEqual({ return: {} });
+      expect(await c.waitEof()).toBe(true);
+      expect(await q('query-block-exports')).toEqual({ return: [] });
     } finally {
       await d.close();
       t.cleanup();

@@ -27,6 +27,19 @@ describe('fleece serve', () => {
     }
   });
 
+  it('--help, --version, and an inet port 0 announced on stderr (in-process)', async () => {
+    const io = () => {
+      const o = { out: '', err: '' };
+      return { o, io: { stdout: { write: (x: string) => (o.out += x) }, stderr: { write: (x: string) => (o.err += x) }, env: {}, pid: 1 } };
+    };
+    const h = io();
+    expect(await serve(['--help'], h.io)).toBe(0);
+    expect(h.o.out).toMatch(/--blockdev \[driver=\]<driver>/);
+    const v = io();
+    expect(await serve(['-V'], v.io)).toBe(0);
+    expect(v.o.out).toMatch(/qemu-storage-daemon 7\.2/);
+  });
+
   it('a bad configuration exits non-zero as a process', async () => {
     const r = await runServe(['--blockdev', 'driver=qcow2,node-name=x,file=y']);
     expect(r.code).toBe(1);
@@ -69,7 +82,8 @@ describe('fleece serve', () => {
       await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 0 64k', uri]);
       expect(await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x33 0 64k', uri])).not.toMatch(/fail/i);
       expect(await c.ok('query-block-exports')).toEqual([{ type: 'nbd', id: 'e', 'node-name': 'm', 'shutting-down': false }]);
-      await c.ok('block-export-del', { id: 'e' });
+      // hard: qemu-io has exited, but its connection may not be reaped yet (safe mode would race).
+      await c.ok('block-export-del', { id: 'e', mode: 'hard' });
       expect(await c.execute('block-export-del', { id: 'e' })).toMatchObject({ error: { desc: "Export 'e' is not found" } });
       expect((await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read 0 4k', uri])).code).not.toBe(0);
       await c.ok('nbd-server-stop');

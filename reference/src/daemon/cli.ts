@@ -46,7 +46,14 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
       delete process.env.LISTEN_FDNAMES;
       await daemon.startNbdServer({ addr: { type: 'fd', fd: config.activationFds[0]! }, maxConnections: 0 });
     }
-    for (const action of config.actions) await daemon.apply(action);
+    for (const action of config.actions) {
+      await daemon.apply(action);
+      // A kernel-chosen TCP port is only useful if the user learns it.
+      if (action.kind === 'nbd-server' && action.options.addr.type === 'inet' && action.options.addr.port === 0) {
+        const a = daemon.nbdServerAddress;
+        io.stderr.write(`fleece serve: NBD server listening on ${a?.host}:${a?.port}\n`);
+      }
+    }
     if (config.pidfile) Daemon.writePidfile(config.pidfile);
   } catch (e) {
     const known = e instanceof UsageError || e instanceof QmpError || e instanceof NbdServerError || isBlockError(e);

@@ -240,6 +240,32 @@ export class Daemon {
       this.removeExport(id, mode);
       return {};
     });
+    // The pre-5.2 commands image-fleecing's iotest still uses (deprecated, present in 7.2):
+    // the export id is the export name, which defaults to the device (node) name.
+    d.register('nbd-server-add', (a) => {
+      const device = a.str('device');
+      const name = a.optStr('name') ?? device;
+      const description = a.optStr('description');
+      const writable = a.optBool('writable') ?? false;
+      const bitmap = a.optStr('bitmap');
+      a.finish();
+      this.addExport({
+        type: 'nbd', id: name, nodeName: device, name, writable,
+        bitmaps: bitmap === undefined ? [] : [bitmap],
+        ...(description !== undefined ? { description } : {}),
+      });
+      return {};
+    });
+    d.register('nbd-server-remove', (a) => {
+      const name = a.str('name');
+      const mode = a.optStr('mode') ?? 'safe';
+      a.finish();
+      if (mode !== 'safe' && mode !== 'hard') throw new QmpError('GenericError', `Parameter 'mode' does not accept value '${mode}'`);
+      const e = [...this.exports.values()].find((x) => x.nbd.name === name);
+      if (!e) throw new QmpError('GenericError', `Export '${name}' is not found`);
+      this.removeExport(e.opts.id, mode);
+      return {};
+    });
     d.register('query-block-exports', noArgs(() =>
       [...this.exports.values()].map((e) => ({ type: 'nbd', id: e.opts.id, 'node-name': e.opts.nodeName, 'shutting-down': false })),
     ));
