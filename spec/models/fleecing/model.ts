@@ -325,14 +325,14 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
   function label(a: FleecingAction): ActionLabel {
     switch (a.kind) {
       case 'submit':
-        return { actor: `W${a.w}`, action: 'submit', args: { cluster: a.off } };
+        return { actor: `W${a.w}`, action: 'submit', args: ws > 1 ? { cluster: a.off, count: ws } : { cluster: a.off } };
       case 'serialise':
       case 'copyWrite':
       case 'copyFail':
       case 'write':
         return { actor: `W${a.w}`, action: a.kind };
       case 'start':
-        return { actor: `R${a.r}`, action: 'start', args: { cluster: a.off } };
+        return { actor: `R${a.r}`, action: 'start', args: rs > 1 ? { cluster: a.off, count: rs } : { cluster: a.off } };
       case 'lookup':
       case 'lock':
         return { actor: `R${a.r}`, action: a.kind, args: { cluster: a.c } };
@@ -345,7 +345,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       case 'discard':
         return { actor: 'D', action: 'discard', args: { cluster: a.off } };
       case 'tempWrite':
-        return { actor: `T${a.t}`, action: 'tempWrite', args: { cluster: a.off } };
+        return { actor: `T${a.t}`, action: 'tempWrite', args: ws > 1 ? { cluster: a.off, count: ws } : { cluster: a.off } };
       default:
         return unreachable(a);
     }
