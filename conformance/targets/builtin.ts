@@ -122,6 +122,47 @@ const nbdkit: TargetDef = {
   },
 };
 
+/** Hook a target may offer for cases that need an injected failure (checklist D58). */
+export interface ErrorInjection {
+  /** From now on, reads of the 'rw' export fail with EIO. */
+  armReadError(): void;
+  disarmReadError(): void;
+}
+
+/**
+ * nbdkit with non-default block sizes enforced (blocksize-policy: 512 / 4096 / 1 MiB, requests
+ * outside them refused) and an error filter whose reads fail while a trigger file exists: the
+ * fixture that exercises checklist A18 with real limits, C52 and D58.
+ */
+const nbdkitPolicy: TargetDef = {
+  name: 'nbdkit-policy',
+  summary: 'nbdkit file plugin behind --filter=blocksize-policy (512/4096/1M) and --filter=error',
+  peers: ['nbdkit'],
+  async start(opts) {
+    const img = images(opts.workDir);
+    const rw = unix(opts.workDir, 'rw.sock');
+    const ro = unix(opts.workDir, 'ro.sock');
+    const trigger = path.join(opts.workDir, 'inject-read-error');
+    const filters = ['--filter=error', '--filter=blocksize-policy'];
+    const params = ['blocksize-minimum=512', 'blocksize-preferred=4096', 'blocksize-maximum=1M', 'blocksize-error-policy=error', 'error-pread=EIO', 'error-pread-rate=100%', `error-pread-file=${trigger}`];
+    const t = await startAll(
+      'nbdkit-policy',
+      'nbdkit file plugin, blocksize-policy 512/4096/1M (error), error filter on reads (trigger file)',
+      [
+        { proc: ManagedProcess.spawn('nbdkit-policy (rw)', 'nbdkit', ['-f', '-U', (rw as { path: string }).path, '-e', 'disk', ...filters, 'file', img.rw, ...params]), address: rw },
+        { proc: ManagedProcess.spawn('nbdkit-policy (ro)', 'nbdkit', ['-f', '-r', '-U', (ro as { path: string }).path, '-e', 'disk', ...filters, 'file', img.ro, ...params]), address: ro },
+      ],
+      { rw: { address: rw, name: 'disk' }, ro: { address: ro, name: 'disk' } },
+      opts,
+    );
+    const injection: ErrorInjection = {
+      armReadError: () => fs.writeFileSync(trigger, ''),
+      disarmReadError: () => fs.rmSync(trigger, { force: true }),
+    };
+    return { ...t, extra: { errorInjection: injection } };
+  },
+};
+
 const nbdServer: TargetDef = {
   name: 'nbd-server',
   summary: 'nbd-server (reference implementation) with a generated config, TCP on 127.0.0.1',
@@ -239,4 +280,4 @@ const reference: TargetDef = {
   },
 };
 
-for (const t of [reference, qemuNbd, qsd, nbdkit, nbdServer]) registerTarget(t);
+for (const t of [reference, qemuNbd, qsd, nbdkit, nbdkitPolicy, nbdServer]) registerTarget(t);

@@ -102,4 +102,19 @@ describe('verdict matrix against the real servers (research §3)', () => {
     expectNoOtherFailures(res, ['nbd/write/fast-zero-unadvertised', 'nbd/transmission/disconnect']);
     expect(ms).toBeLessThan(10_000);
   });
+
+  it('nbdkit-policy (512/4096/1M enforced, read errors injected): A18, C52 and D58 are exercised and pass', async () => {
+    const { res, ms, verdict } = await runAgainst('nbdkit-policy');
+    expectVerdicts(verdict, {
+      'nbd/handshake/block-size-valid': 'pass',
+      'nbd/bounds/unaligned-min-block': 'pass',
+      'nbd/bounds/read-too-large': 'pass',
+      'nbd/structured-read/error-midway': 'pass',
+      'nbd/structured-read/coverage': 'pass',
+    });
+    expect(res.results.find((r) => r.id === 'nbd/handshake/block-size-valid')!.observations.join(' ')).toMatch(/512 \/ 4096 \/ 1048576/);
+    expect(res.results.find((r) => r.id === 'nbd/structured-read/error-midway')!.observations.join(' ')).toMatch(/error 5/);
+    expectNoOtherFailures(res, ['nbd/write/fast-zero-unadvertised', 'nbd/transmission/disconnect']);
+    expect(ms).toBeLessThan(10_000);
+  });
 });

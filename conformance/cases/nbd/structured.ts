@@ -1,7 +1,8 @@
 // nbd/structured-read/*: checklist D (nbd-protocol.md §2 D54-D58; proto.md "Structured reply
 // types", NBD_CMD_FLAG_DF).
 import { CF } from '../../nbd/constants.ts';
-import { Errno, TF, describeReply, expected, nbdCase, requireFlag, requireStructured, session, type NbdCase } from './env.ts';
+import { Errno, TF, describeReply, expected, nbdCase, requireFlag, requireStructured, session, usableAfter, type NbdCase } from './env.ts';
+import type { ErrorInjection } from '../../targets/builtin.ts';
 import { Cmd } from '../../nbd/constants.ts';
 
 const SR = 'proto.md "Structured reply types"';
@@ -14,14 +15,15 @@ export const structuredCases: NbdCase[] = [
     section: sec(SR, 'D54'),
     level: 'MUST',
     title: 'READ chunks cover the request exactly, and the data is right',
-    description: 'READs [0, 4 MiB), which mixes data and holes, under structured replies.',
+    description: 'READs [0, 4 MiB) (or up to the advertised maximum payload), which mixes data and holes, under structured replies.',
     expectation: 'Chunks inside the request, no overlap, full coverage; the reassembled data equals the image.',
     async run(ctx) {
       requireStructured(ctx);
       const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.READ, offset: 0, length: 4 * MiB });
-      ctx.must(r.error === 0, 'the READ succeeds', describeReply(r));
-      const exp = expected(ctx, 0, 4 * MiB);
+      const len = Math.min(4 * MiB, ctx.env.rw.blockSize?.maximum ?? 4 * MiB);
+      const r = await conn.request({ type: Cmd.READ, offset: 0, length: len });
+      ctx.must(r.error === 0, `the READ of [0, ${len}) succeeds`, describeReply(r));
+      const exp = expected(ctx, 0, len);
       if (exp) ctx.must(r.data?.equals(exp) ?? false, 'the reassembled data equals the image content');
       ctx.observe(`${r.content.length} content chunk(s): ${r.content.filter((c) => c.kind === 'data').length} data, ${r.content.filter((c) => c.kind === 'hole').length} hole`);
     },
@@ -82,10 +84,25 @@ export const structuredCases: NbdCase[] = [
     section: sec(SR, 'D58'),
     level: 'MUST',
     title: 'A READ failing part-way sends an error chunk',
-    description: 'Needs error injection in the target (e.g. nbdkit --filter=error).',
-    expectation: 'An error chunk; a started OFFSET_DATA chunk is completed.',
+    description: 'With error injection armed in the target (e.g. nbdkit --filter=error), READs 64 KiB under structured replies.',
+    exclusive: true, // the injected fault hits every reader of the export while armed
+    expectation: 'A structured reply ending in a well-formed error chunk (any started OFFSET_DATA chunk completed); the connection stays usable once the fault is gone.',
     async run(ctx) {
-      ctx.skip('the target has no error injection configured (needs e.g. nbdkit --filter=error)');
+      const inj = ctx.target.extra?.errorInjection as ErrorInjection | undefined;
+      if (!inj) return ctx.skip('the target has no error injection (try --target nbdkit-policy)');
+      requireStructured(ctx);
+      const { conn } = await session(ctx);
+      inj.armReadError();
+      let r;
+      try {
+        r = await conn.request({ type: Cmd.READ, offset: 0, length: 65536 });
+      } finally {
+        inj.disarmReadError();
+      }
+      ctx.must(r.error !== 0, 'the READ reports the injected failure', describeReply(r));
+      ctx.must(r.structured && r.chunks.some((c) => c.body.chunk === 'error'), 'the failure comes as an error chunk', r.chunks.map((c) => c.body.chunk).join(', '));
+      ctx.observe(`chunks: ${r.chunks.map((c) => c.body.chunk).join(', ')}; error ${r.error}${r.errorMessage ? ` "${r.errorMessage}"` : ''}`);
+      await usableAfter(ctx, conn, 'a failed READ');
     },
   }),
 ];
