@@ -246,3 +246,34 @@ describe('permission model as a Behaviour (command orders)', () => {
     expect(conflictFree.check({ ...ok, graph: { ...g, edges: clash } })).toMatch(/node 'source' has parents export:exp-live using 'write' which fl-cbw does not share/);
   });
 });
+
+describe('permission model: cbw without parents (checked on qemu-storage-daemon 7.2.22 while writing this)', () => {
+  // Legacy-style graph with an explicit copy-before-write node: temp (qcow2) backed by source,
+  // fl-cbw (file=source, target=temp), a read-only export on temp. Run by hand on QSD 7.2:
+  // with nothing above fl-cbw, a writable export on source is accepted (and a write through it
+  // changed what the temp export returned); once fl-cbw has a parent, it is refused with
+  // exactly the message below.
+  const base: GraphOp[] = [
+    { op: 'blockdev-add', node: { name: 'sf', driver: 'file' } },
+    { op: 'blockdev-add', node: { name: 'source', driver: 'qcow2', children: { file: 'sf' } } },
+    { op: 'blockdev-add', node: { name: 'tf', driver: 'file' } },
+    { op: 'blockdev-add', node: { name: 'temp', driver: 'qcow2', children: { file: 'tf', backing: 'source' } } },
+    { op: 'blockdev-add', node: { name: 'fl-cbw', driver: 'copy-before-write', children: { file: 'source', target: 'temp' } } },
+    { op: 'block-export-add', id: 'exp-fleece', nodeName: 'temp', writable: false },
+  ];
+  const live: GraphOp = { op: 'block-export-add', id: 'exp-live', nodeName: 'source', writable: true };
+  it('accepts a writable export on source while fl-cbw has no parent (6.2 relaxation)', () => {
+    expect(evaluate([...base, live]).accepted).toBe(true);
+  });
+  it('refuses it once fl-cbw has a parent, with the message QSD printed', () => {
+    const ev = evaluate([...base, { op: 'block-export-add', id: 'exp-cbw', nodeName: 'fl-cbw', writable: false }, live]);
+    expect(ev.refusal?.message).toBe(
+      "Permission conflict on node 'source': permissions 'write' are both required by an unnamed block device " +
+        "(uses node 'source' as 'root' child) and unshared by node 'fl-cbw' (uses node 'source' as 'file' child).",
+    );
+  });
+  it('the known-bad cbw rule misses that refusal', () => {
+    const ev = evaluate([...base, { op: 'block-export-add', id: 'exp-cbw', nodeName: 'fl-cbw', writable: false }, live], { cbwRule: 'buggy-no-unshare' });
+    expect(ev.accepted).toBe(true);
+  });
+});

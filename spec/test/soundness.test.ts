@@ -66,6 +66,8 @@ describe('permission soundness', () => {
     expect(DEFAULT_SOUNDNESS.legacyScheme).toBe(S3);
   });
 
+  // Confirmed on qemu-storage-daemon 7.2.22: the graph is accepted and a write through the
+  // source export changed what the temp export returned (see permissions.test.ts).
   it('an explicit cbw with no parent does not unshare WRITE (6.2 relaxation), so a writer can bypass it: unsafe', () => {
     const shape: GraphShape = { temp: 'qcow2-backed', cbw: 'source->temp', access: false, raw: 'none', backup: false, exports: { source: 'rw', temp: 'ro' } };
     const v = judge(asCase(shape));
