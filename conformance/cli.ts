@@ -163,8 +163,8 @@ const command: Subcommand = {
         process.stdout.write(JSON.stringify(result, null, 2) + '\n');
         process.stderr.write(countLine(result) + '\n');
       } else {
-        process.stdout.write(renderSummary(result, args.color));
-        process.stdout.write(`reports: ${path.relative(process.cwd(), files.json) || files.json}, ${path.relative(process.cwd(), files.junit)}, ${path.relative(process.cwd(), files.html)}\n`);
+        const rel = (f: string) => (path.relative(process.cwd(), f).startsWith('..') ? f : path.relative(process.cwd(), f));
+        process.stdout.write(renderSummary(result, args.color, [`reports: ${rel(files.json)}, ${rel(files.junit)}, ${rel(files.html)}`]));
       }
       return exitCode(result.results, args.strict, result.targets.filter((t) => t.error).length);
     } catch (e) {

@@ -35,7 +35,8 @@ export function countLine(run: RunResult): string {
   return `${passed} passed, ${failed} failed, ${c.skipped} skipped`;
 }
 
-export function renderSummary(run: RunResult, color: boolean): string {
+/** The summary; `extra` lines (e.g. where the reports went) come before the final count line. */
+export function renderSummary(run: RunResult, color: boolean, extra: readonly string[] = []): string {
   const out: string[] = [''];
   for (const t of run.targets) {
     const rs = run.results.filter((r) => r.target === t.name);
@@ -47,6 +48,7 @@ export function renderSummary(run: RunResult, color: boolean): string {
     out.push(`  -- ${n('pass')} pass, ${n('fail')} fail, ${n('non-strict')} non-strict, ${n('info')} info, ${n('skipped')} skipped, ${n('error')} error`);
   }
   out.push(`seed ${run.seed}${run.strict ? ', strict (SHOULD failures fail the run)' : ''}`);
+  out.push(...extra);
   out.push(countLine(run));
   return out.join('\n') + '\n';
 }
