@@ -137,6 +137,7 @@ describe('permission model: measured conflicts of qemu-fleecing.md §1.4', () =>
   it('refuses and accepts exactly as QEMU 7.2 did, with its exact messages', () => {
     expect(conflictMismatches(QEMU_7_2)).toEqual([]);
   });
+  // Full text checked over QMP on qemu-storage-daemon 7.2.22 (research §1.4 abridges it).
   it('the resize refusal names both BlockBackends as root users', () => {
     const g = evaluate(modernFleecing()).graph;
     const r = applyOp(g, RESIZE_CBW).result;
@@ -157,6 +158,11 @@ describe('permission model: measured conflicts of qemu-fleecing.md §1.4', () =>
     const withResizer = applyOp(g, { op: 'block_resize', nodeName: 'temp' });
     expect(withResizer.result.ok).toBe(false); // cbw's target edge unshares RESIZE on temp
     expect(withResizer.state.edges).toEqual(g.edges);
+    // Message checked over QMP on qemu-storage-daemon 7.2.22 while writing this test.
+    expect(withResizer.result.ok ? '' : withResizer.result.error.message).toBe(
+      "Permission conflict on node 'temp': permissions 'resize' are both required by an unnamed block device " +
+        "(uses node 'temp' as 'root' child) and unshared by node 'fl-cbw' (uses node 'temp' as 'target' child).",
+    );
   });
   it('a session continues after a refusal (QMP semantics)', () => {
     const ev = evaluate([...modernFleecing(), WRITABLE_EXPORT_ON_SOURCE, WRITABLE_EXPORT_ON_TEMP]);
