@@ -110,9 +110,6 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     tempDone: 0,
   };
 
-  /** Clusters a writer's in-flight copy holds against other CBW (block-copy task, S2 cow req). */
-  const inflight = (w: Writer): number =>
-    w.pc === 'serialise' || w.pc === 'copyWrite' || w.pc === 'copyLate' ? (cbw ? w.claim : rangeMask(w.off, ws)) : 0;
 
   function enabled(s: FleecingState): FleecingAction[] {
     const out: FleecingAction[] = [];
@@ -120,7 +117,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     let readerHold = 0;
     for (const r of readers) readerHold |= r.hold;
     let writerInflight = 0;
-    for (const w of writers) writerInflight |= inflight(w);
+    for (const w of writers) writerInflight |= inflight(w, cbw, ws);
 
     for (let i = 0; i < writers.length; i++) {
       const w = writers[i]!;
@@ -213,7 +210,8 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
           return setWriter(s, a.w, { ...IDLE_WRITER, pc: 'write', off: a.off, noWait: scheme.errorEarlyReturn });
         }
         const claim = m & s.copy;
-        const buf = clustersOf(claim).map((c) => s.source[c]!);
+        const buf: number[] = [];
+        for (let c = a.off; c < a.off + ws; c++) if ((claim >> c) & 1) buf.push(s.source[c]!);
         let done = s.done;
         if (cbw && (claim === 0 || scheme.doneBeforeCopy)) done |= m; // block_copy returned success
         const pc =
@@ -225,7 +223,8 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       case 'copyWrite': {
         const w = s.writers[a.w]!;
         const target = s.target.slice();
-        clustersOf(w.claim).forEach((c, i) => (target[c] = w.buf[i]!));
+        let i = 0;
+        for (let c = w.off; c < w.off + ws; c++) if ((w.claim >> c) & 1) target[c] = w.buf[i++]!;
         const done = cbw && !scheme.doneBeforeCopy ? s.done | rangeMask(w.off, ws) : s.done;
         const next: Writer = w.pc === 'copyLate' ? finished(w, 'done') : { ...w, pc: 'write', claim: 0, buf: [] };
         return { ...setWriter(s, a.w, next), target, done };
@@ -375,10 +374,13 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     invariants.push({
       name: 'failed-cbw-fails-guest-write',
       check(s) {
-        const i = s.writers.findIndex((w) => w.pc === 'done' && w.failed);
-        return i < 0
-          ? undefined
-          : `guest write W${i} reached the source although its copy-before-write failed (on-cbw-error=break-guest-write)`;
+        for (let i = 0; i < s.writers.length; i++) {
+          const w = s.writers[i]!;
+          if (w.pc === 'done' && w.failed) {
+            return `guest write W${i} reached the source although its copy-before-write failed (on-cbw-error=break-guest-write)`;
+          }
+        }
+        return undefined;
       },
     });
   }
@@ -448,6 +450,11 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       });
     },
   };
+}
+
+/** Clusters a writer's in-flight copy holds against other CBW (block-copy task, S2 cow req). */
+function inflight(w: Writer, cbw: boolean, ws: number): number {
+  return w.pc === 'serialise' || w.pc === 'copyWrite' || w.pc === 'copyLate' ? (cbw ? w.claim : rangeMask(w.off, ws)) : 0;
 }
 
 const DONE_WRITER: Writer = { ...IDLE_WRITER, pc: 'done' };
