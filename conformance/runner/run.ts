@@ -202,7 +202,21 @@ function harnessResults<Env>(cases: readonly CaseDef<Env>[], suite: string, targ
   }));
 }
 
+/** Targets running right now, so an interrupted run (Ctrl-C) still stops its servers. */
+const live = new Set<RunningTarget>();
+let signalsHooked = false;
+function hookSignals(): void {
+  if (signalsHooked) return;
+  signalsHooked = true;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      void Promise.allSettled([...live].map((t) => t.stop())).then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+    });
+  }
+}
+
 export async function run(opts: RunOptions): Promise<RunResult> {
+  hookSignals();
   const startedAt = new Date().toISOString();
   const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
   const timeoutMs = opts.timeoutMs ?? 1500;
@@ -221,6 +235,10 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-conform-'));
       workDirs.push(workDir);
       target = await def.start({ workDir, startTimeoutMs: opts.startTimeoutMs ?? 10_000 });
+      const t = target;
+      live.add(t);
+      const stop = t.stop.bind(t);
+      target = { ...t, stop: async () => { live.delete(t); await stop(); } };
       summary.description = target.description;
       return target;
     };
