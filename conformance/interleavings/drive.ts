@@ -40,6 +40,8 @@ export const DEFAULT_MAPPING: Mapping = {
 };
 
 export interface WireEvent {
+  /** The model step (1-based) this event belongs to; 0 after the last step (cleanup). */
+  readonly step: number;
   /** ms since the interleaving started. */
   readonly t: number;
   readonly actor: string;
@@ -154,9 +156,12 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
   const kind = m.scheme.kind;
   const t0 = performance.now();
   const wire: WireEvent[] = [];
-  const log = (actor: string, text: string) => wire.push({ t: Math.round((performance.now() - t0) * 10) / 10, actor, text });
+  let stepNo = 0;
+  let finished = false;
+  const log = (actor: string, text: string) => wire.push({ step: finished ? 0 : stepNo, t: Math.round((performance.now() - t0) * 10) / 10, actor, text });
   const runs = new Map<string, ActorRun>(m.actors.map((a) => [a, { submitted: false }]));
   const armed: string[] = [];
+  const replied = new Set<string>();
   const events: string[] = [];
   const actions: string[] = [];
   const prediction = predict(m, ex, region);
@@ -189,7 +194,6 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
     });
 
   let disagreement: string | undefined;
-  let stepNo = 0;
   try {
     for (const st of ex.steps) {
       stepNo++;
@@ -244,6 +248,7 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
         } else {
           const what = 'reply' in first ? describeReply(first.reply) : `error ${first.error.message}`;
           log(st.actor, `reply: ${what}`);
+          replied.add(st.actor);
           throw new StepFailure(`${stepName}: ${st.actor} finished (${what}) without parking at ${plan.arm}, where the model has it stop`);
         }
         continue;
@@ -251,6 +256,7 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       // await reply
       const r = await within(run.reply!, `${stepName}: no reply from ${st.actor} within ${ctx.stepTimeoutMs} ms (the implementation blocks where the model lets the request finish)`);
       log(st.actor, `reply: ${describeReply(r)}`);
+      replied.add(st.actor);
       if (st.actor.startsWith('W')) {
         if (r.error !== 0) throw new StepFailure(`${stepName}: guest write ${st.actor} failed with ${errnoName(r.error)}; the model completes it`);
       } else {
@@ -259,7 +265,7 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
         const want = prediction.reads[i]!;
         const got = r.data ?? Buffer.alloc(0);
         if (!got.equals(want)) {
-          throw new StepFailure(`${stepName}: snapshot read ${st.actor} returned ${describeData(got, prediction.origins[i]!, want, rangeOf(st.actor).offset, region, sc)}`);
+          throw new StepFailure(`${stepName}: snapshot read ${st.actor} returned ${describeData(got, want, rangeOf(st.actor).offset, region, sc)}`);
         }
       }
     }
@@ -268,11 +274,14 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
     disagreement = e.message;
     log('-', `DISAGREEMENT: ${e.message}`);
   }
+  finished = true;
   // Cleanup: release whatever is still held and let every request finish.
   const left = await ctx.qmp.execute('x-breakpoint-list', {});
   if (left.ok) {
     for (const b of left.value as { tag: string }[]) {
-      if (armed.includes(b.tag)) await ctx.qmp.execute('x-breakpoint-remove', { tag: b.tag });
+      if (!armed.includes(b.tag)) continue;
+      await ctx.qmp.execute('x-breakpoint-remove', { tag: b.tag });
+      log('-', `x-breakpoint-remove ${b.tag}`);
     }
   }
   for (const t of armed) ctx.hits.forget(t);
@@ -287,14 +296,16 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
     }
     if (!r) {
       disagreement ??= `${actor} never replied, even after every breakpoint was released`;
+      log(actor, 'no reply, even after every breakpoint was released');
       continue;
     }
+    if (!replied.has(actor)) log(actor, `reply: ${describeReply(r)}`);
     if (actor.startsWith('R') && r.error === 0 && r.data) {
       const i = Number(actor.slice(1));
       const rr = sc.reads[i]!;
       const snap = snapshotOf(region, sc).subarray(rr.offset, rr.offset + rr.length);
       if (!r.data.equals(snap)) {
-        implViolation ??= `snapshot read ${actor} returned post-snapshot data (${describeData(r.data, undefined, snap, base + rr.offset, region, sc)})`;
+        implViolation ??= `snapshot read ${actor} returned post-snapshot data: ${describeOrigins(r.data, snap, base + rr.offset)}`;
       }
     }
   }
@@ -325,22 +336,23 @@ export function describeReply(r: Reply): string {
   return r.data ? `OK, ${r.data.length} bytes` : 'OK';
 }
 
-/** "bytes 0-4095 from W0, rest snapshot; the model predicted: all snapshot". */
-function describeData(got: Buffer, origins: Int8Array | undefined, want: Buffer, absOffset: number, region: number, sc: FleecingScenario): string {
-  const who = (b: Buffer, snap: Buffer) => {
-    const runs: string[] = [];
-    let start = 0;
-    const src = (i: number) => (b[i] === snap[i] ? 'snapshot' : (b[i]! & 0x80) !== 0 ? `W${(b[i]! >> 4) & 7}` : b[i] === 0 ? 'zeroes' : 'other');
-    for (let i = 1; i <= b.length; i++) {
-      if (i === b.length || src(i) !== src(start)) {
-        runs.push(`[${absOffset + start}, ${absOffset + i}) ${src(start)}`);
-        start = i;
-      }
+/** Where the bytes came from, as runs: "[0, 4096) W0, [4096, 65536) snapshot". */
+export function describeOrigins(b: Buffer, snap: Buffer, absOffset: number): string {
+  const runs: string[] = [];
+  let start = 0;
+  const src = (i: number) => (b[i] === snap[i] ? 'snapshot' : (b[i]! & 0x80) !== 0 ? `W${(b[i]! >> 4) & 7}` : b[i] === 0 ? 'zeroes' : 'other');
+  for (let i = 1; i <= b.length; i++) {
+    if (i === b.length || src(i) !== src(start)) {
+      runs.push(`[${absOffset + start}, ${absOffset + i}) ${src(start)}`);
+      start = i;
     }
-    return runs.join(', ');
-  };
+  }
+  return runs.join(', ');
+}
+
+/** "[0, 4096) W0, ...; the model predicted [0, 65536) snapshot". */
+function describeData(got: Buffer, want: Buffer, absOffset: number, region: number, sc: FleecingScenario): string {
   const rel = absOffset - region * sc.clusters * sc.clusterSize;
   const snap = snapshotOf(region, sc).subarray(rel, rel + got.length);
-  void origins;
-  return `${who(got, snap)}; the model predicted ${who(want, snap)}`;
+  return `${describeOrigins(got, snap, absOffset)}; the model predicted ${describeOrigins(want, snap, absOffset)}`;
 }

@@ -12,6 +12,7 @@ import type { NbdConnection } from '../nbd/client.ts';
 import { Cmd, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
 import { open } from '../nbd/session.ts';
+import type { WireLog } from '../nbd/wirelog.ts';
 import { DEFAULT_MAPPING, HitWatcher, driveInterleaving, type InterleavingResult, type Mapping } from './drive.ts';
 import { INTERLEAVING_TARGETS, startSetup, type InterleavingTargetName, type Setup } from './setup.ts';
 
@@ -77,11 +78,13 @@ export interface RunInterleavingsOptions {
   sourceReadDelayMs?: number;
   /** Default: breakpoints when the target has them, else submission orders. */
   mode?: 'breakpoints' | 'submission-orders';
+  /** Where the NBD connections log their bytes (the conform case's wire log). */
+  wire?: WireLog;
   onProgress?: (line: string) => void;
 }
 
 export function replayCommand(target: string, scenario: string, scheme?: string): string {
-  return `node bin/fleece.mjs interleavings --target ${target} --scenario ${scenario}${scheme ? ` --scheme ${scheme}` : ''}`;
+  return `npx tsx conformance/interleavings/cli.ts --target ${target} --scenario ${scenario}${scheme ? ` --scheme ${scheme}` : ''}`;
 }
 
 export async function runInterleavings(o: RunInterleavingsOptions): Promise<ScenarioReport[]> {
@@ -105,10 +108,11 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
     const m = scenarioModel(scheme, sc);
     const all = m.executions();
     const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
+    if (o.only && mode === 'breakpoints') counts.modelViolations = all.filter((e) => o.only!.includes(e.index) && e.violation).length;
     try {
       if (mode === 'breakpoints') {
         const chosen = o.only ? all.filter((e) => o.only!.includes(e.index)) : all;
-        const results = await withSetup(target.name, sc, chosen.length, {}, async (setup, conns) => {
+        const results = await withSetup(target.name, sc, chosen.length, { ...(o.wire ? { wire: o.wire } : {}) }, async (setup, conns) => {
           const hits = new HitWatcher(setup.qmp);
           try {
             const rs: InterleavingResult[] = [];
@@ -131,7 +135,7 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
         counts.implViolations = results.filter((r) => r.implViolation).length;
         out.push({ ...base, counts, coverage: coverageOf(m, results), interleavings: results, durationMs: Math.round(performance.now() - t0) });
       } else {
-        const exploration = await exploreSubmissionOrders(target.name, m, o.sourceReadDelayMs ?? 20, o.onProgress);
+        const exploration = await exploreSubmissionOrders(target.name, m, o.sourceReadDelayMs ?? 20, o.onProgress, o.wire);
         counts.executed = exploration.runs.length;
         counts.agreeing = exploration.runs.filter((r) => r.explained).length;
         counts.disagreeing = counts.executed - counts.agreeing;
@@ -164,7 +168,7 @@ async function withSetup<T>(
   name: InterleavingTargetName,
   sc: FleecingScenario,
   regions: number,
-  extra: { sourceReadDelayMs?: number },
+  extra: { sourceReadDelayMs?: number; wire?: WireLog },
   f: (setup: Setup, conns: Map<string, NbdConnection>) => Promise<T>,
 ): Promise<T> {
   const regionSize = sc.clusters * sc.clusterSize;
@@ -174,9 +178,10 @@ async function withSetup<T>(
   let setup: Setup | undefined;
   const conns = new Map<string, NbdConnection>();
   try {
-    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...extra }, parent);
-    for (let i = 0; i < sc.writes.length; i++) conns.set(`W${i}`, (await open(setup.nbd, { exportName: 'live', timeoutMs: 60_000 })).conn);
-    for (let i = 0; i < sc.reads.length; i++) conns.set(`R${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000 })).conn);
+    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...(extra.sourceReadDelayMs ? { sourceReadDelayMs: extra.sourceReadDelayMs } : {}) }, parent);
+    const log = extra.wire ? { log: extra.wire } : {};
+    for (let i = 0; i < sc.writes.length; i++) conns.set(`W${i}`, (await open(setup.nbd, { exportName: 'live', timeoutMs: 60_000, ...log })).conn);
+    for (let i = 0; i < sc.reads.length; i++) conns.set(`R${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000, ...log })).conn);
     return await f(setup, conns);
   } finally {
     for (const c of conns.values()) c.close();
@@ -258,7 +263,7 @@ export function origins(data: Buffer, snapshot: Buffer): Int8Array {
   return o;
 }
 
-async function exploreSubmissionOrders(name: InterleavingTargetName, m: ScenarioModel, delayMs: number, progress?: (l: string) => void): Promise<ExplorationReport> {
+async function exploreSubmissionOrders(name: InterleavingTargetName, m: ScenarioModel, delayMs: number, progress?: (l: string) => void, wire?: WireLog): Promise<ExplorationReport> {
   const sc = m.scenario;
   const all = m.executions();
   const classes = outcomeClasses(m);
@@ -266,7 +271,7 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
   const modes: ('sequential' | 'pipelined')[] = ['sequential', 'pipelined'];
   const plan = orders.flatMap((order) => modes.map((mode) => ({ order, mode })));
   const regionSize = sc.clusters * sc.clusterSize;
-  const runs = await withSetup(name, sc, plan.length, { sourceReadDelayMs: delayMs }, async (_setup, conns) => {
+  const runs = await withSetup(name, sc, plan.length, { sourceReadDelayMs: delayMs, ...(wire ? { wire } : {}) }, async (_setup, conns) => {
     const rs: ExplorationRun[] = [];
     for (let g = 0; g < plan.length; g++) {
       const { order, mode } = plan[g]!;
