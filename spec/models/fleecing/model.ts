@@ -146,6 +146,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
           break;
         case 'copyLate':
           out.push({ kind: 'copyWrite', w: i });
+          if (s.failuresLeft > 0) out.push({ kind: 'copyFail', w: i });
           break;
         case 'write':
         case 'writeEarly':
@@ -233,6 +234,11 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         const w = s.writers[a.w]!;
         // block-copy sets the claimed bits again on failure.
         const base = { ...s, copy: s.copy | w.claim, failuresLeft: s.failuresLeft - 1 };
+        if (w.pc === 'copyLate') {
+          // write-before-copy variant: the guest write already landed before its copy failed.
+          const broken = p.onCbwError === 'break-snapshot';
+          return { ...setWriter(base, a.w, broken ? DONE_WRITER : FAILED_CBW_DONE), snapshotError: s.snapshotError || broken };
+        }
         if (p.onCbwError === 'break-guest-write') {
           const next: Writer = scheme.errorIgnored
             ? { ...w, pc: 'write', claim: 0, buf: [], failed: true }
