@@ -82,7 +82,22 @@ export class QmpClient {
   greeting: unknown;
   private constructor(private readonly s: net.Socket) {}
 
-  static async connect(sock: string): Promise<QmpClient> {
+  /** Connects, retrying for a while: a unix socket file exists from bind(), a moment before
+   * listen(), and a connect in between is refused. */
+  static async connect(sock: string, timeoutMs = 10_000): Promise<QmpClient> {
+    const t0 = Date.now();
+    for (;;) {
+      try {
+        return await QmpClient.connectOnce(sock);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if ((code !== 'ECONNREFUSED' && code !== 'ENOENT') || Date.now() - t0 > timeoutMs) throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  private static async connectOnce(sock: string): Promise<QmpClient> {
     const s = net.connect(sock);
     const c = new QmpClient(s);
     await new Promise<void>((resolve, reject) => {
