@@ -1,12 +1,14 @@
 // The data plane behind an accepted graph: the explorer engineer's fleecing model of the scheme
 // the graph implements (S3 for a temp overlay backed by the source, S4 for snapshot-access over
-// copy-before-write), plus "intruders" for writers the permission system let in:
+// copy-before-write), plus the writers the permission system let in:
 //   - a writer on the temp/target node (or below it) other than cbw: it can overwrite the
-//     snapshot store at any time (research §6 B6);
+//     snapshot store at any time (research §6 B6). The fleecing model has these natively
+//     (its `tempWriters` parameter);
 //   - a writer on the source (or below it) that does not go through cbw: its writes are never
-//     copied first.
-// Each intruder is one extra actor that writes one cluster once, at any moment, with a value
-// that names no guest writer. The fleecing model's own invariants judge the result.
+//     copied first. The fleecing model has no such actor, so this file wraps it with one: an
+//     extra actor that writes one cluster of the source once, at any moment, with a value that
+//     names no guest writer.
+// The fleecing model's snapshot-read invariant judges the result.
 import type { ActionLabel, Behaviour, Invariant } from '../explorer/behaviour.ts';
 import { explore } from '../explorer/explore.ts';
 import { fleecingModel, type FleecingAction, type FleecingState, type Scheme } from '../models/fleecing/index.ts';
@@ -22,14 +24,10 @@ export interface DataPlaneConfig {
 
 interface State {
   readonly inner: FleecingState;
-  readonly tempPending: boolean;
   readonly sourcePending: boolean;
 }
 
-type Action =
-  | { readonly kind: 'inner'; readonly a: FleecingAction }
-  | { readonly kind: 'temp-intruder'; readonly c: number }
-  | { readonly kind: 'source-intruder'; readonly c: number };
+type Action = { readonly kind: 'inner'; readonly a: FleecingAction } | { readonly kind: 'source-intruder'; readonly c: number };
 
 export interface DataPlaneVerdict {
   readonly safe: boolean;
@@ -48,6 +46,7 @@ export function dataPlaneBehaviour(cfg: DataPlaneConfig): Behaviour<State, Actio
     cbwFailures: 0,
     discard: false,
     bitmap: false,
+    tempWriters: cfg.tempIntruder ? 1 : 0,
   });
   // Intruder data: the value a writer with index `guestWriters` would write; no guest has it.
   const INTRUDER = cfg.guestWriters + 1;
@@ -67,28 +66,24 @@ export function dataPlaneBehaviour(cfg: DataPlaneConfig): Behaviour<State, Actio
     },
   }));
   const setCluster = (arr: readonly number[], c: number): number[] => {
+    // a value below TEMP_DATA that no guest writer uses: "post-snapshot data" to the model
     const out = arr.slice();
     out[c] = INTRUDER;
     return out;
   };
   return {
     name: `soundness-${inner.name}`,
-    params: { ...inner.params, tempIntruder: cfg.tempIntruder, sourceIntruder: cfg.sourceIntruder },
-    initial: () => inner.initial().map((i) => ({ inner: i, tempPending: cfg.tempIntruder, sourcePending: cfg.sourceIntruder })),
+    params: { ...inner.params, sourceIntruder: cfg.sourceIntruder },
+    initial: () => inner.initial().map((i) => ({ inner: i, sourcePending: cfg.sourceIntruder })),
     enabled(s) {
       const out: Action[] = inner.enabled(s.inner).map((a) => ({ kind: 'inner', a }) as const);
-      for (let c = 0; c < cfg.clusters; c++) {
-        if (s.tempPending) out.push({ kind: 'temp-intruder', c });
-        if (s.sourcePending) out.push({ kind: 'source-intruder', c });
-      }
+      if (s.sourcePending) for (let c = 0; c < cfg.clusters; c++) out.push({ kind: 'source-intruder', c });
       return out;
     },
     step(s, act) {
       switch (act.kind) {
         case 'inner':
           return { ...s, inner: inner.step(s.inner, act.a) };
-        case 'temp-intruder':
-          return { ...s, tempPending: false, inner: { ...s.inner, target: setCluster(s.inner.target, act.c) } };
         case 'source-intruder':
           return { ...s, sourcePending: false, inner: { ...s.inner, source: setCluster(s.inner.source, act.c) } };
       }
@@ -97,18 +92,16 @@ export function dataPlaneBehaviour(cfg: DataPlaneConfig): Behaviour<State, Actio
       switch (act.kind) {
         case 'inner':
           return inner.label(act.a);
-        case 'temp-intruder':
-          return { actor: 'X', action: 'write-temp', args: { cluster: act.c } };
         case 'source-intruder':
           return { actor: 'Y', action: 'write-source-bypassing-cbw', args: { cluster: act.c } };
       }
     },
     actionName: (act) => (act.kind === 'inner' ? (inner.actionName?.(act.a) ?? inner.label(act.a).action) : act.kind),
     // No symmetry: the intruder value names no writer, which the inner symmetry key cannot rename.
-    key: (s) => `${inner.key(s.inner, false)}|${s.tempPending ? 1 : 0}${s.sourcePending ? 1 : 0}`,
+    key: (s) => `${inner.key(s.inner, false)}|${s.sourcePending ? 1 : 0}`,
     invariants,
     pending: (s) => inner.pending(s.inner),
-    actionNames: [...inner.actionNames, ...(cfg.tempIntruder ? ['temp-intruder'] : []), ...(cfg.sourceIntruder ? ['source-intruder'] : [])],
+    actionNames: [...inner.actionNames, ...(cfg.sourceIntruder ? ['source-intruder'] : [])],
   };
 }
 

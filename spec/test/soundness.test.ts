@@ -29,7 +29,7 @@ describe('permission soundness', () => {
     const v = judge(asCase(B6));
     expect(v.verdict).toBe('accepted-unsafe');
     expect(v.readers[0]?.tempWriters).toEqual(['export exp-temp -> temp (root)']);
-    expect(v.violation).toMatch(/extra writer the permissions allowed/);
+    expect(v.violation).toMatch(/data T0 wrote into the target image, not snapshot data/);
     // The same through the literal command sequence.
     expect(judge({ id: 'b6', shape: B6, ops: [...modernFleecing(), WRITABLE_EXPORT_ON_TEMP] }).verdict).toBe('accepted-unsafe');
   });
