@@ -3,3 +3,4 @@
 // registerTarget() itself.
 import './targets/builtin.ts';
 import './cases/nbd/index.ts';
+import './interleavings/index.ts';

@@ -5,6 +5,8 @@
 // both traces side by side and replay commands in the shared reports.
 import type { CaseDef, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
+import { listTargets, registerTarget } from '../targets/registry.ts';
+import { requirePeer } from '../targets/process.ts';
 import { DEFAULT_SCENARIOS } from '../../spec/scenarios/fleecing.ts';
 import { countsLine, coverageLine, describeDisagreement } from './format.ts';
 import { runInterleavings } from './run.ts';
@@ -72,3 +74,20 @@ export const interleavingsSuite: Suite<InterleavingsEnv> = {
 };
 
 registerSuite(interleavingsSuite);
+
+// Fleecing targets by name for `fleece conform --target T --suite interleavings`, unless another
+// module (the fleecing suite) registered them already: the suite starts its own processes per
+// scenario, so the running target only carries the name.
+const known = new Set(listTargets().map((t) => t.name));
+for (const t of Object.values(INTERLEAVING_TARGETS)) {
+  if (known.has(t.name)) continue;
+  registerTarget({
+    name: t.name,
+    summary: `${t.summary} (fleecing graph; interleavings suite)`,
+    peers: t.peers,
+    async start() {
+      for (const p of t.peers) requirePeer(p);
+      return { name: t.name, description: t.summary, exports: {}, logs: () => '', stop: async () => undefined };
+    },
+  });
+}

@@ -99,3 +99,27 @@ describe('interleavings against qemu-storage-daemon (no breakpoints: submission 
     }
   }, 60_000);
 });
+
+describe('interleavings in `fleece conform` (same results, JUnit and HTML as the other suites)', () => {
+  it('reference-racy fails the case with the post-snapshot interleavings and a replay command; the case passes on reference', async () => {
+    const { run } = await import('../runner/run.ts');
+    const { resolveTarget } = await import('../targets/registry.ts');
+    const { interleavingsSuite } = await import('../interleavings/index.ts');
+    const result = await run({
+      targets: [resolveTarget('reference-racy'), resolveTarget('reference')],
+      suites: [interleavingsSuite],
+      filter: ['interleavings/1w1r-same-cluster'],
+      strict: false,
+      seed: 1,
+      startTimeoutMs: 20_000,
+    });
+    const [racy, ok] = result.results;
+    expect(racy!.target).toBe('reference-racy');
+    expect(racy!.verdict).toBe('fail');
+    expect(racy!.reason).toMatch(/no snapshot read returns post-snapshot data - observed: 1 interleavings \(#1\).*replay: npx tsx conformance\/interleavings\/cli.ts --target reference-racy --scenario 1w1r-same-cluster --interleaving 1/);
+    expect(racy!.observations[0]).toMatch(/3 enumerated after partial-order and symmetry reduction; 3 executed, 3 agreeing, 0 disagreeing; model violates the invariant on 1, the implementation returned post-snapshot data on 1/);
+    expect(racy!.wire.some((w) => /NBD_CMD_READ/.test(w.note))).toBe(true);
+    expect(ok!.target).toBe('reference');
+    expect(ok!.verdict).toBe('pass');
+  }, 60_000);
+});

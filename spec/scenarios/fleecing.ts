@@ -93,7 +93,7 @@ export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
     writes: [{ offset: CLUSTER / 2 + 8 * KiB, length: 8 * KiB }, { offset: CLUSTER + 16 * KiB, length: 8 * KiB }],
     reads: [{ offset: CLUSTER / 2, length: CLUSTER }],
     kinds: ['cbw'],
-    note: 'legacy graphs only: the S1-S3 model looks up the temp allocation per cluster, while an overlay (like qcow2) looks up a whole run at once, so a multi-cluster legacy read has no step-for-step counterpart',
+    note: 'copy-before-write graphs only: the S1-S3 model looks up the temp allocation per cluster, while an overlay (like qcow2) looks up a whole run at once, so a multi-cluster legacy read has no step-for-step counterpart',
   },
 ];
 
@@ -147,6 +147,7 @@ const actorOf = (a: FleecingAction): string => {
     case 'submit': case 'serialise': case 'copyWrite': case 'copyFail': case 'write': return `W${a.w}`;
     case 'start': case 'lookup': case 'lock': case 'read': return `R${a.r}`;
     case 'discard': return 'D';
+    case 'tempWrite': return `T${a.t}`;
   }
 };
 
@@ -394,7 +395,7 @@ export function predict(m: ScenarioModel, ex: ScenarioExecution, region = 0): Pr
           origins[a.r]!.set(fromO.subarray(lo, hi), lo - r.offset);
           break;
         }
-        case 'serialise': case 'start': case 'lookup': case 'lock': case 'copyFail': case 'discard':
+        case 'serialise': case 'start': case 'lookup': case 'lock': case 'copyFail': case 'discard': case 'tempWrite':
           break;
       }
       s = step1(s, a);
