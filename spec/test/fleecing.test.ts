@@ -23,6 +23,10 @@ describe('S1: backup sync=none without serialization (the seed race)', () => {
     expect(r.counterexample!.message).toBe(
       'snapshot read R0 of cluster 0 returned for cluster 0 data written by W0 at step 5, after the snapshot',
     );
+    // Shortest: nothing goes wrong within 5 steps.
+    const five = explore(m, { maxDepth: 5 });
+    expect(five.verdict).toBe('ok');
+    expect(five.exhaustive).toBe(false);
     const text = formatCounterexample(m, r.counterexample!);
     expect(text).toMatch(/R0\.from: - -> backing/);
     expect(text).toMatch(/source: \[snapshot,snapshot,snapshot,snapshot\] -> \[W0,snapshot,snapshot,snapshot\]/);
