@@ -11,6 +11,7 @@ interface Observed {
   graph: GraphInfo;
   conflict: { class: string; desc: string } | undefined;
   inUse: { class: string; desc: string } | undefined;
+  resize: { class: string; desc: string } | undefined;
   events: string[];
 }
 
@@ -35,6 +36,7 @@ async function runSequence(kind: 'qsd' | 'fleece'): Promise<Observed> {
     const graph = (await c.ok('x-debug-query-block-graph')) as GraphInfo;
     const conflict = (await c.execute('block-export-add', { type: 'nbd', id: 'bad', 'node-name': 'source', name: 'bad', writable: true })).error;
     const inUse = (await c.execute('blockdev-del', { 'node-name': 'fl-cbw' })).error;
+    const resize = (await c.execute('block_resize', { 'node-name': 'fl-cbw', size: 128 << 20 })).error;
     await c.ok('block-export-del', { id: 'exp-fleece' });
     await c.ok('nbd-server-stop');
     await c.waitEvent('BLOCK_EXPORT_DELETED');
@@ -42,7 +44,7 @@ async function runSequence(kind: 'qsd' | 'fleece'): Promise<Observed> {
     await c.ok('quit');
     c.close();
     await daemon.exited;
-    return { graph, conflict, inUse, events };
+    return { graph, conflict, inUse, resize, events };
   } finally {
     await daemon?.kill();
     t.cleanup();
@@ -120,6 +122,11 @@ describe('qemu-storage-daemon and fleece serve, same QMP sequence', () => {
     expect(qsd.conflict?.class).toBe('GenericError');
     expect(ref.conflict).toEqual(qsd.conflict);
     expect(ref.inUse).toEqual(qsd.inUse);
+  });
+
+  it('block_resize of the cbw node is refused: the exports unshare RESIZE (§1.4)', () => {
+    expect(qsd.resize?.desc).toMatch(/^Permission conflict on node 'fl-cbw': permissions 'resize'/);
+    expect(ref.resize).toEqual(qsd.resize);
   });
 
   it('BLOCK_EXPORT_DELETED for each export, by block-export-del and nbd-server-stop', () => {
