@@ -5,7 +5,9 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { Subcommand } from '../cli/main.ts';
 import {
+  allExecutions,
   explore,
+  formatLabel,
   formatReport,
   parseTraceFile,
   replay,
@@ -13,6 +15,7 @@ import {
   toDot,
   toJson,
   toTraceFile,
+  type Behaviour,
   type ExploreOptions,
 } from './explorer/index.ts';
 import { buildModel, findModel, flagName, listModels, parseParamValue, type ModelEntry, type ParamValue } from './models/index.ts';
@@ -34,6 +37,9 @@ options:
   --time-limit SEC    stop after SEC seconds
   --json              print the result as JSON (format "fleece-explore", trace included)
   --dot               print the state graph as GraphViz (small configurations only)
+  --executions        print every complete execution (maximal path) of a small configuration,
+                      one per line, with the invariant its final state violates if any
+  --max-executions N  refuse to print more than N executions (default 10000)
   --trace-out FILE    write the counterexample as a trace file for --replay
   --replay FILE       re-check a trace file step by step
   --quiet             no progress line on long runs
@@ -50,6 +56,8 @@ interface Parsed {
   symmetry: boolean;
   json: boolean;
   dot: boolean;
+  executions: boolean;
+  maxExecutions?: number;
   quiet: boolean;
   maxStates?: number;
   maxDepth?: number;
@@ -59,10 +67,10 @@ interface Parsed {
   params: Record<string, ParamValue>;
 }
 
-const BOOL_FLAGS = new Set(['--list', '--help', '-h', '--symmetry', '--json', '--dot', '--quiet']);
+const BOOL_FLAGS = new Set(['--list', '--help', '-h', '--symmetry', '--json', '--dot', '--executions', '--quiet']);
 
 function parseArgs(argv: readonly string[]): Parsed {
-  const out: Parsed = { list: false, help: false, symmetry: false, json: false, dot: false, quiet: false, params: {} };
+  const out: Parsed = { list: false, help: false, symmetry: false, json: false, dot: false, executions: false, quiet: false, params: {} };
   // First pass: which model, so its parameters are known as flags.
   const pairs: [string, string | undefined][] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -101,6 +109,12 @@ function parseArgs(argv: readonly string[]): Parsed {
         break;
       case '--dot':
         out.dot = true;
+        break;
+      case '--executions':
+        out.executions = true;
+        break;
+      case '--max-executions':
+        out.maxExecutions = positiveInt(flag, value);
         break;
       case '--quiet':
         out.quiet = true;
@@ -211,6 +225,26 @@ function runReplay(file: string, json: boolean): number {
   return verdict === 'ok' ? 0 : 1;
 }
 
+/** Every maximal path, one per line (or a JSON array); exit 1 if any ends in a violation. */
+function printExecutions(model: Behaviour<unknown, unknown>, maxExecutions: number, json: boolean): number {
+  const rows: { labels: string[]; violated: string | null; deadlocked: boolean }[] = [];
+  for (const e of allExecutions(model, { maxExecutions })) {
+    const violated = model.invariants.find((inv) => inv.check(e.final) !== undefined)?.name ?? null;
+    rows.push({ labels: e.labels.map(formatLabel), violated, deadlocked: e.deadlocked });
+  }
+  if (json) {
+    process.stdout.write(JSON.stringify({ model: model.name, params: model.params, executions: rows }, null, 2) + '\n');
+  } else {
+    const w = String(rows.length).length;
+    rows.forEach((r, i) => {
+      const end = r.violated ? `  => violates ${r.violated}` : r.deadlocked ? '  => deadlock' : '';
+      process.stdout.write(`${String(i + 1).padStart(w)}. ${r.labels.join(' ')}${end}\n`);
+    });
+    process.stdout.write(`${rows.length} executions, ${rows.filter((r) => r.violated).length} end in a violation\n`);
+  }
+  return rows.some((r) => r.violated || r.deadlocked) ? 1 : 0;
+}
+
 const command: Subcommand = {
   summary: 'explore a spec model exhaustively, or replay a trace file',
   async run(argv) {
@@ -244,6 +278,7 @@ const command: Subcommand = {
         process.stdout.write(toDot(model, { symmetry: args.symmetry }));
         return 0;
       }
+      if (args.executions) return printExecutions(model, args.maxExecutions ?? 10_000, args.json);
       const options: ExploreOptions = {
         symmetry: args.symmetry,
         ...(args.maxStates !== undefined ? { maxStates: args.maxStates } : {}),

@@ -88,6 +88,13 @@ describe('fleece explore', () => {
     expect(dot.code).toBe(0);
     expect(dot.out).toMatch(/^digraph "s1"/);
     expect((await inProcess('--help')).out).toMatch(/--replay FILE/);
+    const ex = await inProcess('--model', 's1', '--clusters', '1', '--writers', '1', '--readers', '1', '--executions');
+    expect(ex.code).toBe(1);
+    expect(ex.out).toMatch(/^20 executions, 3 end in a violation$/m);
+    expect(ex.out).toMatch(/R0\.lookup\(cluster=0\) W0\.copyWrite\(\) W0\.write\(\) R0\.read\(cluster=0, from=backing\)  => violates snapshot-read-consistent/);
+    const big = await inProcess('--model', 's4', '--executions', '--max-executions', '5');
+    expect(big.code).toBe(2);
+    expect(big.err).toMatch(/more than 5 executions/);
     expect((await inProcess('--model', 's4', '--help')).out).toMatch(/--on-cbw-error ENUM/);
   });
 });
