@@ -2,7 +2,7 @@
 // per-interleaving report (the `fleece conform --suite interleavings` cases carry the summary):
 //   npx tsx conformance/interleavings/cli.ts [--target T]... [--scenario ID]... [--interleaving N]...
 //        [--scheme s1|s3|s4|KNOWN-BAD] [--mode breakpoints|submission-orders] [--delay MS]
-//        [--step-timeout MS] [--json] [--out DIR] [--list]
+//        [--step-timeout MS] [--no-reduction] [--json] [--out DIR] [--list]
 // Writes DIR/interleavings/<target>.json (default DIR: reports/). Exit 0 when every interleaving
 // agrees and no snapshot read returned post-snapshot data, 1 otherwise, 2 on a usage or harness
 // error.
@@ -19,7 +19,8 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 const USAGE = `usage: npx tsx conformance/interleavings/cli.ts [--target T]... [--scenario ID]... [--interleaving N]...
          [--scheme S] [--mode breakpoints|submission-orders] [--delay MS] [--step-timeout MS]
-         [--json] [--out DIR] [--list]
+         [--no-reduction] [--json] [--out DIR] [--list]
+  --no-reduction  drive every path of the fused model, not one per trace and symmetry class
   targets:   ${Object.keys(INTERLEAVING_TARGETS).join(', ')} (default: reference)
   scenarios: ${DEFAULT_SCENARIOS.map((s) => s.id).join(', ')} (default: all)
   schemes:   the target's own (reference s4, reference-legacy s3, reference-racy s1), or any of
@@ -34,6 +35,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   let delay: number | undefined;
   let stepTimeoutMs: number | undefined;
   let json = false;
+  let noReduction = false;
   let list = false;
   let out = path.join(REPO, 'reports');
   try {
@@ -77,6 +79,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         case '--delay': delay = num(); break;
         case '--step-timeout': stepTimeoutMs = num(); break;
         case '--json': json = true; break;
+        case '--no-reduction': noReduction = true; break;
         case '--list': list = true; break;
         case '--out': out = path.resolve(v()); break;
         case '--help': case '-h': process.stdout.write(USAGE + '\n'); return 0;
@@ -107,6 +110,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         ...(only.length ? { only } : {}),
         ...(delay !== undefined ? { sourceReadDelayMs: delay } : {}),
         ...(stepTimeoutMs !== undefined ? { stepTimeoutMs } : {}),
+        ...(noReduction ? { reduction: 'none' as const } : {}),
       });
     } catch (e) {
       process.stderr.write(`interleavings: ${t}: ${(e as Error).message}\n`);

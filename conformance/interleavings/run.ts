@@ -51,6 +51,8 @@ export interface ScenarioReport {
   scheme: string;
   mapping: string;
   mode: 'breakpoints' | 'submission-orders';
+  /** How the driven interleavings were chosen from the fused model's paths. */
+  reduction: 'por' | 'none';
   counts: ScenarioCounts;
   coverage: Coverage;
   /** breakpoints mode: every interleaving driven. */
@@ -80,11 +82,14 @@ export interface RunInterleavingsOptions {
   mode?: 'breakpoints' | 'submission-orders';
   /** Where the NBD connections log their bytes (the conform case's wire log). */
   wire?: WireLog;
+  /** 'por' (default): one interleaving per Mazurkiewicz trace and symmetry class; 'none': every
+   * path of the fused model (each atomic step of the implementation one model step). */
+  reduction?: 'por' | 'none';
   onProgress?: (line: string) => void;
 }
 
-export function replayCommand(target: string, scenario: string, scheme?: string): string {
-  return `npx tsx conformance/interleavings/cli.ts --target ${target} --scenario ${scenario}${scheme ? ` --scheme ${scheme}` : ''}`;
+export function replayCommand(target: string, scenario: string, scheme?: string, noReduction = false): string {
+  return `npx tsx conformance/interleavings/cli.ts --target ${target} --scenario ${scenario}${scheme ? ` --scheme ${scheme}` : ''}${noReduction ? ' --no-reduction' : ''}`;
 }
 
 export async function runInterleavings(o: RunInterleavingsOptions): Promise<ScenarioReport[]> {
@@ -99,14 +104,15 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
     const base: Omit<ScenarioReport, 'counts' | 'coverage' | 'interleavings' | 'durationMs'> = {
       id: sc.id, title: sc.title, ...(sc.note ? { note: sc.note } : {}), target: target.name, scheme: scheme.name, mapping: mapping.name,
       mode,
-      replay: replayCommand(target.name, sc.id, o.scheme ? scheme.name : undefined),
+      reduction: o.reduction ?? 'por',
+      replay: replayCommand(target.name, sc.id, o.scheme ? scheme.name : undefined, o.reduction === 'none'),
     };
     if (sc.kinds && !sc.kinds.includes(scheme.kind)) {
       out.push({ ...base, counts: zeroCounts(), coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: 0, skipped: sc.note ?? `not for ${scheme.kind} graphs` });
       continue;
     }
     const m = scenarioModel(scheme, sc);
-    const all = m.executions();
+    const all = o.reduction === 'none' ? m.executions({ por: false, symmetry: false }) : m.executions();
     const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
     if (o.only && mode === 'breakpoints') counts.modelViolations = all.filter((e) => o.only!.includes(e.index) && e.violation).length;
     try {

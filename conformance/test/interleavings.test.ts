@@ -31,6 +31,15 @@ describe('interleavings against fleece serve (breakpoints over QMP, requests ove
     expect(rs.find((r) => r.id === '2w1r-straddle-read')!.skipped).toMatch(/per cluster/);
   }, 90_000);
 
+  it('without reduction (every path of the fused model, 126 interleavings) reference-racy still breaks the snapshot exactly where S1 does, and reference agrees everywhere', async () => {
+    const [racy] = await runInterleavings({ target: 'reference-racy', scenarios: byId('2w1r-subcluster'), reduction: 'none' });
+    expect(racy!.counts).toMatchObject({ fusedPaths: 126, enumerated: 126, executed: 126, agreeing: 126, modelViolations: 28, implViolations: 28 });
+    for (const i of racy!.interleavings) expect(i.implViolation !== undefined).toBe(i.modelViolation !== undefined);
+    expect(racy!.replay).toMatch(/--no-reduction$/);
+    const [modern] = await runInterleavings({ target: 'reference', scenarios: byId('2w1r-subcluster'), reduction: 'none' });
+    expect(modern!.counts).toMatchObject({ enumerated: 98, executed: 98, agreeing: 98, implViolations: 0 });
+  }, 90_000);
+
   it('reference (S4) and reference-legacy (S3) agree with their models on every interleaving of the default scenarios, within 2 minutes', async () => {
     const t0 = performance.now();
     for (const target of ['reference', 'reference-legacy'] as const) {
