@@ -124,7 +124,7 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
             const rs: InterleavingResult[] = [];
             for (let i = 0; i < chosen.length; i++) {
               const ex = chosen[i]!;
-              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 1500, hits }, ex, i, i * sc.clusters * sc.clusterSize);
+              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 5000, hits }, ex, i, i * sc.clusters * sc.clusterSize);
               rs.push(r);
               o.onProgress?.(`${target.name} ${sc.id} #${ex.index} ${r.agree ? 'agrees' : 'DISAGREES'}${r.implViolation ? ' (post-snapshot data)' : ''}`);
               const dead = setup.exited();
