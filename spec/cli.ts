@@ -91,6 +91,7 @@ function parseArgs(argv: readonly string[]): Parsed {
     throw new UsageError(`unknown model '${out.model}'; known models: ${listModels().map((m) => m.name).join(', ')}`);
   }
   for (const [flag, value] of pairs) {
+    if (BOOL_FLAGS.has(flag) && value !== undefined) throw new UsageError(`${flag} takes no value`);
     switch (flag) {
       case '--model':
         break;

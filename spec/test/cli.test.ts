@@ -74,6 +74,7 @@ describe('fleece explore', () => {
     expect(value.code).toBe(2);
     expect(value.err).toMatch(/parameter onCbwError must be one of break-guest-write, break-snapshot, got "explode"/);
     expect((await inProcess()).code).toBe(2);
+    expect((await inProcess('--list=yes')).err).toMatch(/--list takes no value/);
     expect((await inProcess('--model', 's3', '--max-states', 'many')).err).toMatch(/--max-states expects a positive integer, got 'many'/);
     const missing = await inProcess('--replay', join(dir, 'missing.json'));
     expect(missing.code).toBe(2);
