@@ -38,6 +38,8 @@ export interface ConnectOptions {
   /** How long to wait for any expected reply before declaring a hang or desync. */
   timeoutMs: number;
   log?: WireLog;
+  /** Source of cookies (a seeded PRNG makes a run's wire trace reproducible); default crypto. */
+  random?: () => number;
 }
 
 type Decoder<T> = (buf: Buffer, base: number) => Decoded<T>;
@@ -88,6 +90,7 @@ export class NbdConnection {
     private readonly socket: net.Socket,
     readonly timeoutMs: number,
     log: WireLog | undefined,
+    private readonly random?: () => number,
   ) {
     this.log = log ?? new WireLog();
     this.id = this.log.newConnection();
@@ -112,7 +115,7 @@ export class NbdConnection {
         clearTimeout(timer);
         sock.removeAllListeners('error');
         sock.setNoDelay(true);
-        resolve(new NbdConnection(sock, opts.timeoutMs, opts.log));
+        resolve(new NbdConnection(sock, opts.timeoutMs, opts.log, opts.random));
       });
     });
   }
@@ -341,8 +344,9 @@ export class NbdConnection {
   /** Encodes a request without sending it (for pipelining several in one write). */
   prepare(input: RequestInput): { bytes: Buffer; reply: Promise<Reply> } {
     if (!this.transmission) throw new NbdClientError('usage', 'request before the handshake ended');
-    let cookie = input.cookie ?? NbdConnection.randomCookie();
-    while (input.cookie === undefined && this.inflight.has(cookie)) cookie = NbdConnection.randomCookie();
+    const next = () => (this.random ? (BigInt(Math.floor(this.random() * 2 ** 32)) << 32n) | BigInt(Math.floor(this.random() * 2 ** 32)) : NbdConnection.randomCookie());
+    let cookie = input.cookie ?? next();
+    while (input.cookie === undefined && this.inflight.has(cookie)) cookie = next();
     if (this.inflight.has(cookie)) throw new NbdClientError('usage', `cookie 0x${cookie.toString(16)} is already in flight`);
     const req: Request = {
       type: input.type,

@@ -1,6 +1,5 @@
 // nbd/bounds/*: checklist C (nbd-protocol.md §2 C45-C53; proto.md "Error values",
 // "Size constraints").
-import { randomBytes } from 'node:crypto';
 import { NbdClientError } from '../../nbd/errors.ts';
 import type { Reply } from '../../nbd/reply.ts';
 import type { NbdConnection } from '../../nbd/client.ts';
@@ -21,6 +20,7 @@ import {
   usableAfter,
   type Ctx,
   type NbdCase,
+  seededBytes,
 } from './env.ts';
 
 const ERRS = 'proto.md "Error values"';
@@ -212,7 +212,7 @@ export const boundsCases: NbdCase[] = [
       const off = ctx.target.image ? BIG_WRITE_OFFSET : ctx.env.scratch(65536);
       if (ctx.env.rw.size < BigInt(off + len)) ctx.skip('the export is too small');
       const { conn } = await session(ctx);
-      const r = await mayDisconnect(conn, { type: Cmd.WRITE, offset: off, payload: randomBytes(len), timeoutMs: BIG });
+      const r = await mayDisconnect(conn, { type: Cmd.WRITE, offset: off, payload: seededBytes(ctx, len), timeoutMs: BIG });
       if (r === 'closed') {
         ctx.observe('the server disconnected (allowed above 32 MiB)');
         return;

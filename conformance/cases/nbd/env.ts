@@ -133,7 +133,7 @@ export function nbdCase(def: Omit<NbdCase, 'id'> & { id: `nbd/${string}` }): Nbd
 export async function connect(ctx: Ctx, role: 'rw' | 'ro' = 'rw'): Promise<NbdConnection> {
   const ref = ctx.target.exports[role];
   if (!ref) ctx.skip(`target has no '${role}' export`);
-  const conn = await NbdConnection.connect(ref.address, { timeoutMs: ctx.timeoutMs, log: ctx.wire });
+  const conn = await NbdConnection.connect(ref.address, { timeoutMs: ctx.timeoutMs, log: ctx.wire, random: ctx.random });
   ctx.defer(() => conn.close());
   return conn;
 }
@@ -177,6 +177,21 @@ export function expected(ctx: Ctx, offset: number, length: number): Buffer | und
 }
 
 export const err = (n: number): string => errnoName(n);
+
+/** Payload bytes from the case's seed (xorshift32), so a run with the same --seed sends the same data. */
+export function seededBytes(ctx: Ctx, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = (Math.floor(ctx.random() * 2 ** 32) | 1) >>> 0;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b.writeUInt32BE(x >>> 0, i);
+  }
+  for (; i < n; i++) b[i] = Math.floor(ctx.random() * 256);
+  return b;
+}
 
 export function describeReply(r: Reply): string {
   const how = r.structured ? 'structured' : 'simple';

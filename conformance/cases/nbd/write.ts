@@ -1,6 +1,5 @@
 // nbd/write/*: checklist E (nbd-protocol.md §2 E59-E65; proto.md "Request types", "Ordering of
 // messages and writes", "Error values").
-import { randomBytes } from 'node:crypto';
 import { CF } from '../../nbd/constants.ts';
 import { NbdClientError } from '../../nbd/errors.ts';
 import {
@@ -17,6 +16,7 @@ import {
   session,
   usableAfter,
   type NbdCase,
+  seededBytes,
 } from './env.ts';
 
 const REQ = 'proto.md "Request types"';
@@ -34,14 +34,14 @@ export const writeCases: NbdCase[] = [
       requireWritable(ctx);
       const { conn } = await session(ctx);
       const off = ctx.env.scratch(131072);
-      const data = randomBytes(65536);
+      const data = seededBytes(ctx, 65536);
       const w = await conn.request({ type: Cmd.WRITE, offset: off, payload: data });
       ctx.must(w.error === 0, 'the WRITE succeeds', describeReply(w));
       const r = await conn.request({ type: Cmd.READ, offset: off, length: 65536 });
       ctx.must(r.data?.equals(data) ?? false, 'the READ returns the written bytes', describeReply(r));
       if ((ctx.env.rw.blockSize?.minimum ?? 1) === 1) {
         for (const [o, n] of [[65536 + 1, 1], [65536 + 7, 2], [65536 + 513, 3]] as const) {
-          const small = randomBytes(n);
+          const small = seededBytes(ctx, n);
           const ws = await conn.request({ type: Cmd.WRITE, offset: off + o, payload: small });
           const rs = await conn.request({ type: Cmd.READ, offset: off + o, length: n });
           ctx.must(ws.error === 0 && (rs.data?.equals(small) ?? false), `an unaligned ${n}-byte WRITE at +${o} reads back`, `${describeReply(ws)} / ${describeReply(rs)}`);
@@ -61,7 +61,7 @@ export const writeCases: NbdCase[] = [
       requireFlag(ctx, TF.SEND_FLUSH);
       const { conn } = await session(ctx);
       const off = ctx.env.scratch(4096);
-      await conn.request({ type: Cmd.WRITE, offset: off, payload: randomBytes(4096) });
+      await conn.request({ type: Cmd.WRITE, offset: off, payload: seededBytes(ctx, 4096) });
       const f = await conn.request({ type: Cmd.FLUSH });
       ctx.must(f.error === 0, 'FLUSH succeeds', describeReply(f));
     },
@@ -79,7 +79,7 @@ export const writeCases: NbdCase[] = [
       const { conn } = await session(ctx);
       for (const flags of [0, CF.NO_HOLE]) {
         const off = ctx.env.scratch(65536);
-        const data = randomBytes(65536);
+        const data = seededBytes(ctx, 65536);
         await conn.request({ type: Cmd.WRITE, offset: off, payload: data });
         const z = await conn.request({ type: Cmd.WRITE_ZEROES, flags, offset: off + 4096, length: 32768 });
         ctx.must(z.error === 0, `WRITE_ZEROES${flags ? ' with NO_HOLE' : ''} succeeds`, describeReply(z));
@@ -102,7 +102,7 @@ export const writeCases: NbdCase[] = [
       requireFlag(ctx, TF.SEND_FUA);
       const { conn, s } = await session(ctx);
       const off = ctx.env.scratch(8192);
-      const data = randomBytes(4096);
+      const data = seededBytes(ctx, 4096);
       const w = await conn.request({ type: Cmd.WRITE, flags: CF.FUA, offset: off, payload: data });
       ctx.must(w.error === 0, 'WRITE with FUA succeeds', describeReply(w));
       if (s.transmissionFlags & TF.SEND_WRITE_ZEROES) {
@@ -125,7 +125,7 @@ export const writeCases: NbdCase[] = [
       requireFlag(ctx, TF.SEND_FAST_ZERO);
       const { conn } = await session(ctx);
       const off = ctx.env.scratch(8192);
-      const data = randomBytes(4096);
+      const data = seededBytes(ctx, 4096);
       await conn.request({ type: Cmd.WRITE, offset: off, payload: data });
       const fz = await conn.request({ type: Cmd.WRITE_ZEROES, flags: CF.FAST_ZERO, offset: off, length: 4096 });
       ctx.must(fz.error === 0 || fz.error === Errno.ENOTSUP, 'WRITE_ZEROES with FAST_ZERO gives success or ENOTSUP', describeReply(fz));
@@ -196,7 +196,7 @@ export const writeCases: NbdCase[] = [
       const a = await session(ctx);
       const b = await session(ctx);
       const off = ctx.env.scratch(4096);
-      const data = randomBytes(4096);
+      const data = seededBytes(ctx, 4096);
       await b.conn.request({ type: Cmd.READ, offset: off, length: 4096 });
       const w = await a.conn.request({ type: Cmd.WRITE, offset: off, payload: data });
       const f = await a.conn.request({ type: Cmd.FLUSH });
