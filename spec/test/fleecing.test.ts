@@ -21,7 +21,7 @@ describe('S1: backup sync=none without serialization (the seed race)', () => {
       'R0.read(cluster=0, from=backing)',
     ]);
     expect(r.counterexample!.message).toBe(
-      'snapshot read R0 of cluster 0 returned for cluster 0 data written by W0 at step 5, after the snapshot',
+      'snapshot read R0 of cluster 0 returned data written by W0 at step 5, after the snapshot',
     );
     // Shortest: nothing goes wrong within 5 steps.
     const five = explore(m, { maxDepth: 5 });

@@ -370,7 +370,9 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
               : r.bad === GARBAGE
                 ? 'target content that was never copied there'
                 : 'discarded target content of a cluster that is still accessible';
-          return `snapshot read R${i} of ${describeRange(r.off, rs)} returned for cluster ${r.badAt} ${what}`;
+          // Single-cluster reads read like the issue's example; longer ones name the cluster.
+          const where = rs === 1 ? '' : ` for cluster ${r.badAt}`;
+          return `snapshot read R${i} of ${describeRange(r.off, rs)} returned${where} ${what}`;
         }
         return undefined;
       },
