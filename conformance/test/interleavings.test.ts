@@ -27,7 +27,7 @@ describe('interleavings against fleece serve (breakpoints over QMP, requests ove
       for (const i of r.interleavings) expect(i.implViolation !== undefined, `${r.id} #${i.index}`).toBe(i.modelViolation !== undefined);
       violations += r.counts.implViolations;
     }
-    expect(violations).toBe(19); // 1 + 5 + 8 + 5: the S1 model's count
+    expect(violations).toBe(53); // 1 + 5 + 34 + 8 + 5: the S1 model's count
     expect(rs.find((r) => r.id === '2w1r-straddle-read')!.skipped).toMatch(/per cluster/);
   }, 90_000);
 

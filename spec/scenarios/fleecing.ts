@@ -70,6 +70,14 @@ export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
     reads: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
   },
   {
+    id: '2w2r-1c',
+    title: 'two guest writes and two snapshot reads, all of the same cluster (contended copy-before-write)',
+    clusterSize: CLUSTER,
+    clusters: 1,
+    writes: [{ offset: 0, length: CLUSTER }, { offset: 0, length: CLUSTER }],
+    reads: [{ offset: 0, length: CLUSTER }, { offset: 0, length: CLUSTER }],
+  },
+  {
     id: '2w1r-subcluster',
     title: 'two sub-cluster guest writes (4 KiB) into one cluster and a sub-cluster snapshot read over both',
     clusterSize: CLUSTER,
