@@ -217,7 +217,14 @@ export const writeCases: NbdCase[] = [
       const pick = ([['TRIM', Cmd.TRIM, TF.SEND_TRIM], ['WRITE_ZEROES', Cmd.WRITE_ZEROES, TF.SEND_WRITE_ZEROES], ['CACHE', Cmd.CACHE, TF.SEND_CACHE]] as const).find(([, , flag]) => !(f & flag));
       if (!pick) return ctx.skip('the server advertises TRIM, WRITE_ZEROES and CACHE');
       const { conn } = await session(ctx);
-      const r = await conn.request({ type: pick[1], offset: ctx.env.scratch(4096), length: 4096 });
+      let r;
+      try {
+        r = await conn.request({ type: pick[1], offset: ctx.env.scratch(4096), length: 4096 });
+      } catch (e) {
+        if (!(e instanceof NbdClientError && e.kind === 'closed')) throw e;
+        ctx.should(false, `the server answers the unadvertised ${pick[0]} and stays connected`, 'it dropped the connection');
+        return;
+      }
       ctx.observe(`unadvertised ${pick[0]}: ${describeReply(r)}`);
       ctx.should(pick[1] === Cmd.CACHE ? r.error === 0 || r.error === Errno.EINVAL : r.error !== 0, `the unadvertised ${pick[0]} is refused${pick[1] === Cmd.CACHE ? ' or harmlessly accepted' : ''}`, describeReply(r));
       await usableAfter(ctx, conn, `an unadvertised ${pick[0]}`, 'SHOULD');

@@ -8,21 +8,55 @@ import path from 'node:path';
 import { DEFAULT_LAYOUT, expectedContent } from '../../targets/image.ts';
 import type { RunningTarget, TargetDef } from '../../targets/types.ts';
 
-export type Fault =
-  | 'greeting-flags' // sets an undefined handshake flag bit
-  | 'unknown-option-invalid' // ERR_INVALID instead of ERR_UNSUP
-  | 'abort-no-ack' // closes on ABORT without ACK
-  | 'pad-after-go' // 4 stray bytes after GO's ACK
-  | 'info-size-zero' // INFO reports size 0
-  | 'wrong-cookie' // replies carry cookie + 1
-  | 'overlap-chunks' // structured READ sends an overlapping chunk
-  | 'ignore-writes' // WRITE succeeds but stores nothing
-  | 'disc-drops-inflight' // no reply to reads that precede DISC in the same packet
-  | 'enospc-as-einval' // EINVAL for writes past the end
-  | 'extent-past-eof' // last extent goes past the end of the export
-  | 'zero-on-data' // ZERO flag on extents that hold data
-  | 'reserved-bits' // status bit 2 set
-  | 'double-done'; // a second DONE chunk after a READ
+export const FAULTS = {
+  'greeting-flags': 'sets an undefined handshake flag bit',
+  'unknown-option-invalid': 'ERR_INVALID instead of ERR_UNSUP for an unknown option',
+  'abort-no-ack': 'closes on ABORT without ACK',
+  'pad-after-go': '4 stray bytes after the ACK to GO',
+  'info-size-zero': 'INFO reports size 0',
+  'list-no-ack': 'LIST ends with ERR_UNSUP instead of ACK',
+  'starttls-tls-reqd': 'STARTTLS answered with ERR_TLS_REQD in NOTLS mode',
+  'info-unknown-type-invalid': 'INFO with an unknown info type is refused',
+  'bad-block-size': 'NBD_INFO_BLOCK_SIZE minimum 3 (not a power of 2)',
+  'export-name-short-padding': 'EXPORT_NAME reply with 123 zero bytes instead of 124',
+  'df-without-sr': 'SEND_DF advertised without structured replies',
+  'sr-data-accepted': 'STRUCTURED_REPLY with data is ACKed',
+  'meta-before-sr-ok': 'SET_META_CONTEXT accepted before STRUCTURED_REPLY',
+  'unknown-namespace-invalid': 'a meta query in an unknown namespace is refused',
+  'set-meta-keeps': 'SET_META_CONTEXT with zero queries keeps the old selection',
+  'chunks-without-sr': 'structured chunks without structured replies negotiated',
+  'simple-read-under-sr': 'READ answered with a simple reply under structured replies',
+  'error-zero': 'error chunks carry error value 0',
+  'unknown-cmd-ok': 'an unknown command succeeds',
+  'ignore-flags': 'unknown and invalid command flags are accepted',
+  'ignore-offset': 'READ always returns data from offset 0',
+  'drop-after-error': 'hangs up after every error reply',
+  'trim-past-end-ok': 'TRIM past the end succeeds',
+  'bs-past-end-ok': 'BLOCK_STATUS past the end succeeds',
+  'overflow-wraps': 'offset + length is computed modulo 2^64',
+  'max-16m': 'READs above 16 MiB fail (below the 32 MiB a client may expect)',
+  'big-read-ok': 'READs above the advertised maximum succeed',
+  'df-split': 'a DF READ is sent as two chunks',
+  'df-eoverflow': 'DF READs fail with EOVERFLOW',
+  'flush-fails': 'FLUSH fails with EIO',
+  'wz-noop': 'WRITE_ZEROES changes nothing',
+  'fua-rejected': 'FUA is refused with EINVAL',
+  'multi-conn-private': 'each connection has a private copy of the disk, yet CAN_MULTI_CONN',
+  'cache-hangs-up': 'an unadvertised CACHE drops the connection',
+  'two-chunks-per-context': 'two BLOCK_STATUS chunks for one context',
+  'wrong-cookie': 'replies carry cookie + 1',
+  'overlap-chunks': 'structured READ sends an overlapping chunk',
+  'ignore-writes': 'WRITE succeeds but stores nothing',
+  'disc-drops-inflight': 'no reply to reads that precede DISC in the same packet',
+  'enospc-as-einval': 'EINVAL for writes past the end',
+  'extent-past-eof': 'last extent goes past the end of the export',
+  'zero-on-data': 'ZERO flag on extents that hold data',
+  'reserved-bits': 'status bit 2 set',
+  'double-done': 'a second DONE chunk after a READ',
+} as const;
+export type Fault = keyof typeof FAULTS;
+
+const MAX_PAYLOAD = 32 << 20;
 
 const MAGIC = Buffer.from('NBDMAGIC');
 const IHAVEOPT = 0x49484156454f5054n;
@@ -78,7 +112,9 @@ export function fakeTarget(faults: Fault[], name = `fake(${faults.join(',') || '
 
 const TF_FLAGS = 1 | 4 | 8 | 32 | 64 | 128 | 256; // HAS_FLAGS FLUSH FUA TRIM WRITE_ZEROES DF MULTI_CONN
 
-function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
+function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void {
+  const f = (x: Fault) => faults.has(x);
+  const disk = f('multi-conn-private') ? Buffer.from(shared) : shared;
   let buf = Buffer.alloc(0);
   let phase: 'flags' | 'options' | 'transmission' = 'flags';
   let sr = false;
@@ -86,8 +122,9 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
   let metaSelected = false;
   const size = BigInt(disk.length);
   const hs = Buffer.alloc(2);
-  hs.writeUInt16BE(faults.has('greeting-flags') ? 7 : 3);
+  hs.writeUInt16BE(f('greeting-flags') ? 7 : 3);
   s.write(Buffer.concat([MAGIC, Buffer.from('IHAVEOPT'), hs]));
+  const flagsNow = () => (TF_FLAGS & ~(sr || f('df-without-sr') ? 0 : 128)) >>> 0;
 
   const optReply = (opt: number, type: number, data: Buffer = Buffer.alloc(0)) => {
     const h = Buffer.alloc(20);
@@ -97,11 +134,12 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
     h.writeUInt32BE(data.length, 16);
     s.write(Buffer.concat([h, data]));
   };
+  const cookieOut = (c: bigint) => (f('wrong-cookie') ? BigInt.asUintN(64, c + 1n) : c);
   const simple = (err: number, cookie: bigint, data?: Buffer) => {
     const h = Buffer.alloc(16);
     h.writeUInt32BE(0x67446698, 0);
     h.writeUInt32BE(err, 4);
-    h.writeBigUInt64BE(faults.has('wrong-cookie') ? BigInt.asUintN(64, cookie + 1n) : cookie, 8);
+    h.writeBigUInt64BE(cookieOut(cookie), 8);
     s.write(data ? Buffer.concat([h, data]) : h);
   };
   const chunk = (flags: number, type: number, cookie: bigint, payload: Buffer) => {
@@ -109,23 +147,34 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
     h.writeUInt32BE(0x668e33ef, 0);
     h.writeUInt16BE(flags, 4);
     h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(faults.has('wrong-cookie') ? BigInt.asUintN(64, cookie + 1n) : cookie, 8);
+    h.writeBigUInt64BE(cookieOut(cookie), 8);
     h.writeUInt32BE(payload.length, 16);
     s.write(Buffer.concat([h, payload]));
   };
+  const structured = () => sr || f('chunks-without-sr');
   const done = (err: number, cookie: bigint) => {
-    if (!sr) return simple(err, cookie);
-    if (err === 0) return chunk(1, 0, cookie, Buffer.alloc(0));
-    const p = Buffer.alloc(6);
-    p.writeUInt32BE(err, 0);
-    chunk(1, 0x8001, cookie, p);
+    if (!structured()) simple(err, cookie);
+    else if (err === 0) chunk(1, 0, cookie, Buffer.alloc(0));
+    else {
+      const p = Buffer.alloc(6);
+      p.writeUInt32BE(f('error-zero') ? 0 : err, 0);
+      chunk(1, 0x8001, cookie, p);
+    }
+    if (err !== 0 && f('drop-after-error')) s.destroy();
   };
-  const infoExport = (opt: number, zeroSize: boolean) => {
+  const infoReplies = (opt: number, infos: number[]) => {
     const d = Buffer.alloc(12);
-    d.writeUInt16BE(0, 0);
-    d.writeBigUInt64BE(zeroSize ? 0n : size, 2);
-    d.writeUInt16BE(TF_FLAGS & ~(sr ? 0 : 128), 10);
+    d.writeBigUInt64BE(opt === 6 && f('info-size-zero') ? 0n : size, 2);
+    d.writeUInt16BE(flagsNow(), 10);
     optReply(opt, 3, d);
+    if (infos.includes(3)) {
+      const b = Buffer.alloc(14);
+      b.writeUInt16BE(3, 0);
+      b.writeUInt32BE(f('bad-block-size') ? 3 : 1, 2);
+      b.writeUInt32BE(4096, 6);
+      b.writeUInt32BE(MAX_PAYLOAD, 10);
+      optReply(opt, 3, b);
+    }
   };
 
   const option = (opt: number, data: Buffer): void => {
@@ -133,15 +182,15 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
       case 1: {
         // EXPORT_NAME
         if (data.toString() !== 'disk') return void s.destroy();
-        const d = Buffer.alloc(noZeroes ? 10 : 134);
+        const d = Buffer.alloc(noZeroes ? 10 : f('export-name-short-padding') ? 133 : 134);
         d.writeBigUInt64BE(size, 0);
-        d.writeUInt16BE(TF_FLAGS & ~(sr ? 0 : 128), 8);
+        d.writeUInt16BE(flagsNow(), 8);
         s.write(d);
         phase = 'transmission';
         return;
       }
       case 2:
-        if (!faults.has('abort-no-ack')) optReply(opt, 1);
+        if (!f('abort-no-ack')) optReply(opt, 1);
         s.end();
         return;
       case 3: {
@@ -150,42 +199,47 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
         n.writeUInt32BE(4, 0);
         n.write('disk', 4);
         optReply(opt, 2, n);
-        return optReply(opt, 1);
+        return optReply(opt, f('list-no-ack') ? 0x80000001 : 1);
       }
       case 5:
-        return optReply(opt, 0x80000002);
+        return optReply(opt, f('starttls-tls-reqd') ? 0x80000005 : 0x80000002);
       case 6:
       case 7: {
         if (data.length < 6) return optReply(opt, 0x80000003);
         const nl = data.readUInt32BE(0);
         if (nl > data.length - 6) return optReply(opt, 0x80000003);
         const name = data.subarray(4, 4 + nl).toString();
+        const n = data.readUInt16BE(4 + nl);
+        const infos = Array.from({ length: n }, (_, i) => data.readUInt16BE(6 + nl + 2 * i));
         if (name !== 'disk') return optReply(opt, 0x80000006);
-        infoExport(opt, opt === 6 && faults.has('info-size-zero'));
+        if (f('info-unknown-type-invalid') && infos.some((t) => t > 3)) return optReply(opt, 0x80000003);
+        infoReplies(opt, infos);
         optReply(opt, 1);
         if (opt === 7) {
-          if (faults.has('pad-after-go')) s.write(Buffer.alloc(4));
+          if (f('pad-after-go')) s.write(Buffer.alloc(4));
           phase = 'transmission';
         }
         return;
       }
       case 8:
-        if (data.length) return optReply(opt, 0x80000003);
+        if (data.length && !f('sr-data-accepted')) return optReply(opt, 0x80000003);
         sr = true;
         return optReply(opt, 1);
       case 9:
       case 10: {
-        if (!sr) return optReply(opt, 0x80000003);
-        const count = data.length >= 8 ? data.readUInt32BE(4 + data.readUInt32BE(0)) : 0;
+        if (!sr && !f('meta-before-sr-ok')) return optReply(opt, 0x80000003);
+        const nl = data.readUInt32BE(0);
+        const count = data.readUInt32BE(4 + nl);
         const queries: string[] = [];
-        let o = 8 + data.readUInt32BE(0);
+        let o = 8 + nl;
         for (let i = 0; i < count; i++) {
           const l = data.readUInt32BE(o);
           queries.push(data.subarray(o + 4, o + 4 + l).toString());
           o += 4 + l;
         }
+        if (f('unknown-namespace-invalid') && queries.some((q) => q.includes(':') && !q.startsWith('base:'))) return optReply(opt, 0x80000003);
         const match = opt === 9 ? count === 0 || queries.some((q) => q === 'base:' || q === 'base:allocation') : queries.includes('base:allocation');
-        if (opt === 10) metaSelected = match;
+        if (opt === 10 && !(f('set-meta-keeps') && count === 0)) metaSelected = match;
         if (match) {
           const d = Buffer.alloc(4 + 15);
           d.writeUInt32BE(opt === 9 ? 0 : 1, 0);
@@ -195,67 +249,85 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
         return optReply(opt, 1);
       }
       default:
-        return optReply(opt, faults.has('unknown-option-invalid') ? 0x80000003 : 0x80000001);
+        return optReply(opt, f('unknown-option-invalid') ? 0x80000003 : 0x80000001);
     }
   };
 
+  const pastEnd = (offset: bigint, length: number) => (f('overflow-wraps') ? BigInt.asUintN(64, offset + BigInt(length)) : offset + BigInt(length)) > size;
+
   const request = (flags: number, type: number, cookie: bigint, offset: bigint, length: number, payload: Buffer, batchHasDisc: boolean): void => {
-    const end = offset + BigInt(length);
     const o = Number(offset);
+    const known = f('ignore-flags') ? 0xffff : type === 0 ? 1 | 4 : type === 7 ? 1 | 8 : type === 6 ? 1 | 2 : 1;
+    if (flags & ~known) return done(22, cookie);
+    if (flags & 1 && f('fua-rejected')) return done(22, cookie);
     switch (type) {
       case 0: {
-        if (batchHasDisc && faults.has('disc-drops-inflight')) return;
-        if (end > size || flags & ~(1 | 4)) return done(22, cookie);
-        const data = disk.subarray(o, o + length);
-        if (!sr) return simple(0, cookie, Buffer.from(data));
+        if (batchHasDisc && f('disc-drops-inflight')) return;
+        if (length > (f('max-16m') ? 16 << 20 : f('big-read-ok') ? Infinity : MAX_PAYLOAD)) return done(22, cookie);
+        if (pastEnd(offset, length)) return done(22, cookie);
+        if (flags & 4 && f('df-eoverflow')) return done(75, cookie);
+        const from = f('ignore-offset') ? 0 : o;
+        const data = from + length <= disk.length ? Buffer.from(disk.subarray(from, from + length)) : Buffer.alloc(length);
+        if (!structured() || f('simple-read-under-sr')) return simple(0, cookie, data);
         const p = (at: number, d: Buffer) => {
           const b = Buffer.alloc(8 + d.length);
-          b.writeBigUInt64BE(BigInt(at), 0);
+          b.writeBigUInt64BE(BigInt.asUintN(64, offset + BigInt(at - o)), 0);
           d.copy(b, 8);
           return b;
         };
         if (length === 0) return chunk(1, 0, cookie, Buffer.alloc(0));
-        if (faults.has('overlap-chunks') && length > 1) chunk(0, 1, cookie, p(o, data.subarray(0, 1)));
-        chunk(faults.has('double-done') ? 1 : 0, 1, cookie, p(o, Buffer.from(data)));
+        if (f('overlap-chunks') && length > 1) chunk(0, 1, cookie, p(o, data.subarray(0, 1)));
+        if ((f('df-split') || !(flags & 4)) && length >= 1024 && !f('double-done')) {
+          // Two chunks (always allowed without DF; with DF only one content chunk is).
+          chunk(0, 1, cookie, p(o, data.subarray(0, 512)));
+          chunk(0, 1, cookie, p(o + 512, data.subarray(512)));
+        } else chunk(f('double-done') ? 1 : 0, 1, cookie, p(o, data));
         return chunk(1, 0, cookie, Buffer.alloc(0));
       }
       case 1:
-        if (end > size) return done(faults.has('enospc-as-einval') ? 22 : 28, cookie);
-        if (!faults.has('ignore-writes')) payload.copy(disk, o);
+        if (length > MAX_PAYLOAD) return done(22, cookie);
+        if (pastEnd(offset, length)) return done(f('enospc-as-einval') ? 22 : 28, cookie);
+        if (!f('ignore-writes')) payload.copy(disk, o);
         return done(0, cookie);
       case 3:
-        return done(0, cookie);
+        return done(f('flush-fails') ? 5 : 0, cookie);
       case 4:
-        if (end > size) return done(22, cookie);
+        if (pastEnd(offset, length) && !f('trim-past-end-ok')) return done(22, cookie);
         return done(0, cookie);
+      case 5:
+        if (f('cache-hangs-up')) return void s.destroy();
+        return done(22, cookie);
       case 6:
-        if (end > size) return done(faults.has('enospc-as-einval') ? 22 : 28, cookie);
-        if (flags & 16) return done(22, cookie);
-        disk.fill(0, o, o + length);
+        if (pastEnd(offset, length)) return done(f('enospc-as-einval') ? 22 : 28, cookie);
+        if (!f('wz-noop')) disk.fill(0, o, o + length);
         return done(0, cookie);
       case 7: {
-        if (!sr || !metaSelected || end > size || length === 0 || flags & ~8) return done(22, cookie);
+        if (!sr || !metaSelected || length === 0) return done(22, cookie);
+        if (pastEnd(offset, length) && !f('bs-past-end-ok')) return done(22, cookie);
         // One extent per 64 KiB: data (0) or zero (ZERO|HOLE = 3).
         const ext: [number, number][] = [];
-        for (let at = o; at < o + length && ext.length < (flags & 8 ? 1 : 1 << 20); at += 65536) {
-          const len = Math.min(65536, o + length - at);
+        const lim = Math.min(o + length, disk.length);
+        for (let at = o; at < lim && ext.length < (flags & 8 ? 1 : 1 << 20); at += 65536) {
+          const len = Math.min(65536, lim - at);
           const zero = disk.subarray(at, at + len).every((b) => b === 0);
-          let st = zero || faults.has('zero-on-data') ? 3 : 0;
-          if (faults.has('reserved-bits')) st |= 4;
+          let st = zero || f('zero-on-data') ? 3 : 0;
+          if (f('reserved-bits')) st |= 4;
           ext.push([len, st]);
         }
-        if (faults.has('extent-past-eof')) ext[ext.length - 1]![0] += 1 << 20;
+        if (ext.length === 0) ext.push([512, 3]);
+        if (f('extent-past-eof')) ext[ext.length - 1]![0] += 1 << 20;
         const b = Buffer.alloc(4 + 8 * ext.length);
         b.writeUInt32BE(1, 0);
-        ext.forEach(([l, f], i) => {
+        ext.forEach(([l, st], i) => {
           b.writeUInt32BE(l, 4 + 8 * i);
-          b.writeUInt32BE(f, 8 + 8 * i);
+          b.writeUInt32BE(st, 8 + 8 * i);
         });
         chunk(0, 5, cookie, b);
+        if (f('two-chunks-per-context')) chunk(0, 5, cookie, b);
         return chunk(1, 0, cookie, Buffer.alloc(0));
       }
       default:
-        return done(22, cookie);
+        return done(f('unknown-cmd-ok') ? 0 : 22, cookie);
     }
   };
 
@@ -271,17 +343,20 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
     parts = [];
     pending = 0;
     need = 0;
-    const batchHasDisc = phase === 'transmission' && buf.length >= 8 && (() => {
-      for (let i = 0; i + 28 <= buf.length; i += 28 + (buf.readUInt16BE(i + 6) === 1 ? buf.readUInt32BE(i + 24) : 0)) if (buf.readUInt16BE(i + 6) === 2) return true;
-      return false;
-    })();
+    const batchHasDisc =
+      phase === 'transmission' &&
+      (() => {
+        for (let i = 0; i + 28 <= buf.length; i += 28 + (buf.readUInt16BE(i + 6) === 1 ? buf.readUInt32BE(i + 24) : 0)) if (buf.readUInt16BE(i + 6) === 2) return true;
+        return false;
+      })();
     for (;;) {
+      if (s.destroyed) return;
       if (phase === 'flags') {
         if (buf.length < 4) return;
-        const f = buf.readUInt32BE(0);
+        const fl = buf.readUInt32BE(0);
         buf = buf.subarray(4);
-        if (f & ~3) return void s.destroy();
-        noZeroes = (f & 2) !== 0;
+        if (fl & ~3) return void s.destroy();
+        noZeroes = (fl & 2) !== 0;
         phase = 'options';
       } else if (phase === 'options') {
         if (buf.length < 16) return;
@@ -309,7 +384,7 @@ function serve(s: net.Socket, disk: Buffer, faults: ReadonlySet<Fault>): void {
         const payload = Buffer.from(buf.subarray(28, 28 + plen));
         buf = buf.subarray(28 + plen);
         if (type === 2) {
-          if (!faults.has('disc-drops-inflight')) s.end();
+          if (!f('disc-drops-inflight')) s.end();
           else s.destroy();
           return;
         }
