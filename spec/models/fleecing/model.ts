@@ -582,33 +582,86 @@ function compareReaders(a: Reader, b: Reader, newIndex: readonly number[]): numb
 
 function keyOf(s: FleecingState, symmetric: boolean): string {
   const W = s.writers.length;
-  const R = s.readers.length;
-  // order[pos] = old writer index; newIndex[old] = pos (identity unless symmetric).
   const order = scratchOrder;
-  const newIndex = scratchIndex;
   order.length = W;
-  newIndex.length = W;
   for (let i = 0; i < W; i++) order[i] = i;
-  if (symmetric) {
-    // Tie-break writers with equal local state (typically finished ones) by the first cluster
-    // whose source data they wrote: equivalent states then get the same order more often.
-    const first = scratchFirst;
-    first.length = W;
-    for (let i = 0; i < W; i++) first[i] = 255;
-    for (let c = s.source.length - 1; c >= 0; c--) {
-      const v = s.source[c]!;
-      if (isGuestData(v)) first[v - 1] = c;
-    }
-    for (let i = 1; i < W; i++) {
-      const x = order[i]!;
-      let j = i - 1;
-      while (j >= 0 && (compareWriters(s.writers[order[j]!]!, s.writers[x]!) || first[order[j]!]! - first[x]!) > 0) {
-        order[j + 1] = order[j]!;
-        j--;
-      }
-      order[j + 1] = x;
-    }
+  if (!symmetric || W < 2) return encode(s, order, symmetric);
+  // Sort writers by local state, ties by the first cluster whose source data they wrote.
+  const first = scratchFirst;
+  first.length = W;
+  for (let i = 0; i < W; i++) first[i] = 255;
+  for (let c = s.source.length - 1; c >= 0; c--) {
+    const v = s.source[c]!;
+    if (isGuestData(v)) first[v - 1] = c;
   }
+  for (let i = 1; i < W; i++) {
+    const x = order[i]!;
+    let j = i - 1;
+    while (j >= 0 && (compareWriters(s.writers[order[j]!]!, s.writers[x]!) || first[order[j]!]! - first[x]!) > 0) {
+      order[j + 1] = order[j]!;
+      j--;
+    }
+    order[j + 1] = x;
+  }
+  // Writers still tied have identical local state; swapping two of them changes the key only if
+  // data names both (a target value, a buffer, a read's bad value). For those rare groups try
+  // every order and keep the least key, so the key is fully canonical: permutation-equivalent
+  // states always get the same key (which also lets traces be rebuilt under symmetry).
+  const named = namedWriters(s);
+  const groups: [number, number][] = [];
+  for (let a = 0; a < W; ) {
+    let b = a + 1;
+    while (b < W && compareWriters(s.writers[order[a]!]!, s.writers[order[b]!]!) === 0 && first[order[a]!] === first[order[b]!]) b++;
+    let namedCount = 0;
+    for (let i = a; i < b; i++) if ((named >> order[i]!) & 1) namedCount++;
+    if (namedCount >= 2) groups.push([a, b]);
+    a = b;
+  }
+  if (groups.length === 0) return encode(s, order, true);
+  let best: string | undefined;
+  const visit = (g: number): void => {
+    if (g === groups.length) {
+      const k = encode(s, order, true);
+      if (best === undefined || k < best) best = k;
+      return;
+    }
+    const [lo, hi] = groups[g]!;
+    permuteRange(order, lo, hi, () => visit(g + 1));
+  };
+  visit(0);
+  return best!;
+}
+
+/** Calls `each` once for every ordering of arr[lo..hi) (restores the original order after). */
+function permuteRange(arr: number[], lo: number, hi: number, each: () => void): void {
+  if (hi - lo <= 1) {
+    each();
+    return;
+  }
+  for (let i = lo; i < hi; i++) {
+    [arr[lo], arr[i]] = [arr[i]!, arr[lo]!];
+    permuteRange(arr, lo + 1, hi, each);
+    [arr[lo], arr[i]] = [arr[i]!, arr[lo]!];
+  }
+}
+
+/** Writers whose value appears anywhere in the state, as a mask. */
+function namedWriters(s: FleecingState): number {
+  let m = 0;
+  for (const v of s.source) if (isGuestData(v)) m |= 1 << (v - 1);
+  for (const v of s.target) if (isGuestData(v)) m |= 1 << (v - 1);
+  for (const w of s.writers) for (const v of w.buf) if (isGuestData(v)) m |= 1 << (v - 1);
+  for (const r of s.readers) if (isGuestData(r.bad)) m |= 1 << (r.bad - 1);
+  return m;
+}
+
+/** The key of `s` with writers in `order` (order[pos] = writer index) and, when `symmetric`,
+ * readers sorted. */
+function encode(s: FleecingState, order: readonly number[], symmetric: boolean): string {
+  const W = s.writers.length;
+  const R = s.readers.length;
+  const newIndex = scratchIndex;
+  newIndex.length = W;
   for (let pos = 0; pos < W; pos++) newIndex[order[pos]!] = pos;
 
   const k = scratch;
