@@ -54,7 +54,7 @@ describe('known-bad targets: each fault is caught by its case', () => {
     ['drop-after-error', 'nbd/bounds/read-past-end', 'fail', /still usable/],
     ['trim-past-end-ok', 'nbd/bounds/trim-past-end', 'fail', /TRIM crossing the end of the export fails/],
     ['bs-past-end-ok', 'nbd/bounds/block-status-past-end', 'fail', /BLOCK_STATUS past the end fails/],
-    ['overflow-wraps', 'nbd/bounds/offset-overflow', 'fail', /overflowing READ fails|outside the request/],
+    ['overflow-wraps', 'nbd/bounds/offset-overflow', 'fail', /overflowing READ fails|protocol error/],
     ['max-16m', 'nbd/bounds/read-32mib', 'non-strict', /succeeds with the right data/],
     ['big-read-ok', 'nbd/bounds/read-too-large', 'non-strict', /above the advertised maximum fails/],
     ['df-split', 'nbd/structured-read/df', 'fail', /at most one content chunk/],
