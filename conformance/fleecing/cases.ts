@@ -265,6 +265,8 @@ export const RACE_DELAY_MS = 25;
 
 const raceDelayed: CaseDef<FleeceEnv> = {
   id: 'fleecing/race/delayed-source',
+  // Timing is the point of this case: it runs alone, not next to other cases' load.
+  exclusive: true,
   section: 'qemu-fleecing.md §3 (the 2018 race), §6 B0; seed steps 1-7; spec/models/fleecing S1 (known bad) vs S3/S4',
   level: 'MUST',
   title: 'Widened race window: a read delay under the source',

@@ -41,7 +41,7 @@ export class QmpClient {
   private buf = '';
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
-  private eventWaiters: { name: string; resolve(e: QmpEvent): void }[] = [];
+  private eventWaiters: { name: string; where(data: Record<string, unknown>): boolean; resolve(e: QmpEvent): void }[] = [];
   private closed: Error | undefined;
   private greetingWaiter: ((g: Record<string, unknown>) => void) | undefined;
 
@@ -58,22 +58,35 @@ export class QmpClient {
 
   /** Connects, reads the greeting and negotiates capabilities (command mode). */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
-    const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const s = net.createConnection({ path });
-      const t = setTimeout(() => {
-        s.destroy();
-        reject(new QmpClientError(`no QMP connection to ${path} within ${timeoutMs} ms`, { socket: path }));
-      }, timeoutMs);
-      s.once('connect', () => {
-        clearTimeout(t);
-        s.removeAllListeners('error');
-        resolve(s);
+    const deadline = Date.now() + timeoutMs;
+    const attempt = () =>
+      new Promise<net.Socket>((resolve, reject) => {
+        const s = net.createConnection({ path });
+        const t = setTimeout(() => {
+          s.destroy();
+          reject(new QmpClientError(`no QMP connection to ${path} within ${timeoutMs} ms`, { socket: path }));
+        }, timeoutMs);
+        s.once('connect', () => {
+          clearTimeout(t);
+          s.removeAllListeners('error');
+          resolve(s);
+        });
+        s.once('error', (e) => {
+          clearTimeout(t);
+          reject(new QmpClientError(`cannot connect to QMP socket ${path}: ${e.message}`, { socket: path }));
+        });
       });
-      s.once('error', (e) => {
-        clearTimeout(t);
-        reject(new QmpClientError(`cannot connect to QMP socket ${path}: ${e.message}`, { socket: path }));
-      });
-    });
+    let socket: net.Socket;
+    for (;;) {
+      try {
+        socket = await attempt();
+        break;
+      } catch (e) {
+        // The socket file appears before the daemon listens on it: retry until the deadline.
+        if (Date.now() > deadline || !/ECONNREFUSED|ENOENT/.test((e as Error).message)) throw e;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
     const c = new QmpClient(socket, path, timeoutMs);
     const greeting = await new Promise<Record<string, unknown>>((resolve, reject) => {
       const t = setTimeout(() => reject(new QmpClientError(`no QMP greeting from ${path} within ${timeoutMs} ms`, { socket: path })), timeoutMs);
@@ -118,7 +131,13 @@ export class QmpClient {
       const ev = msg as unknown as QmpEvent;
       this.events.push(ev);
       const keep: typeof this.eventWaiters = [];
-      for (const w of this.eventWaiters) (w.name === ev.event ? w.resolve(ev) : keep.push(w));
+      let taken = false;
+      for (const w of this.eventWaiters) {
+        if (!taken && w.name === ev.event && w.where(ev.data ?? {})) {
+          taken = true;
+          w.resolve(ev);
+        } else keep.push(w);
+      }
       this.eventWaiters = keep;
       return;
     }
@@ -168,9 +187,10 @@ export class QmpClient {
     return r.value;
   }
 
-  /** The next event named `name` (one already received and not yet consumed counts). */
-  waitEvent(name: string, timeoutMs = this.timeoutMs): Promise<QmpEvent> {
-    const i = this.events.findIndex((e) => e.event === name);
+  /** The next event named `name` (one already received and not yet consumed counts), optionally
+   * one whose data matches `where`. */
+  waitEvent(name: string, timeoutMs = this.timeoutMs, where: (data: Record<string, unknown>) => boolean = () => true): Promise<QmpEvent> {
+    const i = this.events.findIndex((e) => e.event === name && where(e.data ?? {}));
     if (i >= 0) return Promise.resolve(this.events.splice(i, 1)[0]!);
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
@@ -179,6 +199,7 @@ export class QmpClient {
       }, timeoutMs);
       const waiter = {
         name,
+        where,
         resolve: (e: QmpEvent) => {
           clearTimeout(t);
           const j = this.events.indexOf(e);
