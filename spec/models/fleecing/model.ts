@@ -532,8 +532,7 @@ function validate(p: FleecingParams, scheme: Scheme): void {
 // Canonical keys. Writers are interchangeable, and so are readers (each picks its range
 // nondeterministically). Under symmetry, writers are sorted by their local state and every
 // value naming a writer (source/target data, buffers, a read's bad value) is renamed with the
-// same permutation; readers are sorted. Sorting by a partial key with ties left in index order
-// is not fully canonical, but sound: equal keys still mean permutation-equivalent states.
+// same permutation; readers are sorted; writers still tied are tried in every order (keyOf).
 
 const WRITER_PC: Readonly<Record<Writer['pc'], number>> = {
   idle: 1, serialise: 2, copyWrite: 3, write: 4, writeEarly: 5, copyLate: 6, done: 7, failed: 8,
