@@ -61,6 +61,17 @@ describe('fleece explore', () => {
     expect(json.format).toBe('fleece-explore');
     expect(json.verdict).toBe('deadlock');
     expect(json.trace.steps.length).toBeGreaterThan(0);
+    const file = join(dir, 'deadlock.json');
+    writeFileSync(file, JSON.stringify(json.trace));
+    const again = await inProcess('--replay', file);
+    expect(again.code).toBe(1);
+    expect(again.out).toMatch(/deadlock: work is pending but no action is enabled/);
+  });
+
+  it('says when a bound stopped the search (exit 0: nothing violated so far)', async () => {
+    const r = await inProcess('--model', 's4', '--max-states', '100', '--quiet');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/no violation found within the bounds; exhaustive: no \(stopped by max-states\)/);
   });
 
   it('exits 2 on usage errors, naming the flag or the model', async () => {
