@@ -77,6 +77,9 @@ export interface DriveContext {
   /** Step timeout: a park or reply not seen within it is a disagreement (blocked or ran through). */
   readonly stepTimeoutMs: number;
   readonly hits: HitWatcher;
+  /** Node names the breakpoints are armed on: the copy-before-write filter (guest writes and,
+   * modern, snapshot reads) and the temp overlay (legacy snapshot reads). */
+  readonly nodes: { readonly cbw: string; readonly temp: string };
 }
 
 /** Collects BREAKPOINT_HIT events by tag from a QMP connection. */
@@ -209,9 +212,10 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
         const { offset, length } = rangeOf(st.actor);
         // Writers: block-copy works on whole clusters; the filter is the writer's own range,
         // which every event of its request overlaps.
-        await qmpOk('x-breakpoint-add', { event: plan.arm, tag, offset, bytes: length });
+        const node = plan.arm.startsWith('overlay-') ? ctx.nodes.temp : ctx.nodes.cbw;
+        await qmpOk('x-breakpoint-add', { event: plan.arm, tag, node, offset, bytes: length });
         armed.push(tag);
-        log(st.actor, `x-breakpoint-add ${plan.arm} tag ${tag} offset ${offset} bytes ${length}`);
+        log(st.actor, `x-breakpoint-add ${plan.arm} tag ${tag} node ${node} offset ${offset} bytes ${length}`);
       }
       if (run.running) {
         run.running = undefined; // already released; nothing to let go

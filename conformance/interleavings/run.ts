@@ -120,11 +120,15 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
         const chosen = o.only ? all.filter((e) => o.only!.includes(e.index)) : all;
         const results = await withSetup(target.name, sc, chosen.length, { ...(o.wire ? { wire: o.wire } : {}) }, async (setup, conns) => {
           const hits = new HitWatcher(setup.qmp);
+          const named = (await setup.qmp.ok('query-named-block-nodes', {})) as { 'node-name': string; drv: string }[];
+          const cbw = named.find((n) => n.drv === 'copy-before-write')?.['node-name'];
+          if (!cbw) throw new Error(`${target.name}: no copy-before-write node in the graph (${named.map((n) => `${n['node-name']}:${n.drv}`).join(', ')})`);
+          const nodes = { cbw, temp: 'temp' };
           try {
             const rs: InterleavingResult[] = [];
             for (let i = 0; i < chosen.length; i++) {
               const ex = chosen[i]!;
-              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 5000, hits }, ex, i, i * sc.clusters * sc.clusterSize);
+              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 5000, hits, nodes }, ex, i, i * sc.clusters * sc.clusterSize);
               rs.push(r);
               o.onProgress?.(`${target.name} ${sc.id} #${ex.index} ${r.agree ? 'agrees' : 'DISAGREES'}${r.implViolation ? ' (post-snapshot data)' : ''}`);
               const dead = setup.exited();
