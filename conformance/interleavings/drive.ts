@@ -180,9 +180,14 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
     const conn = ctx.conns.get(actor)!;
     const { offset, length } = rangeOf(actor);
     if (actor.startsWith('W')) {
-      const data = writeBytes(Number(actor.slice(1)), length);
-      run.reply = conn.request({ type: Cmd.WRITE, offset, payload: data });
-      log(actor, `NBD_CMD_WRITE offset ${offset} length ${length} (live export)`);
+      const k = Number(actor.slice(1));
+      if (sc.writes[k]!.zeroes) {
+        run.reply = conn.request({ type: Cmd.WRITE_ZEROES, offset, length });
+        log(actor, `NBD_CMD_WRITE_ZEROES offset ${offset} length ${length} (live export)`);
+      } else {
+        run.reply = conn.request({ type: Cmd.WRITE, offset, payload: writeBytes(k, length) });
+        log(actor, `NBD_CMD_WRITE offset ${offset} length ${length} (live export)`);
+      }
     } else {
       run.reply = conn.request({ type: Cmd.READ, offset, length });
       log(actor, `NBD_CMD_READ offset ${offset} length ${length} (fleecing export)`);

@@ -7,7 +7,7 @@ import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
 import { S1, S3, S4, type Scheme } from '../../spec/models/fleecing/scheme.ts';
-import { DEFAULT_SCENARIOS, predict, scenarioModel, snapshotBytes, writeBytes, type FleecingScenario, type ScenarioModel } from '../../spec/scenarios/fleecing.ts';
+import { DEFAULT_SCENARIOS, predict, scenarioModel, snapshotBytes, writeBytes, writeData, type FleecingScenario, type ScenarioModel } from '../../spec/scenarios/fleecing.ts';
 import type { NbdConnection } from '../nbd/client.ts';
 import { Cmd, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
@@ -263,12 +263,21 @@ export function explain(classes: ReadonlyMap<string, number[]>, observed: readon
   return classes.get(observed.join(' | ')) ?? [];
 }
 
-/** Where each byte of a read came from: -1 snapshot, k guest write Wk, -2 anything else. */
-export function origins(data: Buffer, snapshot: Buffer): Int8Array {
+/** Where each byte of a read came from: -1 snapshot, k guest write Wk, -2 anything else.
+ * `at` is the read's offset in the region; with `sc`, a byte equal to what a write covering it
+ * put there (zeroes of a WRITE_ZEROES included) is that write's. */
+export function origins(data: Buffer, snapshot: Buffer, sc?: FleecingScenario, at = 0): Int8Array {
   const o = new Int8Array(data.length);
+  const writes = sc?.writes.map((w, k) => ({ w, d: writeData(w, k) })) ?? [];
   for (let j = 0; j < data.length; j++) {
     const b = data[j]!;
-    o[j] = b === snapshot[j] ? -1 : (b & 0x80) !== 0 ? (b >> 4) & 7 : -2;
+    if (b === snapshot[j]) {
+      o[j] = -1;
+      continue;
+    }
+    const pos = at + j;
+    const k = writes.findIndex(({ w, d }) => pos >= w.offset && pos < w.offset + w.length && d[pos - w.offset] === b);
+    o[j] = k >= 0 ? k : sc ? -2 : (b & 0x80) !== 0 ? (b >> 4) & 7 : -2;
   }
   return o;
 }
@@ -290,9 +299,12 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
       for (const actor of order) {
         const i = Number(actor.slice(1));
         const conn = conns.get(actor)!;
-        const p = actor.startsWith('W')
-          ? conn.request({ type: Cmd.WRITE, offset: base + sc.writes[i]!.offset, payload: writeBytes(i, sc.writes[i]!.length) })
-          : conn.request({ type: Cmd.READ, offset: base + sc.reads[i]!.offset, length: sc.reads[i]!.length });
+        const w = sc.writes[i];
+        const p = !actor.startsWith('W')
+          ? conn.request({ type: Cmd.READ, offset: base + sc.reads[i]!.offset, length: sc.reads[i]!.length })
+          : w!.zeroes
+            ? conn.request({ type: Cmd.WRITE_ZEROES, offset: base + w!.offset, length: w!.length })
+            : conn.request({ type: Cmd.WRITE, offset: base + w!.offset, payload: writeBytes(i, w!.length) });
         replies.set(actor, p);
         if (mode === 'sequential') await p.catch(() => undefined);
       }
@@ -307,7 +319,7 @@ async function exploreSubmissionOrders(name: InterleavingTargetName, m: Scenario
           observed.push('error');
           continue;
         }
-        observed.push(originKey(origins(r.data, snap.subarray(rr.offset, rr.offset + rr.length))));
+        observed.push(originKey(origins(r.data, snap.subarray(rr.offset, rr.offset + rr.length), sc, rr.offset)));
       }
       for (let i = 0; i < sc.writes.length; i++) {
         const r = await replies.get(`W${i}`)!.catch((e: Error) => e);

@@ -28,6 +28,8 @@ export interface ScenarioRequest {
   /** Byte offset inside the scenario's region (the region is `clusters` clusters long). */
   readonly offset: number;
   readonly length: number;
+  /** Guest writes only: NBD_CMD_WRITE (default) or NBD_CMD_WRITE_ZEROES. */
+  readonly zeroes?: boolean;
 }
 
 export interface FleecingScenario {
@@ -63,10 +65,10 @@ export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
   },
   {
     id: '2w2r-2c',
-    title: 'two guest writes and two snapshot reads over two clusters (one of each per cluster)',
+    title: 'two guest writes (a WRITE and a WRITE_ZEROES) and two snapshot reads over two clusters, one of each per cluster',
     clusterSize: CLUSTER,
     clusters: 2,
-    writes: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
+    writes: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER, zeroes: true }],
     reads: [{ offset: 0, length: CLUSTER }, { offset: CLUSTER, length: CLUSTER }],
   },
   {
@@ -222,7 +224,7 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
 
   // Symmetry classes: actors with identical requests.
   const classOf = new Map<string, string>();
-  sc.writes.forEach((w, i) => classOf.set(`W${i}`, `W:${w.offset}:${w.length}`));
+  sc.writes.forEach((w, i) => classOf.set(`W${i}`, `W:${w.offset}:${w.length}:${w.zeroes ? 'z' : 'd'}`));
   sc.reads.forEach((r, i) => classOf.set(`R${i}`, `R:${r.offset}:${r.length}`));
   const canonical = (seq: readonly string[]): string => {
     const rename = new Map<string, string>();
@@ -324,6 +326,11 @@ function makeSnapshot(region: number, size: number): Buffer {
 }
 
 /** Data guest write k writes: 0x80 | k in the top bits, offset-dependent low bits. */
+/** What guest write `k` puts on the disk: its pattern, or zeroes for a WRITE_ZEROES. */
+export function writeData(w: ScenarioRequest, k: number): Buffer {
+  return w.zeroes ? Buffer.alloc(w.length) : writeBytes(k, w.length);
+}
+
 export function writeBytes(k: number, length: number): Buffer {
   const key = `${k}:${length}`;
   let b = writeCache.get(key);
@@ -389,7 +396,7 @@ export function predict(m: ScenarioModel, ex: ScenarioExecution, region = 0): Pr
         }
         case 'write': {
           const w = sc.writes[a.w]!;
-          writeBytes(a.w, w.length).copy(src, w.offset);
+          writeData(w, a.w).copy(src, w.offset);
           srcOrigin.fill(a.w, w.offset, w.offset + w.length);
           break;
         }
