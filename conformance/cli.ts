@@ -13,6 +13,7 @@ import { HarnessError } from './targets/errors.ts';
 import { listTargets, resolveTarget } from './targets/registry.ts';
 import { NbdUriError } from './targets/uri.ts';
 import './suites.ts';
+import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -22,6 +23,7 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
   --target T      a built-in target (${'%TARGETS%'})
                   or an NBD URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH
                   (repeatable; default: reference)
+  --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite)
   --suite S       suite to run (repeatable; default: every suite: %SUITES%)
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
   --strict        SHOULD violations (non-strict) fail the run too
@@ -37,6 +39,8 @@ exit: 0 every MUST passed (and every SHOULD with --strict), 1 conformance failur
 class UsageError extends Error {}
 
 interface Args {
+  live?: string;
+  snapshot?: string;
   targets: string[];
   suites: string[];
   filter: string[];
@@ -69,6 +73,12 @@ export function parseArgs(argv: readonly string[]): Args {
         break;
       case '--suite':
         a.suites.push(value());
+        break;
+      case '--live':
+        a.live = value();
+        break;
+      case '--snapshot':
+        a.snapshot = value();
         break;
       case '--filter':
         a.filter.push(value());
@@ -144,7 +154,9 @@ const command: Subcommand = {
         process.stdout.write(`${selected.length} case(s)\n`);
         return 0;
       }
-      const targets = (args.targets.length ? args.targets : ['reference']).map(resolveTarget);
+      if ((args.live === undefined) !== (args.snapshot === undefined)) throw new UsageError('--live and --snapshot go together');
+      const external = args.live && args.snapshot ? [fleeceTargetDef(externalFlavor(args.live, args.snapshot))] : [];
+      const targets = [...(args.targets.length || !external.length ? (args.targets.length ? args.targets : ['reference']).map(resolveTarget) : []), ...external];
       const log = args.json ? process.stderr : process.stdout;
       const result = await run({
         targets,

@@ -3,4 +3,6 @@
 // registerTarget() itself.
 import './targets/builtin.ts';
 import './cases/nbd/index.ts';
+import './fleecing/index.ts';
+import './permissions/index.ts';
 import './interleavings/index.ts';

@@ -14,6 +14,8 @@ import { describeConfig, type FleeceConfig, type FleeceLab, type FleeceSetup } f
 
 export interface FleeceEnv {
   lab: FleeceLab;
+  /** Set when the suite made the lab itself (its directory, removed at teardown). */
+  ownDir?: string;
 }
 
 type Ctx = CaseContext<FleeceEnv>;

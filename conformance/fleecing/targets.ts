@@ -22,6 +22,8 @@ import { ManagedProcess, requirePeer, waitListening } from '../targets/process.t
 import type { ExportRef, RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
 import { parseNbdUri } from '../targets/uri.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { Cmd } from '../nbd/constants.ts';
+import { open } from '../nbd/session.ts';
 import { CONTENTS, qemuIoWrites, writeRaw, type Content } from './content.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -137,8 +139,8 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean
         ? 'fleece serve, copy-before-write + snapshot-access (qemu-fleecing.md §5.1, raw for qcow2)'
         : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
     unsupported(c) {
-      if (c.bitmap) return 'the reference daemon has no block-dirty-bitmap-add (QMP) and raw images carry no persistent bitmap, so a cbw bitmap cannot be set up';
-      if (graph === 'legacy' && (c.snapshotDiscard || c.cbwError)) return 'snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
+      if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
+      if (c.bitmap && (c.cbwError || c.snapshotDiscard)) return 'the bitmap set-up builds the plain modern graph only';
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
@@ -156,7 +158,14 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean
         bd(`driver=file,node-name=source-file,filename=${src}`);
         bd(`driver=delay,node-name=source,file=source-file,read-delay-ms=${c.sourceReadDelayMs}`);
       } else bd(`driver=file,node-name=source,filename=${src}`);
-      if (graph === 'modern') {
+      if (graph === 'modern' && c.bitmap) {
+        // Raw images carry no persistent bitmap: add bitmap0 over QMP, dirty it by writing the
+        // content again through a seed export, then build cbw (bitmap=bitmap0) and
+        // snapshot-access over QMP (§5.1 bitmap variant; the QMP order of §5.1's last note).
+        bd(`driver=file,node-name=temp,filename=${tmp}`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--export', 'type=nbd,id=exp-seed,node-name=source,name=seed,writable=on');
+      } else if (graph === 'modern') {
         const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
         if (c.cbwError) {
           bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
@@ -182,11 +191,33 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean
           started.qmp = await QmpClient.connect(qmp);
           await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}) });
           await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+        } else if (c.bitmap) {
+          const q = (started.qmp = await QmpClient.connect(qmp));
+          await q.ok('block-dirty-bitmap-add', { node: 'source', name: 'bitmap0' });
+          await seedThroughNbd(unix(nbd), 'seed', content, timeoutMs);
+          await q.ok('block-export-del', { id: 'exp-seed', mode: 'hard' });
+          await q.ok('blockdev-add', { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'bitmap0' } });
+          await q.ok('blockdev-add', { driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
+          await q.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'fl-cbw', name: 'live', writable: true });
+          await q.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'fl-access', name: 'fleece' });
         }
         return makeSetup(started, { address: unix(nbd), name: 'live' }, { address: unix(nbd), name: 'fleece' }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
       });
     },
   };
+}
+
+/** Writes the content's regions through an NBD export (so a dirty bitmap records them). */
+async function seedThroughNbd(address: Address, name: string, content: Content, timeoutMs: number): Promise<void> {
+  const { conn } = await open(address, { exportName: name, timeoutMs: Math.max(timeoutMs, 5000) });
+  try {
+    for (const r of content.regions) {
+      const reply = await conn.request({ type: Cmd.WRITE, offset: r.offset, payload: Buffer.alloc(r.length, r.byte) });
+      if (reply.error) throw new HarnessError(`seeding the source for the bitmap set-up: write of ${r.length} bytes at ${r.offset} failed (NBD error ${reply.error})`);
+    }
+  } finally {
+    conn.close();
+  }
 }
 
 // ------------------------------------------------------------------------------------------

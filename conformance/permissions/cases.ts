@@ -27,6 +27,8 @@ import { permLabOf, type PermLab, type PermSession } from './targets.ts';
 
 export interface PermEnv {
   lab: PermLab;
+  /** Set when the suite made the lab itself (its directory, removed at teardown). */
+  ownDir?: string;
 }
 
 export interface PermCaseSpec {

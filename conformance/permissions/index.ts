@@ -2,12 +2,13 @@
 // model's verdict, what each target did, and whether they agree; an accepted-but-unsafe graph
 // shows as a hazard, not as a plain pass.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { CaseResult, RunResult, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
 import { run } from '../runner/run.ts';
 import { OBSERVED, PERM_CASES, permissionCases, setupPerm, type PermEnv } from './cases.ts';
-import { permTargetDef, type PermFlavor } from './targets.ts';
+import { PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
 import { evaluate } from '../../spec/models/permissions/index.ts';
 
 export const permissionsSuite: Suite<PermEnv> = {
@@ -15,7 +16,19 @@ export const permissionsSuite: Suite<PermEnv> = {
   description: 'Block-graph permissions over QMP against the spec permission model (research/qemu-fleecing.md §1)',
   roles: [],
   cases: permissionCases,
-  setup: (target) => setupPerm(target),
+  async setup(target) {
+    if (target.extra?.permissions instanceof PermLab) return setupPerm(target);
+    // A target registered by another module: `reference...` is fleece serve, `qemu...` QEMU.
+    const flavor = findPermFlavor(target.name.startsWith('qemu') ? 'qemu' : target.name.startsWith('reference') ? 'reference' : target.name);
+    if (!flavor) return setupPerm(target);
+    const ownDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-permissions-'));
+    return { lab: new PermLab(flavor, ownDir, 20_000), ownDir };
+  },
+  async teardown(env) {
+    if (!env.ownDir) return;
+    await env.lab.stopAll();
+    fs.rmSync(env.ownDir, { recursive: true, force: true });
+  },
 };
 
 registerSuite(permissionsSuite);
