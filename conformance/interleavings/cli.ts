@@ -131,6 +131,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   const total = Object.values(all).flat();
   const sum = (k: keyof ScenarioReport['counts']) => total.reduce((a, r) => a + r.counts[k], 0);
   log.write(`${sum('enumerated')} interleavings enumerated, ${sum('executed')} executed, ${sum('agreeing')} agreeing, ${sum('disagreeing')} disagreeing, ${sum('implViolations')} with post-snapshot data\n`);
+  const cov: Record<string, number> = {};
+  for (const r of total) for (const [k, n] of Object.entries(r.coverage.actions)) cov[k] = (cov[k] ?? 0) + n;
+  const never = Object.entries(cov).filter(([, n]) => n === 0).map(([k]) => k);
+  if (Object.keys(cov).length) log.write(`model-action coverage: ${Object.entries(cov).map(([k, n]) => `${k} ${n}`).join(', ')}${never.length ? `; never taken: ${never.join(', ')}` : '; every action taken'}\n`);
   if (json) process.stdout.write(JSON.stringify(all, null, 2) + '\n');
   return harness ? 2 : failed ? 1 : 0;
 }
