@@ -6,3 +6,4 @@ registerSubcommand('explore', async () => (await import('../spec/cli.ts')).defau
 registerSubcommand('conform', async () => (await import('../conformance/cli.ts')).default);
 registerSubcommand('bench', async () => (await import('../bench/cli.ts')).default);
 registerSubcommand('replay', async () => (await import('../conformance/replay/cli.ts')).default);
+registerSubcommand('interleave', async () => (await import('../conformance/interleavings/command.ts')).default);

@@ -1,6 +1,6 @@
 // Stand-alone entry of the interleavings suite, for replaying one interleaving and for the full
 // per-interleaving report (the `fleece conform --suite interleavings` cases carry the summary):
-//   npx tsx conformance/interleavings/cli.ts [--target T]... [--scenario ID]... [--interleaving N]...
+//   fleece interleave [--target T]... [--scenario ID]... [--interleaving N]...
 //        [--scheme s1|s3|s4|KNOWN-BAD] [--mode breakpoints|submission-orders] [--delay MS]
 //        [--step-timeout MS] [--no-reduction] [--json] [--out DIR] [--list]
 // Writes DIR/interleavings/<target>.json (default DIR: reports/). Exit 0 when every interleaving
@@ -17,7 +17,7 @@ import { INTERLEAVING_TARGETS, type InterleavingTargetName } from './setup.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-const USAGE = `usage: npx tsx conformance/interleavings/cli.ts [--target T]... [--scenario ID]... [--interleaving N]...
+const USAGE = `usage: fleece interleave [--target T]... [--scenario ID]... [--interleaving N]...
          [--scheme S] [--mode breakpoints|submission-orders] [--delay MS] [--step-timeout MS]
          [--no-reduction] [--json] [--out DIR] [--list]
   --no-reduction  drive every path of the fused model, not one per trace and symmetry class

@@ -20,7 +20,7 @@ export function casePage(id: string): string {
 const STYLE = `body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #999;padding:2px 6px;vertical-align:top}th{background:#eee}.v{text-align:center;font-weight:600}
 a{color:#036}pre{background:#f6f6f6;padding:6px;overflow:auto}.wire td{font-family:monospace;font-size:12px}
-.legend span{padding:2px 8px;margin-right:4px}`;
+.legend span{padding:2px 8px;margin-right:4px}li{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:13px}`;
 
 function page(title: string, body: string): string {
   return `<!doctype html>\n<html><head><meta charset="utf-8"><title>${htmlEscape(title)}</title><style>${STYLE}</style></head><body>${body}</body></html>\n`;
