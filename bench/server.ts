@@ -13,6 +13,11 @@ import { fileURLToPath } from 'node:url';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
+/** libuv's pool serves the reference's file reads; its default of 4 threads caps the reads in
+ * flight (qemu-nbd's own pool grows to 64). It can only be sized before node starts, so it is
+ * set in the environment here, as a deployment would, and recorded in the report. */
+const REFERENCE_THREADPOOL = process.env.UV_THREADPOOL_SIZE ?? '16';
+
 interface Target {
   readonly name: string;
   start(img: string, sock: string): ChildProcess;
@@ -27,7 +32,7 @@ const TARGETS: Target[] = [
         '--blockdev', `driver=file,node-name=disk,filename=${img}`,
         '--nbd-server', `addr.type=unix,addr.path=${sock}`,
         '--export', 'type=nbd,id=e,node-name=disk,name=disk,writable=on',
-      ], { stdio: ['ignore', 'ignore', 'inherit'] }),
+      ], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL } }),
   },
   {
     name: 'qemu-nbd',
@@ -154,7 +159,7 @@ export async function run(argv: string[]): Promise<number> {
     part: 'server',
     date: new Date().toISOString(),
     host: { cpus: os.cpus().length, node: process.version },
-    setup: { imageMiB: sizeMiB, fioSeconds: seconds, rounds, statistic: 'best round', loadAverage: os.loadavg(), blockSize: 4096, iodepth: 16, transport: 'unix' },
+    setup: { imageMiB: sizeMiB, fioSeconds: seconds, rounds, statistic: 'best round', loadAverage: os.loadavg(), referenceEnv: { UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL }, blockSize: 4096, iodepth: 16, transport: 'unix' },
     results,
     ratios,
     targets,
