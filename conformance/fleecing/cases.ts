@@ -22,8 +22,68 @@ type Ctx = CaseContext<FleeceEnv>;
 
 const INVARIANT = 'No snapshot read ever observes post-snapshot data (DESIGN.md; spec/models/fleecing invariant)';
 
+/** What a case launched and drove, for its trace if it fails (by case context). */
+const CASE_STATE = new WeakMap<object, { config?: FleeceConfig; driver?: FleeceDriver; traced?: boolean }>();
+const stateOf = (ctx: object) => {
+  let s = CASE_STATE.get(ctx);
+  if (!s) CASE_STATE.set(ctx, (s = {}));
+  return s;
+};
+
+/** Wraps a fixed-step case: when one of its MUST checks fails, the run is written as a trace
+ * (mode 'case': configuration, requests and replies with timing, wire log, the failed checks),
+ * which `fleece replay` replays by running the case again. Model-based runs write their own. */
+function traced(def: CaseDef<FleeceEnv>): CaseDef<FleeceEnv> {
+  return {
+    ...def,
+    async run(ctx) {
+      const failures: string[] = [];
+      const wrapped: Ctx = {
+        ...ctx,
+        check(level, ok, what, observed) {
+          if (!ok && level === 'MUST') failures.push(`${what}${observed !== undefined ? ` - observed: ${observed}` : ''}`);
+          return ctx.check(level, ok, what, observed);
+        },
+        must(ok, what, observed) {
+          return this.check('MUST', ok, what, observed);
+        },
+        should(ok, what, observed) {
+          return this.check('SHOULD', ok, what, observed);
+        },
+      };
+      CASE_STATE.set(wrapped, stateOf(ctx));
+      try {
+        await def.run(wrapped);
+      } finally {
+        const st = stateOf(ctx);
+        if (failures.length && st.config && !st.traced) {
+          const trace: FleeceTrace = {
+            kind: 'fleece-trace',
+            version: 1,
+            mode: 'case',
+            case: ctx.caseId,
+            target: ctx.env.lab.flavor.name,
+            seed: ctx.seed | 0,
+            createdAt: new Date().toISOString(),
+            config: st.config,
+            connections: { live: 1, snapshot: 1 },
+            batches: [],
+            records: st.driver?.records ?? [],
+            violations: failures.map((text) => ({ batch: -1, index: -1, kind: 'check' as const, text })),
+            wire: ctx.wire.entries,
+          };
+          const file = writeTrace(trace);
+          ctx.observe(`wire trace: ${file}`);
+          ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+        }
+      }
+    },
+  };
+}
+
 /** Starts a setup for the case (skipping when the target cannot build it) and stops it after. */
 async function launch(ctx: Ctx, config: FleeceConfig): Promise<FleeceSetup> {
+  stateOf(ctx).config = config;
   const why = ctx.env.lab.flavor.unsupported(config);
   if (why) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: ${why}`);
   const setup = await ctx.env.lab.launch(config);
@@ -37,6 +97,7 @@ async function openDriver(ctx: Ctx, setup: FleeceSetup, config: FleeceConfig, li
   const external = setup.graph === 'external';
   const shadow = external ? await readWholeSnapshot(setup, timeoutMs) : contentShadow(CONTENTS[config.content]!);
   const d = await FleeceDriver.open(setup, shadow, { live, snapshot, timeoutMs, log: ctx.wire, trackLive: !external });
+  stateOf(ctx).driver = d;
   ctx.defer(() => d.close());
   return d;
 }
@@ -211,6 +272,7 @@ async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<
     const trace: FleeceTrace = {
       kind: 'fleece-trace',
       version: 1,
+      mode: 'batches',
       case: ctx.caseId,
       target: ctx.env.lab.flavor.name,
       seed: ctx.seed | 0,
@@ -223,6 +285,7 @@ async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<
       wire: ctx.wire.entries,
     };
     const file = writeTrace(trace);
+    stateOf(ctx).traced = true;
     ctx.observe(`found after ${elapsed} ms; wire trace: ${file}`);
     ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
     for (const x of v) {
@@ -414,6 +477,6 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   discardUnaligned,
   cbwErrorCase('break-guest-write'),
   cbwErrorCase('break-snapshot'),
-];
+].map(traced);
 
 export { describeConfig, describeOp };

@@ -53,8 +53,9 @@ export interface Violation {
   index: number;
   /** 'post-snapshot': the snapshot showed data written after it was taken; 'wrong-data': other
    * bytes than the snapshot's; 'read-error': a snapshot read failed; 'status': block status
-   * contradicts the snapshot; 'live': the live export lost a write; 'harness'. */
-  kind: 'post-snapshot' | 'wrong-data' | 'read-error' | 'status' | 'live' | 'no-reply';
+   * contradicts the snapshot; 'live': the live export lost a write; 'check': a failed check of a
+   * fixed-step case (bitmap, discard, on-cbw-error, image-fleecing). */
+  kind: 'post-snapshot' | 'wrong-data' | 'read-error' | 'status' | 'live' | 'no-reply' | 'check';
   text: string;
 }
 

@@ -15,6 +15,9 @@ import type { FleeceConfig, FleeceFlavor } from './targets.ts';
 export interface FleeceTrace {
   kind: 'fleece-trace';
   version: 1;
+  /** 'batches': a model-based run, replayed batch by batch; 'case': a fixed-step case, replayed
+   * by running the case again (its steps are its code) and judged by its own checks. */
+  mode?: 'batches' | 'case';
   case: string;
   target: string;
   seed: number;
@@ -59,6 +62,7 @@ export function readTrace(file: string): FleeceTrace {
   const o = t as Partial<FleeceTrace>;
   if (o.kind !== 'fleece-trace' || o.version !== 1) throw new TraceError('not a fleece trace (kind "fleece-trace", version 1)', file);
   if (!o.config || !Array.isArray(o.batches) || !o.connections) throw new TraceError('trace lacks config, connections or batches', file);
+  if (o.mode !== undefined && o.mode !== 'batches' && o.mode !== 'case') throw new TraceError(`unknown trace mode '${String(o.mode)}'`, file);
   if (!CONTENTS[o.config.content]) throw new TraceError(`unknown content '${o.config.content}'`, file);
   return o as FleeceTrace;
 }

@@ -5,7 +5,8 @@
 // Exit codes: 0 the replay passed, 1 a violation was reproduced, 2 usage or harness error.
 import type { Subcommand } from '../../cli/main.ts';
 import { externalFlavor, findFlavor, FLAVORS, type FleeceFlavor } from '../fleecing/targets.ts';
-import { readTrace, replayTrace, TraceError, type ReplayResult } from '../fleecing/trace.ts';
+import { replay } from '../fleecing/replay.ts';
+import { readTrace, TraceError, type ReplayResult } from '../fleecing/trace.ts';
 
 const USAGE = `usage: fleece replay TRACE.json [--target T | --live URI --snapshot URI] [--attempts N] [--json]
 
@@ -60,7 +61,7 @@ export function parseReplayArgs(argv: readonly string[]): ReplayArgs | string {
 }
 
 function describe(r: ReplayResult): string {
-  if (!r.violations.length) return `attempt ${r.attempt}: every reply agreed with the snapshot (${r.records.length} requests)`;
+  if (!r.violations.length) return r.records.length ? `attempt ${r.attempt}: every reply agreed with the snapshot (${r.records.length} requests)` : `attempt ${r.attempt}: every check of the case passed`;
   return [`attempt ${r.attempt}: reproduced, ${r.violations.length} violation(s):`, ...r.violations.map((v) => `  - ${v.text}`), ...(r.exited ? [`  the server ended: ${r.exited}`] : [])].join('\n');
 }
 
@@ -83,11 +84,12 @@ const command: Subcommand = {
       else flavor = findFlavor(args.target ?? trace.target);
       if (!flavor) throw new TraceError(`unknown target '${args.target ?? trace.target}' (known: ${FLAVORS.map((f) => f.name).join(', ')}, or --live URI --snapshot URI)`);
       if (!args.json) {
-        process.stdout.write(`replaying ${args.trace}: case ${trace.case}, recorded on ${trace.target} with seed ${trace.seed}, ${trace.batches.length} batch(es) of ${trace.batches.reduce((n, b) => n + b.ops.length, 0)} requests\n`);
+        const what = trace.mode === 'case' ? 'a fixed-step case, run again' : `${trace.batches.length} batch(es) of ${trace.batches.reduce((n, b) => n + b.ops.length, 0)} requests`;
+        process.stdout.write(`replaying ${args.trace}: case ${trace.case}, recorded on ${trace.target} with seed ${trace.seed}, ${what}\n`);
         if (trace.violations[0]) process.stdout.write(`recorded failure: ${trace.violations[0].text}\n`);
         process.stdout.write(`target: ${flavor.name}\n`);
       }
-      const results = await replayTrace(trace, flavor, {
+      const results = await replay(trace, flavor, {
         attempts: args.attempts,
         onAttempt: (r) => {
           if (!args.json) process.stdout.write(describe(r) + '\n');
