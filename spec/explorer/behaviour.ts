@@ -51,6 +51,10 @@ export interface Behaviour<S, A> {
   view?(state: S): Readonly<Record<string, string | number | boolean>>;
   /** Refines a violation sentence with the trace that led to it, e.g. to add "at step 3". */
   annotate?(message: string, trace: readonly TraceStep<S>[]): string;
+  /** Fast path of `key`: writes the same key as bytes into `out` from index 0 and returns how
+   * many it wrote (at most `out.length`, which is at least 4096). Equal bytes iff equal `key`s.
+   * When present, the explorer keeps its visited set as bytes (no string per state). */
+  writeKey?(state: S, symmetric: boolean, out: Uint8Array): number;
 }
 
 /** One step of a concrete trace: the label taken and the state it led to. */

@@ -44,17 +44,29 @@ export function rebuildTrace<S, A>(
   kind: 'invariant' | 'deadlock',
   invariantName: string | undefined,
 ): Counterexample<S, A> {
+  return rebuildTraceBy(model, keyPath.length, (s, i) => model.key(s, symmetric) === keyPath[i], kind, invariantName);
+}
+
+/** rebuildTrace over any key representation: `matches(state, i)` says whether `state` has the
+ * i-th key of the path (the explorer's byte keys use this). */
+export function rebuildTraceBy<S, A>(
+  model: Behaviour<S, A>,
+  length: number,
+  matches: (state: S, i: number) => boolean,
+  kind: 'invariant' | 'deadlock',
+  invariantName: string | undefined,
+): Counterexample<S, A> {
   const inits = model.initial();
-  const initialIndex = inits.findIndex((s) => model.key(s, symmetric) === keyPath[0]);
+  const initialIndex = inits.findIndex((s) => matches(s, 0));
   if (initialIndex < 0) throw new SpecError('internal: trace start is not an initial state', model.name);
   const initial = inits[initialIndex] as S;
   let state: S = initial;
   const steps: (TraceStep<S> & { action: A })[] = [];
-  for (let i = 1; i < keyPath.length; i++) {
+  for (let i = 1; i < length; i++) {
     let found = false;
     for (const action of model.enabled(state)) {
       const t = model.step(state, action);
-      if (model.key(t, symmetric) === keyPath[i]) {
+      if (matches(t, i)) {
         steps.push({ action, label: model.label(action), state: t });
         state = t;
         found = true;

@@ -2,12 +2,15 @@
 // mode): every state is expanded once, keyed by its exact canonical key, so the first violation
 // found is at minimal depth and its trace is a shortest counterexample.
 //
-// Storage: one Map from canonical key to state id, plus parent ids. States themselves live only
-// in the BFS frontier; traces are rebuilt afterwards by re-running the model along the stored
-// keys (see counterexample.ts), which also gives concrete traces under symmetry reduction.
+// Storage: the canonical keys with dense state ids (a Map from key string to id, or, when the model
+// has `writeKey`, a byte-key hash set: keyset.ts), plus parent ids in an Int32Array. States
+// themselves live only in the BFS frontier; traces are rebuilt afterwards by re-running the model
+// along the stored keys (see counterexample.ts), which also gives concrete traces under symmetry
+// reduction.
 
 import type { Behaviour } from './behaviour.ts';
-import { rebuildTrace, type Counterexample } from './counterexample.ts';
+import { rebuildTrace, rebuildTraceBy, type Counterexample } from './counterexample.ts';
+import { KeySet } from './keyset.ts';
 import { ProgressMeter, type ProgressOptions } from './progress.ts';
 
 export interface ExploreOptions {
@@ -95,9 +98,34 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
     ? (a: A) => model.actionName!(a)
     : (a: A) => model.label(a).action;
 
+  // The visited set: intern(state) returns the new state's id (>= 0), or ~id when seen before.
   const visited = new Map<string, number>();
   const keys: string[] = [];
-  const parents: number[] = [];
+  const writeKey = model.writeKey?.bind(model);
+  const keySet = writeKey ? new KeySet() : undefined;
+  const keyBuf = new Uint8Array(1 << 16);
+  const intern: (state: S) => number = writeKey
+    ? (state) => keySet!.addOrFind(keyBuf, writeKey(state, symmetric, keyBuf))
+    : (state) => {
+        const k = model.key(state, symmetric);
+        const seen = visited.get(k);
+        if (seen !== undefined) return ~seen;
+        const id = keys.length;
+        visited.set(k, id);
+        keys.push(k);
+        return id;
+      };
+  let count = 0;
+  let parents = new Int32Array(1 << 14);
+  const addParent = (id: number, parent: number): void => {
+    if (id >= parents.length) {
+      const grown = new Int32Array(parents.length * 2);
+      grown.set(parents);
+      parents = grown;
+    }
+    parents[id] = parent;
+    count = id + 1;
+  };
   const invariants = model.invariants;
 
   let generated = 0;
@@ -115,12 +143,9 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   let level: S[] = [];
   let levelIds: number[] = [];
   for (const s of model.initial()) {
-    const k = model.key(s, symmetric);
-    if (visited.has(k)) continue;
-    const id = keys.length;
-    visited.set(k, id);
-    keys.push(k);
-    parents.push(-1);
+    const id = intern(s);
+    if (id < 0) continue;
+    addParent(id, -1);
     const bad = violated(s);
     if (bad !== undefined) {
       failure = { kind: 'invariant', id, invariant: bad };
@@ -158,12 +183,9 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
         takenCount[ci]!++;
         generated++;
         const t = model.step(s, a);
-        const k = model.key(t, symmetric);
-        if (visited.has(k)) continue;
-        const id = keys.length;
-        visited.set(k, id);
-        keys.push(k);
-        parents.push(sid);
+        const id = intern(t);
+        if (id < 0) continue;
+        addParent(id, sid);
         const bad = violated(t);
         if (bad !== undefined) {
           failure = { kind: 'invariant', id, invariant: bad };
@@ -171,7 +193,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
           depth++;
           break search;
         }
-        if (keys.length >= maxStates) {
+        if (count >= maxStates) {
           stoppedBy = 'max-states';
           depth++;
           break search;
@@ -186,7 +208,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
         }
         if (meter?.due()) {
           peakRss = Math.max(peakRss, process.memoryUsage.rss());
-          meter.report({ depth, distinct: keys.length, generated, queue: level.length - i - 1 + next.length });
+          meter.report({ depth, distinct: count, generated, queue: level.length - i - 1 + next.length });
         }
       }
     }
@@ -199,14 +221,26 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   const cpu = process.cpuUsage(cpuStart);
   const cpuSeconds = (cpu.user + cpu.system) / 1e6;
-  meter?.finish({ depth, distinct: keys.length, generated, queue: 0 });
+  meter?.finish({ depth, distinct: count, generated, queue: 0 });
 
   let counterexample: Counterexample<S, A> | undefined;
   if (failure) {
     const path: number[] = [];
     for (let id = failure.id; id !== -1; id = parents[id]!) path.push(id);
     path.reverse();
-    counterexample = rebuildTrace(model, path.map((id) => keys[id]!), symmetric, failure.kind, failure.invariant);
+    if (keySet) {
+      const path8 = path.map((id) => keySet.keyOf(id));
+      const matches = (state: S, i: number): boolean => {
+        const want = path8[i]!;
+        const len = writeKey!(state, symmetric, keyBuf);
+        if (len !== want.length) return false;
+        for (let j = 0; j < len; j++) if (keyBuf[j] !== want[j]) return false;
+        return true;
+      };
+      counterexample = rebuildTraceBy(model, path.length, matches, failure.kind, failure.invariant);
+    } else {
+      counterexample = rebuildTrace(model, path.map((id) => keys[id]!), symmetric, failure.kind, failure.invariant);
+    }
   }
 
   const coverage: ActionCoverage[] = names.map((action, i) => ({
@@ -222,13 +256,13 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
     exhaustive: stoppedBy === undefined,
     stoppedBy,
     symmetry: symmetric,
-    distinct: keys.length,
+    distinct: count,
     generated,
     depth,
     terminal,
     seconds,
     cpuSeconds,
-    statesPerSecond: seconds > 0 ? keys.length / seconds : keys.length,
+    statesPerSecond: seconds > 0 ? count / seconds : count,
     peakRssBytes: peakRss,
     coverage,
     counterexample,

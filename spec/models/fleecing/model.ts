@@ -442,6 +442,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     label,
     actionName: (a) => a.kind,
     key: (s, symmetric) => keyOf(s, symmetric),
+    writeKey: (s, symmetric, out) => writeKeyOf(s, symmetric, out),
     invariants,
     pending: (s) =>
       s.tempDone !== (1 << p.tempWriters) - 1 ||
@@ -546,6 +547,7 @@ const READER_PC: Readonly<Record<Reader['pc'], number>> = { idle: 1, lookup: 2, 
 
 // 16 clusters x 2 + 6 + 8 writers x (6 + 16) + 8 readers x 10 + 3 fits in 512 bytes.
 const scratch = Buffer.allocUnsafe(512);
+const scratchCandidate = new Uint8Array(512);
 const scratchOrder: number[] = [];
 const scratchIndex: number[] = [];
 const scratchReaders: number[] = [];
@@ -580,11 +582,17 @@ function compareReaders(a: Reader, b: Reader, newIndex: readonly number[]): numb
 }
 
 function keyOf(s: FleecingState, symmetric: boolean): string {
+  const n = writeKeyOf(s, symmetric, scratch);
+  return scratch.toString('latin1', 0, n);
+}
+
+/** The key of `s` as bytes in `out` (the latin1 code units of keyOf); returns the length. */
+function writeKeyOf(s: FleecingState, symmetric: boolean, out: Uint8Array): number {
   const W = s.writers.length;
   const order = scratchOrder;
   order.length = W;
   for (let i = 0; i < W; i++) order[i] = i;
-  if (!symmetric || W < 2) return encode(s, order, symmetric);
+  if (!symmetric || W < 2) return encode(s, order, symmetric, out);
   // Sort writers by local state, ties by the first cluster whose source data they wrote.
   const first = scratchFirst;
   first.length = W;
@@ -616,19 +624,30 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
     if (namedCount >= 2) groups.push([a, b]);
     a = b;
   }
-  if (groups.length === 0) return encode(s, order, true);
-  let best: string | undefined;
+  if (groups.length === 0) return encode(s, order, true, out);
+  // Least key in byte order (= latin1 string order: shorter prefix first).
+  let bestLen = -1;
+  const cand = scratchCandidate;
   const visit = (g: number): void => {
     if (g === groups.length) {
-      const k = encode(s, order, true);
-      if (best === undefined || k < best) best = k;
+      const len = encode(s, order, true, cand);
+      if (bestLen < 0 || compareBytes(cand, len, out, bestLen) < 0) {
+        for (let i = 0; i < len; i++) out[i] = cand[i]!;
+        bestLen = len;
+      }
       return;
     }
     const [lo, hi] = groups[g]!;
     permuteRange(order, lo, hi, () => visit(g + 1));
   };
   visit(0);
-  return best!;
+  return bestLen;
+}
+
+function compareBytes(a: Uint8Array, alen: number, b: Uint8Array, blen: number): number {
+  const n = Math.min(alen, blen);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i]! - b[i]!;
+  return alen - blen;
 }
 
 /** Calls `each` once for every ordering of arr[lo..hi) (restores the original order after). */
@@ -656,14 +675,13 @@ function namedWriters(s: FleecingState): number {
 
 /** The key of `s` with writers in `order` (order[pos] = writer index) and, when `symmetric`,
  * readers sorted. */
-function encode(s: FleecingState, order: readonly number[], symmetric: boolean): string {
+function encode(s: FleecingState, order: readonly number[], symmetric: boolean, k: Uint8Array): number {
   const W = s.writers.length;
   const R = s.readers.length;
   const newIndex = scratchIndex;
   newIndex.length = W;
   for (let pos = 0; pos < W; pos++) newIndex[order[pos]!] = pos;
 
-  const k = scratch;
   let n = 0;
   for (const v of s.source) k[n++] = renamed(v, newIndex);
   for (const v of s.target) k[n++] = renamed(v, newIndex);
@@ -715,7 +733,7 @@ function encode(s: FleecingState, order: readonly number[], symmetric: boolean):
     k[n++] = s.discarder.off + 8;
   }
   k[n++] = s.tempDone;
-  return k.toString('latin1', 0, n);
+  return n;
 }
 
 function maskText(m: number, n: number): string {

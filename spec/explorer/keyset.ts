@@ -1,0 +1,108 @@
+// The visited set of the explorer's fast path: byte-string keys (Behaviour.writeKey) stored back
+// to back in one growing arena, found through an open-addressing table of state ids. No string or
+// object per state, so the garbage collector has nothing to trace but a few large typed arrays.
+//
+// Ids are dense (0, 1, 2, ... in insertion order), so parents and BFS bookkeeping can be Int32Arrays.
+
+export class KeySet {
+  private arena = new Uint8Array(1 << 20);
+  private used = 0;
+  /** starts[id] = arena offset of key id; starts[size] = used. */
+  private starts = new Int32Array(1 << 14);
+  private hashes = new Int32Array(1 << 14);
+  /** id + 1, 0 = empty slot. */
+  private table = new Int32Array(1 << 15);
+  private mask = (1 << 15) - 1;
+  size = 0;
+
+  /** The id of key `buf[0..len)`, adding it when new. Returns `~id` (negative) when it was
+   * already present, `id` (>= 0) when it was just added. */
+  addOrFind(buf: Uint8Array, len: number): number {
+    const h = hashBytes(buf, len);
+    const table = this.table;
+    const mask = this.mask;
+    let slot = h & mask;
+    for (;;) {
+      const e = table[slot]!;
+      if (e === 0) break;
+      const id = e - 1;
+      if (this.hashes[id] === h && this.equals(id, buf, len)) return ~id;
+      slot = (slot + 1) & mask;
+    }
+    const id = this.size;
+    if (id + 1 >= this.starts.length) this.growIds();
+    if (this.used + len > this.arena.length) this.growArena(len);
+    const arena = this.arena;
+    const at = this.used;
+    for (let i = 0; i < len; i++) arena[at + i] = buf[i]!;
+    this.starts[id] = this.used;
+    this.used += len;
+    this.starts[id + 1] = this.used;
+    this.hashes[id] = h;
+    table[slot] = id + 1;
+    this.size = id + 1;
+    if (this.size * 2 > mask) this.rehash();
+    return id;
+  }
+
+  /** A copy of key `id`. */
+  keyOf(id: number): Uint8Array {
+    return this.arena.slice(this.starts[id]!, this.starts[id + 1]!);
+  }
+
+  /** Bytes held (arena + tables), for memory estimates. */
+  get bytes(): number {
+    return this.arena.length + this.starts.byteLength + this.hashes.byteLength + this.table.byteLength;
+  }
+
+  private equals(id: number, buf: Uint8Array, len: number): boolean {
+    const a = this.arena;
+    const start = this.starts[id]!;
+    if (this.starts[id + 1]! - start !== len) return false;
+    for (let i = 0; i < len; i++) if (a[start + i] !== buf[i]) return false;
+    return true;
+  }
+
+  private growIds(): void {
+    const n = this.starts.length * 2;
+    const starts = new Int32Array(n);
+    starts.set(this.starts);
+    this.starts = starts;
+    const hashes = new Int32Array(n);
+    hashes.set(this.hashes);
+    this.hashes = hashes;
+  }
+
+  private growArena(need: number): void {
+    let n = this.arena.length * 2;
+    while (n < this.used + need) n *= 2;
+    const arena = new Uint8Array(n);
+    arena.set(this.arena.subarray(0, this.used));
+    this.arena = arena;
+  }
+
+  private rehash(): void {
+    const cap = this.table.length * 2;
+    const table = new Int32Array(cap);
+    const mask = cap - 1;
+    for (let id = 0; id < this.size; id++) {
+      let slot = this.hashes[id]! & mask;
+      while (table[slot] !== 0) slot = (slot + 1) & mask;
+      table[slot] = id + 1;
+    }
+    this.table = table;
+    this.mask = mask;
+  }
+}
+
+/** Hash of `buf[0..len)`: FNV-1a with a final avalanche (murmur3 fmix32). */
+export function hashBytes(buf: Uint8Array, len: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = 0; i < len; i++) h = Math.imul(h ^ buf[i]!, 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h;
+}
