@@ -340,6 +340,54 @@ const raceDelayed: CaseDef<FleeceEnv> = {
   run: (ctx) => modelRun(ctx, { content: 'dense', sourceReadDelayMs: RACE_DELAY_MS }, { jitterMs: RACE_DELAY_MS + 15, numRuns: 40, maxCommands: 5, budgetMs: 5000, live: 2, snapshot: 3, kinds: WRITE_MIX }),
 };
 
+/** The reduced form of what the zero-trim runs found on QEMU 7.2 (finding F1 of this suite, not
+ * in the research notes): two overlapping, unaligned write-zeroes on one live connection and a
+ * snapshot read over the second cluster, all sent at once, repeated on fresh clusters. */
+const zeroesVsRead: CaseDef<FleeceEnv> = {
+  id: 'fleecing/race/unaligned-write-zeroes',
+  exclusive: true,
+  section: 'nbd-protocol.md §2 I76; qemu-fleecing.md §2.3 (write-zeroes goes through CBW; snapshot block status); finding F1 (reduced from fleecing/model/zero-trim)',
+  level: 'MUST',
+  title: 'Snapshot reads racing unaligned write-zeroes on the live export',
+  description:
+    'For each of 60 clusters C of the dense disk: NBD_CMD_WRITE_ZEROES of [C+0xae00,+0x1b600) and of [C+0x18800,+0x15400) on one live connection and a READ of [C+0x1b000,+0x1c000) on the snapshot export, sent together. Reduced from a failing fleecing/model/zero-trim run on QEMU 7.2.',
+  expectation: 'Every snapshot read returns the snapshot bytes, as data or hole chunks; never the guest\'s zeroes.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'dense' };
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    const violations: Violation[] = [];
+    const batches: Batch[] = [];
+    for (let c = 0; c < 60 && violations.length === 0; c++) {
+      const base = c * CLUSTER;
+      const batch: Batch = {
+        ops: [
+          { kind: 'zero', conn: 0, offset: base + 0xae00, length: 0x1b600, at: 0 },
+          { kind: 'read', conn: 0, offset: base + 0x1b000, length: 0x1c000, at: 0 },
+          { kind: 'zero', conn: 0, offset: base + 0x18800, length: 0x15400, at: 0 },
+        ],
+      };
+      batches.push(batch);
+      violations.push(...(await d.runBatch(batch, c)));
+    }
+    ctx.observe(`${batches.length} batch(es) of 3 requests`);
+    if (violations.length) {
+      const trace: FleeceTrace = {
+        kind: 'fleece-trace', version: 1, mode: 'batches', case: ctx.caseId, target: ctx.env.lab.flavor.name, seed: ctx.seed | 0,
+        createdAt: new Date().toISOString(), config, connections: { live: 1, snapshot: 1 }, batches, records: d.records, violations, wire: ctx.wire.entries,
+      };
+      const file = writeTrace(trace);
+      stateOf(ctx).traced = true;
+      ctx.observe(`wire trace: ${file}`);
+      ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+    }
+    const first = violations[0];
+    ctx.must(!first, INVARIANT, first ? `${first.text} (in batch ${first.batch + 1} of ${batches.length})` : undefined);
+    const dead = deathReport(setup, 'during the case');
+    ctx.must(!dead, 'the server keeps running', dead);
+  },
+};
+
 // ------------------------------------------------------------------------------------------
 // Bitmap, snapshot discard, on-cbw-error (modern graph)
 
@@ -472,6 +520,7 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   modelConcurrent,
   modelZeroTrim,
   raceDelayed,
+  zeroesVsRead,
   bitmapCase,
   discardAligned,
   discardUnaligned,

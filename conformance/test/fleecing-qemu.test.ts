@@ -27,12 +27,20 @@ async function suite(name: string) {
 describe('QEMU fleecing targets pass every fleecing case', () => {
   it('qemu (qemu-storage-daemon 7.2, cbw + snapshot-access): all pass but the unaligned snapshot discard, which aborts the daemon (B1)', async () => {
     const { result, by } = await suite('qemu');
-    const bad = result.results.filter((r) => r.verdict !== 'pass' && r.id !== 'fleecing/discard/unaligned' && r.id !== 'fleecing/model/zero-trim');
+    const findings = ['fleecing/discard/unaligned', 'fleecing/race/unaligned-write-zeroes', 'fleecing/model/zero-trim'];
+    const bad = result.results.filter((r) => r.verdict !== 'pass' && !findings.includes(r.id));
     expect(bad.map(line)).toEqual([]);
+    // Finding F1 (this suite): a snapshot read racing two overlapping unaligned write-zeroes on
+    // the live export gets an NBD_REPLY_TYPE_OFFSET_HOLE chunk over snapshot data, on the first
+    // or second cluster tried. The legacy graph and the reference pass the same case.
+    const f1reduced = by.get('fleecing/race/unaligned-write-zeroes')!;
+    expect(f1reduced.verdict).toBe('fail');
+    expect(f1reduced.reason).toMatch(/snapshot read of .* returned \d+ byte\(s\) that differ from the snapshot, .*got 0x0, inside an NBD_REPLY_TYPE_OFFSET_HOLE chunk.*written by live write-zeroes #\d+/);
     // Finding F1 (this suite, not in the research notes): under concurrent write-zeroes/trims on
     // the live export, QEMU 7.2 sometimes answers a snapshot read with a HOLE chunk (or a ZERO
     // extent) over snapshot data. It is a race, so this case may pass on a given seed; when it
     // fails it must be for that reason, said in plain words.
+    // The random runs that first found it fail too when a seed meets the race.
     const f1 = by.get('fleecing/model/zero-trim')!;
     if (f1.verdict !== 'pass') {
       expect(f1.verdict).toBe('fail');
@@ -59,6 +67,6 @@ describe('QEMU fleecing targets pass every fleecing case', () => {
   it('qemu-legacy (blockdev-backup sync=none over QMP)', async () => {
     const { result, by } = await suite('qemu-legacy');
     expect(result.results.filter((r) => r.verdict !== 'pass' && r.verdict !== 'skipped').map(line)).toEqual([]);
-    for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/race/delayed-source']) expect(by.get(id)?.verdict, id).toBe('pass');
+    for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/model/zero-trim', 'fleecing/race/delayed-source', 'fleecing/race/unaligned-write-zeroes']) expect(by.get(id)?.verdict, id).toBe('pass');
   }, 120_000);
 });

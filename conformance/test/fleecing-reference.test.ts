@@ -31,6 +31,7 @@ describe('reference fleecing targets pass every fleecing case', () => {
       expect(by.get('fleecing/image-fleecing/scenario')?.verdict).toBe('pass');
       expect(by.get('fleecing/model/concurrent')?.verdict).toBe('pass');
       expect(by.get('fleecing/race/delayed-source')?.verdict).toBe('pass');
+      expect(by.get('fleecing/race/unaligned-write-zeroes')?.verdict).toBe('pass');
       if (name === 'reference') {
         for (const id of ['fleecing/bitmap/clean-clusters', 'fleecing/model/zero-trim', 'fleecing/discard/aligned', 'fleecing/discard/unaligned', 'fleecing/cbw-error/break-guest-write', 'fleecing/cbw-error/break-snapshot']) expect(by.get(id)?.verdict, id).toBe('pass');
       }
