@@ -128,10 +128,11 @@ export class BackupJob implements RootParent {
       this.graph.removeNodeTx(tx, filter, closed);
     });
     for (const n of closed) await n.close();
-    this.setStatus('concluded');
-    this.setStatus('null');
+    // QEMU's order: aborting, BLOCK_JOB_CANCELLED (at finalize), concluded, null.
     this.graph.emit('BLOCK_JOB_CANCELLED', {
       type: 'backup', device: this.opts.jobId, len: info['len'], offset: info['offset'], speed: 0,
     });
+    this.setStatus('concluded');
+    this.setStatus('null');
   }
 }

@@ -34,7 +34,7 @@ export interface BlockGraphEdgeInfo {
 }
 
 export interface BlockGraphInfo {
-  nodes: Array<{ id: number; type: 'block-node' | 'block-backend' | 'block-job'; name: string }>;
+  nodes: Array<{ id: number; type: 'block-driver' | 'block-backend' | 'block-job'; name: string }>;
   edges: BlockGraphEdgeInfo[];
 }
 
@@ -388,7 +388,7 @@ export class BlockGraph {
       return id;
     };
     for (const r of this.roots) idOf(r, r.kind, r.name);
-    for (const n of this.nodes.values()) idOf(n, 'block-node', n.nodeName);
+    for (const n of this.nodes.values()) idOf(n, 'block-driver', n.nodeName);
     const edges = [...this.rootEdges, ...[...this.nodes.values()].flatMap((n) => n.children)];
     for (const e of edges) {
       const parentId = ids.get(e.parent);
