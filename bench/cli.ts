@@ -10,6 +10,7 @@ interface BenchPart {
 const PARTS: BenchPart[] = [
   { name: 'server', load: () => import('./server.ts') },
   { name: 'explorer', load: () => import('./explorer.ts') },
+  { name: 'breakpoints', load: () => import('./breakpoints.ts') },
 ];
 
 const command: Subcommand = {
