@@ -350,7 +350,7 @@ const zeroesVsRead: CaseDef<FleeceEnv> = {
   level: 'MUST',
   title: 'Snapshot reads racing unaligned write-zeroes on the live export',
   description:
-    'For each of 60 clusters C of the dense disk: NBD_CMD_WRITE_ZEROES of [C+0xae00,+0x1b600) and of [C+0x18800,+0x15400) on one live connection and a READ of [C+0x1b000,+0x1c000) on the snapshot export, sent together. Reduced from a failing fleecing/model/zero-trim run on QEMU 7.2.',
+    'For each of 60 clusters C of the dense disk: NBD_CMD_WRITE_ZEROES of [C+0xae00,+0x1b600) and of [C+0x18800,+0x15400) on one live connection and a READ of [C+0x1b000,+0x1c000) on the snapshot export, sent together. Reduced from a failing fleecing/model/zero-trim run on QEMU 7.2, where the read comes back with an OFFSET_HOLE chunk over snapshot data (see conformance/fleecing/README.md, finding F1).',
   expectation: 'Every snapshot read returns the snapshot bytes, as data or hole chunks; never the guest\'s zeroes.',
   async run(ctx) {
     const config: FleeceConfig = { content: 'dense' };
