@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { findFlavor, mutantFlavor, type FleeceConfig } from '../fleecing/targets.ts';
 import { runFleecing } from '../fleecing/run.ts';
 import { readTrace, replayTrace } from '../fleecing/trace.ts';
@@ -16,6 +16,7 @@ import { readTrace, replayTrace } from '../fleecing/trace.ts';
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const traces = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-traces-'));
 process.env.FLEECE_TRACE_DIR = traces;
+afterAll(() => fs.rmSync(traces, { recursive: true, force: true }));
 
 describe('reference-racy: the seed race on a real wire', () => {
   it('fails with a snapshot read that returned post-snapshot data, within 30 s, with a trace that replays', async () => {

@@ -2,7 +2,7 @@
 // applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
 // skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
 // qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1).
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -12,6 +12,7 @@ import type { CaseResult } from '../runner/model.ts';
 
 const traces = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-traces-'));
 process.env.FLEECE_TRACE_DIR = traces;
+afterAll(() => fs.rmSync(traces, { recursive: true, force: true }));
 
 const line = (r: CaseResult) => `${r.target} ${r.id}: ${r.verdict} ${r.reason}`;
 

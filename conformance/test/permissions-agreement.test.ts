@@ -18,6 +18,7 @@ describe('permissions: spec model vs qemu-storage-daemon 7.2 vs fleece serve', (
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-perm-'));
     const md = writeAgreement(rows, dir);
     expect(fs.readFileSync(md, 'utf8')).toContain('| targets agree');
+    fs.rmSync(dir, { recursive: true, force: true });
     const table = renderAgreement(rows);
     for (const r of rows) {
       expect(r.targets.qemu?.agrees, `${r.case}: qemu\n${table}`).toBe(true);
