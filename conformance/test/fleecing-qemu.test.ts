@@ -6,7 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
-import { findFlavor } from '../fleecing/targets.ts';
+import { externalFlavor, findFlavor } from '../fleecing/targets.ts';
+import { formatAddress } from '../nbd/client.ts';
 import { runFleecing } from '../fleecing/run.ts';
 import { replay } from '../fleecing/replay.ts';
 import { readTrace } from '../fleecing/trace.ts';
@@ -70,4 +71,21 @@ describe('QEMU fleecing targets pass every fleecing case', () => {
     expect(result.results.filter((r) => r.verdict !== 'pass' && r.verdict !== 'skipped').map(line)).toEqual([]);
     for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/model/zero-trim', 'fleecing/race/delayed-source', 'fleecing/race/unaligned-write-zeroes']) expect(by.get(id)?.verdict, id).toBe('pass');
   }, 120_000);
+
+  it('--live URI --snapshot URI: a setup the user runs (here a qemu-storage-daemon §5.1 setup)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-external-'));
+    const setup = await findFlavor('qemu')!.launch({ content: 'dense' }, dir, 10_000);
+    try {
+      const uri = (e: typeof setup.live) => `nbd+unix:///${e.name}?socket=${formatAddress(e.address).replace(/^unix:/, '')}`;
+      const flavor = externalFlavor(uri(setup.live), uri(setup.snapshot));
+      const result = await runFleecing([flavor], { filter: ['fleecing/model/concurrent', 'fleecing/image-fleecing', 'fleecing/discard/aligned'] });
+      const by = new Map(result.results.map((r) => [r.id, r]));
+      expect(by.get('fleecing/model/concurrent')!.verdict, by.get('fleecing/model/concurrent')!.reason).toBe('pass');
+      expect(by.get('fleecing/image-fleecing/scenario')!.verdict).toBe('skipped');
+      expect(by.get('fleecing/discard/aligned')!.reason).toMatch(/cannot reconfigure a setup it did not start/);
+    } finally {
+      await setup.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
