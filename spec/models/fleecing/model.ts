@@ -111,6 +111,42 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
   };
 
 
+  // Every action of this instance, built once: enabled() hands out these shared (immutable)
+  // records instead of allocating one per enabled instance.
+  const W = p.writers;
+  const R = p.readers;
+  const actSubmit: FleecingAction[] = [];
+  const actSerialise: FleecingAction[] = [];
+  const actCopyWrite: FleecingAction[] = [];
+  const actCopyFail: FleecingAction[] = [];
+  const actWrite: FleecingAction[] = [];
+  for (let w = 0; w < W; w++) {
+    for (let off = 0; off < N; off++) actSubmit.push({ kind: 'submit', w, off });
+    actSerialise.push({ kind: 'serialise', w });
+    actCopyWrite.push({ kind: 'copyWrite', w });
+    actCopyFail.push({ kind: 'copyFail', w });
+    actWrite.push({ kind: 'write', w });
+  }
+  const actStart: FleecingAction[] = [];
+  const actLookup: FleecingAction[] = [];
+  const actLock: FleecingAction[] = [];
+  const actRead: FleecingAction[] = [];
+  for (let r = 0; r < R; r++) {
+    for (let c = 0; c < N; c++) {
+      actStart.push({ kind: 'start', r, off: c });
+      actLookup.push({ kind: 'lookup', r, c });
+      actLock.push({ kind: 'lock', r, c });
+      for (let n = 0; n <= rs; n++) {
+        actRead.push({ kind: 'read', r, c, n, fromTarget: false });
+        actRead.push({ kind: 'read', r, c, n, fromTarget: true });
+      }
+    }
+  }
+  const actDiscard: FleecingAction[] = [];
+  for (let off = 0; off < N; off++) actDiscard.push({ kind: 'discard', off });
+  const actTempWrite: FleecingAction[] = [];
+  for (let t = 0; t < p.tempWriters; t++) for (let off = 0; off < N; off++) actTempWrite.push({ kind: 'tempWrite', t, off });
+
   function enabled(s: FleecingState): FleecingAction[] {
     const out: FleecingAction[] = [];
     const { writers, readers } = s;
@@ -126,32 +162,32 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
           for (let off = 0; off + ws <= N; off++) {
             const m = rangeMask(off, ws);
             if (cbw && s.snapshotError) {
-              out.push({ kind: 'submit', w: i, off }); // cbw_do_copy_before_write: CBW skipped
+              out.push(actSubmit[i * N + off]!); // cbw_do_copy_before_write: CBW skipped
               continue;
             }
             // block-copy / backup CoW: wait for overlapping in-flight copies (block_copy_wait_one);
             // S2 also for reads holding a cow request (backup_wait_for_overlapping_requests).
             const blockers = writerInflight | (scheme.readers === 'cow-freeze' ? readerHold : 0);
-            if ((blockers & m) === 0) out.push({ kind: 'submit', w: i, off });
+            if ((blockers & m) === 0) out.push(actSubmit[i * N + off]!);
           }
           break;
         }
         case 'serialise':
-          out.push({ kind: 'serialise', w: i });
+          out.push(actSerialise[i]!);
           break;
         case 'copyWrite':
           // S3 rule (a): the serialising temp write waits for every overlapping temp request.
-          if (!scheme.serialisedCopy || (readerHold & w.claim) === 0) out.push({ kind: 'copyWrite', w: i });
-          if (s.failuresLeft > 0) out.push({ kind: 'copyFail', w: i });
+          if (!scheme.serialisedCopy || (readerHold & w.claim) === 0) out.push(actCopyWrite[i]!);
+          if (s.failuresLeft > 0) out.push(actCopyFail[i]!);
           break;
         case 'copyLate':
-          out.push({ kind: 'copyWrite', w: i });
-          if (s.failuresLeft > 0) out.push({ kind: 'copyFail', w: i });
+          out.push(actCopyWrite[i]!);
+          if (s.failuresLeft > 0) out.push(actCopyFail[i]!);
           break;
         case 'write':
         case 'writeEarly':
           // cbw: reqlist_wait_all(frozen_read_reqs, range) before forwarding the write.
-          if (!cbw || w.noWait || (readerHold & rangeMask(w.off, ws)) === 0) out.push({ kind: 'write', w: i });
+          if (!cbw || w.noWait || (readerHold & rangeMask(w.off, ws)) === 0) out.push(actWrite[i]!);
           break;
         case 'done':
         case 'failed':
@@ -174,18 +210,18 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
               // S3 rule (b): a normal request waits for overlapping serialising requests.
               for (const w of writers) if (w.pc === 'copyWrite' && (w.claim & m) !== 0) blocked = true;
             }
-            if (!blocked) out.push({ kind: 'start', r: i, off });
+            if (!blocked) out.push(actStart[i * N + off]!);
           }
           break;
         }
         case 'lookup':
-          out.push({ kind: 'lookup', r: i, c: r.pos });
+          out.push(actLookup[i * N + r.pos]!);
           break;
         case 'lock':
-          out.push({ kind: 'lock', r: i, c: r.pos });
+          out.push(actLock[i * N + r.pos]!);
           break;
         case 'read':
-          out.push({ kind: 'read', r: i, c: r.pos, n: r.n, fromTarget: r.fromTarget });
+          out.push(actRead[((i * N + r.pos) * (rs + 1) + r.n) * 2 + (r.fromTarget ? 1 : 0)]!);
           break;
         case 'done':
         case 'failed':
@@ -195,9 +231,9 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       }
     }
 
-    if (s.discarder?.pc === 'idle') for (let off = 0; off < N; off++) out.push({ kind: 'discard', off });
+    if (s.discarder?.pc === 'idle') for (let off = 0; off < N; off++) out.push(actDiscard[off]!);
     for (let t = 0; t < p.tempWriters; t++) {
-      if (((s.tempDone >> t) & 1) === 0) for (let off = 0; off + ws <= N; off++) out.push({ kind: 'tempWrite', t, off });
+      if (((s.tempDone >> t) & 1) === 0) for (let off = 0; off + ws <= N; off++) out.push(actTempWrite[t * N + off]!);
     }
     return out;
   }
@@ -208,7 +244,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         const m = rangeMask(a.off, ws);
         if (cbw && s.snapshotError) {
           // snapshot already broken: no CBW. QEMU 7.1 returns before reqlist_wait_all too.
-          return setWriter(s, a.w, { ...IDLE_WRITER, pc: 'write', off: a.off, noWait: scheme.errorEarlyReturn });
+          return setWriter(s, a.w, mkWriter('write', a.off, 0, NO_DATA, false, scheme.errorEarlyReturn));
         }
         const claim = m & s.copy;
         const buf: number[] = [];
@@ -217,51 +253,58 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         if (cbw && (claim === 0 || scheme.doneBeforeCopy)) done |= m; // block_copy returned success
         const pc =
           claim === 0 ? 'write' : scheme.serialisedCopy ? 'serialise' : scheme.writeBeforeCopy ? 'writeEarly' : 'copyWrite';
-        return { ...setWriter(s, a.w, { ...IDLE_WRITER, pc, off: a.off, claim, buf }), copy: s.copy & ~claim, done };
+        const writers = s.writers.slice();
+        writers[a.w] = mkWriter(pc, a.off, claim, buf, false, false);
+        return mkState(s.source, s.target, s.copy & ~claim, done, s.access, s.snapshotError, s.failuresLeft, writers, s.readers, s.discarder, s.tempDone);
       }
       case 'serialise':
-        return setWriter(s, a.w, { ...s.writers[a.w]!, pc: 'copyWrite' });
+        const w = s.writers[a.w]!;
+        return setWriter(s, a.w, mkWriter('copyWrite', w.off, w.claim, w.buf, w.failed, w.noWait));
       case 'copyWrite': {
         const w = s.writers[a.w]!;
         const target = s.target.slice();
         let i = 0;
         for (let c = w.off; c < w.off + ws; c++) if ((w.claim >> c) & 1) target[c] = w.buf[i++]!;
         const done = cbw && !scheme.doneBeforeCopy ? s.done | rangeMask(w.off, ws) : s.done;
-        const next: Writer = w.pc === 'copyLate' ? finished(w, 'done') : { ...w, pc: 'write', claim: 0, buf: [] };
-        return { ...setWriter(s, a.w, next), target, done };
+        const writers = s.writers.slice();
+        writers[a.w] = w.pc === 'copyLate' ? finished(w, 'done') : mkWriter('write', w.off, 0, NO_DATA, w.failed, w.noWait);
+        return mkState(s.source, target, s.copy, done, s.access, s.snapshotError, s.failuresLeft, writers, s.readers, s.discarder, s.tempDone);
       }
       case 'copyFail': {
         const w = s.writers[a.w]!;
         // block-copy sets the claimed bits again on failure.
-        const base = { ...s, copy: s.copy | w.claim, failuresLeft: s.failuresLeft - 1 };
+        const base = mkState(s.source, s.target, s.copy | w.claim, s.done, s.access, s.snapshotError, s.failuresLeft - 1, s.writers, s.readers, s.discarder, s.tempDone);
         if (w.pc === 'copyLate') {
           // write-before-copy variant: the guest write already landed before its copy failed.
           const broken = p.onCbwError === 'break-snapshot';
-          return { ...setWriter(base, a.w, broken ? DONE_WRITER : FAILED_CBW_DONE), snapshotError: s.snapshotError || broken };
+          const t = setWriter(base, a.w, broken ? DONE_WRITER : FAILED_CBW_DONE);
+          return mkState(t.source, t.target, t.copy, t.done, t.access, s.snapshotError || broken, t.failuresLeft, t.writers, t.readers, t.discarder, t.tempDone);
         }
         if (p.onCbwError === 'break-guest-write') {
           const next: Writer = scheme.errorIgnored
-            ? { ...w, pc: 'write', claim: 0, buf: [], failed: true }
+            ? mkWriter('write', w.off, 0, NO_DATA, true, w.noWait)
             : finished(w, 'failed');
           return setWriter(base, a.w, next);
         }
-        const next: Writer = { ...w, pc: 'write', claim: 0, buf: [], noWait: scheme.errorSkipsWait };
-        return { ...setWriter(base, a.w, next), snapshotError: true };
+        const next: Writer = mkWriter('write', w.off, 0, NO_DATA, w.failed, scheme.errorSkipsWait);
+        const t = setWriter(base, a.w, next);
+        return mkState(t.source, t.target, t.copy, t.done, t.access, true, t.failuresLeft, t.writers, t.readers, t.discarder, t.tempDone);
       }
       case 'write': {
         const w = s.writers[a.w]!;
         const source = s.source.slice();
         for (let c = w.off; c < w.off + ws; c++) source[c] = a.w + 1;
-        const next: Writer = w.pc === 'writeEarly' ? { ...w, pc: 'copyLate' } : finished(w, 'done');
-        return { ...setWriter(s, a.w, next), source };
+        const writers = s.writers.slice();
+        writers[a.w] = w.pc === 'writeEarly' ? mkWriter('copyLate', w.off, w.claim, w.buf, w.failed, w.noWait) : finished(w, 'done');
+        return mkState(source, s.target, s.copy, s.done, s.access, s.snapshotError, s.failuresLeft, writers, s.readers, s.discarder, s.tempDone);
       }
       case 'start': {
         const hold = scheme.readers === 'cow-freeze' || scheme.readers === 'temp-tracked' ? rangeMask(a.off, rs) : 0;
-        return setReader(s, a.r, { ...IDLE_READER, pc: cbw ? 'lock' : 'lookup', off: a.off, pos: a.off, hold });
+        return setReader(s, a.r, mkReader(cbw ? 'lock' : 'lookup', a.off, a.off, 0, false, hold, SNAPSHOT, -1));
       }
       case 'lookup': {
         const r = s.readers[a.r]!;
-        return setReader(s, a.r, { ...r, pc: 'read', n: 1, fromTarget: s.target[r.pos] !== UNALLOCATED });
+        return setReader(s, a.r, mkReader('read', r.off, r.pos, 1, s.target[r.pos] !== UNALLOCATED, r.hold, r.bad, r.badAt));
       }
       case 'lock': {
         const r = s.readers[a.r]!;
@@ -275,7 +318,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         let n = 1;
         while (r.pos + n < end && ((s.done >> (r.pos + n)) & 1) === isDone) n++;
         const hold = !isDone && scheme.readers === 'frozen-reqs' ? rangeMask(r.pos, n) : 0;
-        return setReader(s, a.r, { ...r, pc: 'read', n, fromTarget: isDone === 1, hold });
+        return setReader(s, a.r, mkReader('read', r.off, r.pos, n, isDone === 1, hold, r.bad, r.badAt));
       }
       case 'read': {
         const r = s.readers[a.r]!;
@@ -293,10 +336,10 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         const end = r.off + rs;
         let next: Reader;
         if (pos === end) {
-          next = bad === SNAPSHOT ? IDLE_READER_DONE : { ...IDLE_READER, pc: 'done', off: r.off, bad, badAt };
+          next = bad === SNAPSHOT ? IDLE_READER_DONE : mkReader('done', r.off, 0, 0, false, 0, bad, badAt);
         } else {
           // legacy: the tracked/cow request lives until the whole read ends; cbw: unlock per chunk.
-          next = { ...r, pc: cbw ? 'lock' : 'lookup', pos, n: 0, fromTarget: false, hold: cbw ? 0 : r.hold, bad, badAt };
+          next = mkReader(cbw ? 'lock' : 'lookup', r.off, pos, 0, false, cbw ? 0 : r.hold, bad, badAt);
         }
         return setReader(s, a.r, next);
       }
@@ -306,21 +349,15 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         target[a.off] = DISCARDED;
         let readers = s.readers;
         if (scheme.discardUntracked && readers.some((r) => r.hold & m)) {
-          readers = readers.map((r) => (r.hold & m ? { ...r, hold: r.hold & ~m } : r));
+          readers = readers.map((r) => (r.hold & m ? mkReader(r.pc, r.off, r.pos, r.n, r.fromTarget, r.hold & ~m, r.bad, r.badAt) : r));
         }
-        return {
-          ...s,
-          target,
-          readers,
-          access: s.access & ~m,
-          copy: s.copy & ~m, // block_copy_reset
-          discarder: { pc: 'done', off: a.off },
-        };
+        // block_copy_reset clears the copy bit too.
+        return mkState(s.source, target, s.copy & ~m, s.done, s.access & ~m, s.snapshotError, s.failuresLeft, s.writers, readers, { pc: 'done', off: a.off }, s.tempDone);
       }
       case 'tempWrite': {
         const target = s.target.slice();
         for (let c = a.off; c < a.off + ws; c++) target[c] = TEMP_DATA + a.t;
-        return { ...s, target, tempDone: s.tempDone | (1 << a.t) };
+        return mkState(s.source, target, s.copy, s.done, s.access, s.snapshotError, s.failuresLeft, s.writers, s.readers, s.discarder, s.tempDone | (1 << a.t));
       }
       default:
         return unreachable(a);
@@ -466,12 +503,12 @@ function inflight(w: Writer, cbw: boolean, ws: number): number {
   return w.pc === 'serialise' || w.pc === 'copyWrite' || w.pc === 'copyLate' ? (cbw ? w.claim : rangeMask(w.off, ws)) : 0;
 }
 
-const DONE_WRITER: Writer = { ...IDLE_WRITER, pc: 'done' };
-const FAILED_WRITER: Writer = { ...IDLE_WRITER, pc: 'failed' };
+const DONE_WRITER: Writer = mkWriter('done', -1, 0, IDLE_WRITER.buf, false, false);
+const FAILED_WRITER: Writer = mkWriter('failed', -1, 0, IDLE_WRITER.buf, false, false);
 /** Known-bad errorIgnored only: the write went through although its CBW failed. */
-const FAILED_CBW_DONE: Writer = { ...IDLE_WRITER, pc: 'done', failed: true };
-const IDLE_READER_DONE: Reader = { ...IDLE_READER, pc: 'done' };
-const IDLE_READER_FAILED: Reader = { ...IDLE_READER, pc: 'failed' };
+const FAILED_CBW_DONE: Writer = mkWriter('done', -1, 0, IDLE_WRITER.buf, true, false);
+const IDLE_READER_DONE: Reader = mkReader('done', -1, 0, 0, false, 0, SNAPSHOT, -1);
+const IDLE_READER_FAILED: Reader = mkReader('failed', -1, 0, 0, false, 0, SNAPSHOT, -1);
 
 /** A finished writer drops its dead fields, so equal outcomes share one state. */
 function finished(w: Writer, pc: 'done' | 'failed'): Writer {
@@ -492,20 +529,46 @@ function setReader(s: FleecingState, i: number, r: Reader): FleecingState {
 
 /** One literal with every field keeps all states on one hidden class (faster than spreads). */
 function withActors(s: FleecingState, writers: readonly Writer[], readers: readonly Reader[]): FleecingState {
-  return {
-    source: s.source,
-    target: s.target,
-    copy: s.copy,
-    done: s.done,
-    access: s.access,
-    snapshotError: s.snapshotError,
-    failuresLeft: s.failuresLeft,
-    writers,
-    readers,
-    discarder: s.discarder,
-    tempDone: s.tempDone,
-  };
+  return mkState(s.source, s.target, s.copy, s.done, s.access, s.snapshotError, s.failuresLeft, writers, readers, s.discarder, s.tempDone);
 }
+
+function mkState(
+  source: readonly number[],
+  target: readonly number[],
+  copy: number,
+  done: number,
+  access: number,
+  snapshotError: boolean,
+  failuresLeft: number,
+  writers: readonly Writer[],
+  readers: readonly Reader[],
+  discarder: FleecingState['discarder'],
+  tempDone: number,
+): FleecingState {
+  return { source, target, copy, done, access, snapshotError, failuresLeft, writers, readers, discarder, tempDone };
+}
+
+/** Writer and reader records, always with the field order of IDLE_WRITER / IDLE_READER (one
+ * hidden class each). */
+function mkWriter(pc: Writer['pc'], off: number, claim: number, buf: readonly number[], failed: boolean, noWait: boolean): Writer {
+  return { pc, off, claim, buf, failed, noWait };
+}
+
+function mkReader(
+  pc: Reader['pc'],
+  off: number,
+  pos: number,
+  n: number,
+  fromTarget: boolean,
+  hold: number,
+  bad: number,
+  badAt: number,
+): Reader {
+  return { pc, off, pos, n, fromTarget, hold, bad, badAt };
+}
+
+/** The empty buffer of writers holding no old data (shared; buffers are never mutated). */
+const NO_DATA: readonly number[] = IDLE_WRITER.buf;
 
 function unreachable(x: never): never {
   throw new SpecError(`internal: unhandled case ${JSON.stringify(x)}`);
@@ -588,11 +651,12 @@ function keyOf(s: FleecingState, symmetric: boolean): string {
 
 /** The key of `s` as bytes in `out` (the latin1 code units of keyOf); returns the length. */
 function writeKeyOf(s: FleecingState, symmetric: boolean, out: Uint8Array): number {
+  if (!symmetric) return encodePlain(s, out);
   const W = s.writers.length;
   const order = scratchOrder;
   order.length = W;
   for (let i = 0; i < W; i++) order[i] = i;
-  if (!symmetric || W < 2) return encode(s, order, symmetric, out);
+  if (W < 2) return encode(s, order, symmetric, out);
   // Sort writers by local state, ties by the first cluster whose source data they wrote.
   const first = scratchFirst;
   first.length = W;
@@ -671,6 +735,94 @@ function namedWriters(s: FleecingState): number {
   for (const w of s.writers) for (const v of w.buf) if (isGuestData(v)) m |= 1 << (v - 1);
   for (const r of s.readers) if (isGuestData(r.bad)) m |= 1 << (r.bad - 1);
   return m;
+}
+
+function writerPcCode(pc: Writer['pc']): number {
+  switch (pc) {
+    case 'idle':
+      return 1;
+    case 'serialise':
+      return 2;
+    case 'copyWrite':
+      return 3;
+    case 'write':
+      return 4;
+    case 'writeEarly':
+      return 5;
+    case 'copyLate':
+      return 6;
+    case 'done':
+      return 7;
+    case 'failed':
+      return 8;
+    default:
+      return unreachable(pc);
+  }
+}
+
+function readerPcCode(pc: Reader['pc']): number {
+  switch (pc) {
+    case 'idle':
+      return 1;
+    case 'lookup':
+      return 2;
+    case 'lock':
+      return 3;
+    case 'read':
+      return 4;
+    case 'done':
+      return 5;
+    case 'failed':
+      return 6;
+    default:
+      return unreachable(pc);
+  }
+}
+
+/** encode() without symmetry: writers and readers in index order, no renaming (renamed(v) is
+ * v + 8 under the identity permutation). The same bytes, without the permutation bookkeeping. */
+function encodePlain(s: FleecingState, k: Uint8Array): number {
+  let n = 0;
+  const { source, target, writers, readers } = s;
+  for (let c = 0; c < source.length; c++) k[n++] = source[c]! + 8;
+  for (let c = 0; c < target.length; c++) k[n++] = target[c]! + 8;
+  k[n++] = s.copy & 255;
+  k[n++] = s.copy >> 8;
+  k[n++] = s.done & 255;
+  k[n++] = s.done >> 8;
+  k[n++] = s.access & 255;
+  k[n++] = s.access >> 8;
+  k[n++] = (s.snapshotError ? 128 : 0) | s.failuresLeft;
+  for (let i = 0; i < writers.length; i++) {
+    const w = writers[i]!;
+    k[n++] = writerPcCode(w.pc);
+    k[n++] = w.off + 8;
+    k[n++] = w.claim & 255;
+    k[n++] = w.claim >> 8;
+    k[n++] = (w.failed ? 2 : 0) | (w.noWait ? 1 : 0);
+    const buf = w.buf;
+    k[n++] = buf.length;
+    for (let j = 0; j < buf.length; j++) k[n++] = buf[j]! + 8;
+  }
+  for (let i = 0; i < readers.length; i++) {
+    const r = readers[i]!;
+    k[n++] = readerPcCode(r.pc);
+    k[n++] = r.off + 8;
+    k[n++] = r.pos + 8;
+    k[n++] = r.n;
+    k[n++] = r.fromTarget ? 1 : 0;
+    k[n++] = r.hold & 255;
+    k[n++] = r.hold >> 8;
+    k[n++] = r.bad + 8;
+    k[n++] = r.badAt + 8;
+  }
+  const d = s.discarder;
+  if (d !== undefined) {
+    k[n++] = d.pc === 'idle' ? 1 : 2;
+    k[n++] = d.off + 8;
+  }
+  k[n++] = s.tempDone;
+  return n;
 }
 
 /** The key of `s` with writers in `order` (order[pos] = writer index) and, when `symmetric`,
