@@ -55,6 +55,30 @@ export interface Behaviour<S, A> {
    * many it wrote (at most `out.length`, which is at least 4096). Equal bytes iff equal `key`s.
    * When present, the explorer keeps its visited set as bytes (no string per state). */
   writeKey?(state: S, symmetric: boolean, out: Uint8Array): number;
+  /** Fastest path, for searches without symmetry: the model over fixed-width byte vectors (see
+   * PackedForm). When present, `explore` without symmetry runs on it and unpacks a state only to
+   * check invariants (each new state) and `pending` (states without successors). */
+  readonly packed?: PackedForm<S>;
+}
+
+/** A model over packed states: each state a fixed-width byte vector that is also its exact key
+ * (equal vectors iff equal states). It must agree with `enabled`/`step` exactly: the successors of
+ * a vector, in order, are the packed `step(s, a)` for each `a` of `enabled(s)`. */
+export interface PackedForm<S> {
+  /** Bytes per state. */
+  readonly width: number;
+  /** Upper bound on the successors of one state. */
+  readonly maxSuccessors: number;
+  /** Coverage bucket of each action code `successors` reports (names from `actionNames`). */
+  readonly actionNames: readonly string[];
+  pack(state: S, out: Uint8Array, at: number): void;
+  unpack(buf: Uint8Array, at: number): S;
+  /** Writes the successors of the state at `src[at..at+width)` back to back into `out` (from 0)
+   * and the action code of the j-th into `codes[j]`; returns how many. */
+  successors(src: Uint8Array, at: number, out: Uint8Array, codes: Int32Array): number;
+  /** Optional cheap pre-check on the bytes: returns false only if every invariant holds in the
+   * state (the explorer then skips unpacking it); true means "unpack and check the invariants". */
+  mayViolate?(buf: Uint8Array, at: number): boolean;
 }
 
 /** One step of a concrete trace: the label taken and the state it led to. */

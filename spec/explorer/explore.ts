@@ -8,7 +8,7 @@
 // along the stored keys (see counterexample.ts), which also gives concrete traces under symmetry
 // reduction.
 
-import type { Behaviour } from './behaviour.ts';
+import type { Behaviour, PackedForm } from './behaviour.ts';
 import { rebuildTrace, rebuildTraceBy, type Counterexample } from './counterexample.ts';
 import { KeySet } from './keyset.ts';
 import { ProgressMeter, type ProgressOptions } from './progress.ts';
@@ -97,6 +97,12 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   const nameOf = model.actionName
     ? (a: A) => model.actionName!(a)
     : (a: A) => model.label(a).action;
+
+  if (!symmetric && model.packed) {
+    return explorePacked(model, model.packed, {
+      maxStates, maxDepth, deadline, checkDeadlock, started, cpuStart, meter, slot, names, enabledCount, takenCount,
+    });
+  }
 
   // The visited set: intern(state) returns the new state's id (>= 0), or ~id when seen before.
   const visited = new Map<string, number>();
@@ -218,9 +224,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   }
 
   peakRss = Math.max(peakRss, process.memoryUsage.rss());
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  const cpu = process.cpuUsage(cpuStart);
-  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+  const clock = stopClock(started, cpuStart);
   meter?.finish({ depth, distinct: count, generated, queue: 0 });
 
   let counterexample: Counterexample<S, A> | undefined;
@@ -242,31 +246,214 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
       counterexample = rebuildTrace(model, path.map((id) => keys[id]!), symmetric, failure.kind, failure.invariant);
     }
   }
+  return result(model, { symmetric, failure, stoppedBy, count, generated, depth, terminal, clock, peakRss, names, enabledCount, takenCount, counterexample });
+}
 
-  const coverage: ActionCoverage[] = names.map((action, i) => ({
+/** Wall and CPU seconds since the search started. */
+function stopClock(started: bigint, cpuStart: NodeJS.CpuUsage): { seconds: number; cpuSeconds: number } {
+  const cpu = process.cpuUsage(cpuStart);
+  return { seconds: Number(process.hrtime.bigint() - started) / 1e9, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+}
+
+interface Tally<S, A> {
+  readonly symmetric: boolean;
+  readonly failure: { kind: 'invariant' | 'deadlock' } | undefined;
+  readonly stoppedBy: StopReason | undefined;
+  readonly count: number;
+  readonly generated: number;
+  readonly depth: number;
+  readonly terminal: number;
+  readonly clock: { readonly seconds: number; readonly cpuSeconds: number };
+  readonly peakRss: number;
+  readonly names: readonly string[];
+  readonly enabledCount: readonly number[];
+  readonly takenCount: readonly number[];
+  readonly counterexample: Counterexample<S, A> | undefined;
+}
+
+function result<S, A>(model: Behaviour<S, A>, t: Tally<S, A>): ExploreResult<S, A> {
+  const { seconds, cpuSeconds } = t.clock;
+  const coverage: ActionCoverage[] = t.names.map((action, i) => ({
     action,
-    enabled: enabledCount[i]!,
-    taken: takenCount[i]!,
+    enabled: t.enabledCount[i]!,
+    taken: t.takenCount[i]!,
   }));
-
+  const { failure, stoppedBy, count } = t;
   return {
     model: model.name,
     params: model.params,
     verdict: failure ? (failure.kind === 'deadlock' ? 'deadlock' : 'violation') : 'ok',
     exhaustive: stoppedBy === undefined,
     stoppedBy,
-    symmetry: symmetric,
+    symmetry: t.symmetric,
     distinct: count,
-    generated,
-    depth,
-    terminal,
+    generated: t.generated,
+    depth: t.depth,
+    terminal: t.terminal,
     seconds,
     cpuSeconds,
     statesPerSecond: seconds > 0 ? count / seconds : count,
-    peakRssBytes: peakRss,
+    peakRssBytes: t.peakRss,
     coverage,
-    counterexample,
+    counterexample: t.counterexample,
   };
+}
+
+interface PackedSetup {
+  readonly maxStates: number;
+  readonly maxDepth: number;
+  readonly deadline: number;
+  readonly checkDeadlock: boolean;
+  readonly started: bigint;
+  readonly cpuStart: NodeJS.CpuUsage;
+  readonly meter: ProgressMeter | undefined;
+  readonly slot: (name: string) => number;
+  readonly names: string[];
+  readonly enabledCount: number[];
+  readonly takenCount: number[];
+}
+
+/**
+ * The same breadth-first search over a PackedForm: states are byte vectors and ids are assigned in
+ * discovery order, so BFS level k is the id range [levelStart, levelEnd) and the frontier is the
+ * visited set's own arena. Counts, verdicts and shortest traces are those of the object search
+ * (the packed form agrees with enabled/step action by action).
+ */
+function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: PackedSetup): ExploreResult<S, A> {
+  const { maxStates, maxDepth, deadline, checkDeadlock, meter, enabledCount, takenCount } = o;
+  const width = pk.width;
+  const set = new KeySet();
+  const cur = new Uint8Array(width);
+  const out = new Uint8Array(width * Math.max(1, pk.maxSuccessors));
+  const codes = new Int32Array(Math.max(1, pk.maxSuccessors));
+  // Coverage slot of each action code, registered on first use (as the object search does).
+  const codeSlot = new Int32Array(pk.actionNames.length).fill(-1);
+  let parents = new Int32Array(1 << 14);
+  const invariants = model.invariants;
+  const mayViolate = pk.mayViolate?.bind(pk);
+
+  let count = 0;
+  let generated = 0;
+  let terminal = 0;
+  let depth = 0;
+  let stoppedBy: StopReason | undefined;
+  let failure: { kind: 'invariant' | 'deadlock'; id: number; invariant?: string } | undefined;
+  let peakRss = process.memoryUsage.rss();
+
+  const violated = (state: S): string | undefined => {
+    for (const inv of invariants) if (inv.check(state) !== undefined) return inv.name;
+    return undefined;
+  };
+  const addParent = (id: number, parent: number): void => {
+    if (id >= parents.length) {
+      const grown = new Int32Array(parents.length * 2);
+      grown.set(parents);
+      parents = grown;
+    }
+    parents[id] = parent;
+    count = id + 1;
+  };
+
+  for (const s of model.initial()) {
+    pk.pack(s, cur, 0);
+    const id = set.addOrFindAt(cur, 0, width);
+    if (id < 0) continue;
+    addParent(id, -1);
+    const bad = violated(s);
+    if (bad !== undefined) {
+      failure = { kind: 'invariant', id, invariant: bad };
+      stoppedBy = 'violation';
+      break;
+    }
+  }
+
+  let levelStart = 0;
+  let levelEnd = count;
+  let expanded = 0;
+  search: while (!failure && levelEnd > levelStart) {
+    if (depth >= maxDepth) {
+      for (let id = levelStart; id < levelEnd; id++) {
+        set.copyKey(id, cur, 0);
+        if (pk.successors(cur, 0, out, codes) > 0) {
+          stoppedBy = 'max-depth';
+          break;
+        }
+      }
+      break;
+    }
+    for (let sid = levelStart; sid < levelEnd; sid++) {
+      set.copyKey(sid, cur, 0);
+      const n = pk.successors(cur, 0, out, codes);
+      if (n === 0) {
+        if (checkDeadlock && model.pending(pk.unpack(cur, 0))) {
+          failure = { kind: 'deadlock', id: sid };
+          stoppedBy = 'deadlock';
+          break search;
+        }
+        terminal++;
+      }
+      for (let j = 0; j < n; j++) {
+        const code = codes[j]!;
+        let ci = codeSlot[code]!;
+        if (ci < 0) ci = codeSlot[code] = o.slot(pk.actionNames[code]!);
+        enabledCount[ci]!++;
+        takenCount[ci]!++;
+        generated++;
+        const id = set.addOrFindAt(out, j * width, width);
+        if (id < 0) continue;
+        addParent(id, sid);
+        const bad = mayViolate !== undefined && !mayViolate(out, j * width) ? undefined : violated(pk.unpack(out, j * width));
+        if (bad !== undefined) {
+          failure = { kind: 'invariant', id, invariant: bad };
+          stoppedBy = 'violation';
+          depth++;
+          break search;
+        }
+        if (count >= maxStates) {
+          stoppedBy = 'max-states';
+          depth++;
+          break search;
+        }
+      }
+      if ((++expanded & 1023) === 0) {
+        if (Date.now() > deadline) {
+          stoppedBy = 'time-limit';
+          break search;
+        }
+        if (meter?.due()) {
+          peakRss = Math.max(peakRss, process.memoryUsage.rss());
+          meter.report({ depth, distinct: count, generated, queue: levelEnd - sid - 1 + (count - levelEnd) });
+        }
+      }
+    }
+    levelStart = levelEnd;
+    levelEnd = count;
+    if (levelEnd > levelStart) depth++;
+  }
+
+  peakRss = Math.max(peakRss, process.memoryUsage.rss());
+  const clock = stopClock(o.started, o.cpuStart);
+  meter?.finish({ depth, distinct: count, generated, queue: 0 });
+
+  let counterexample: Counterexample<S, A> | undefined;
+  if (failure) {
+    const path: number[] = [];
+    for (let id = failure.id; id !== -1; id = parents[id]!) path.push(id);
+    path.reverse();
+    const want = path.map((id) => set.keyOf(id));
+    const mine = new Uint8Array(width);
+    const matches = (state: S, i: number): boolean => {
+      pk.pack(state, mine, 0);
+      const w = want[i]!;
+      for (let j = 0; j < width; j++) if (mine[j] !== w[j]) return false;
+      return true;
+    };
+    counterexample = rebuildTraceBy(model, path.length, matches, failure.kind, failure.invariant);
+  }
+  return result(model, {
+    symmetric: false, failure, stoppedBy, count, generated, depth, terminal, clock, peakRss,
+    names: o.names, enabledCount, takenCount, counterexample,
+  });
 }
 
 /** Actions of the model that were never enabled in the explored states (a vacuous model smell). */

@@ -18,7 +18,12 @@ export class KeySet {
   /** The id of key `buf[0..len)`, adding it when new. Returns `~id` (negative) when it was
    * already present, `id` (>= 0) when it was just added. */
   addOrFind(buf: Uint8Array, len: number): number {
-    const h = hashBytes(buf, len);
+    return this.addOrFindAt(buf, 0, len);
+  }
+
+  /** addOrFind of the key `buf[at..at+len)`. */
+  addOrFindAt(buf: Uint8Array, at: number, len: number): number {
+    const h = hashBytes(buf, at, len);
     const table = this.table;
     const mask = this.mask;
     let slot = h & mask;
@@ -26,15 +31,15 @@ export class KeySet {
       const e = table[slot]!;
       if (e === 0) break;
       const id = e - 1;
-      if (this.hashes[id] === h && this.equals(id, buf, len)) return ~id;
+      if (this.hashes[id] === h && this.equals(id, buf, at, len)) return ~id;
       slot = (slot + 1) & mask;
     }
     const id = this.size;
     if (id + 1 >= this.starts.length) this.growIds();
     if (this.used + len > this.arena.length) this.growArena(len);
     const arena = this.arena;
-    const at = this.used;
-    for (let i = 0; i < len; i++) arena[at + i] = buf[i]!;
+    const used = this.used;
+    for (let i = 0; i < len; i++) arena[used + i] = buf[at + i]!;
     this.starts[id] = this.used;
     this.used += len;
     this.starts[id + 1] = this.used;
@@ -55,11 +60,20 @@ export class KeySet {
     return this.arena.length + this.starts.byteLength + this.hashes.byteLength + this.table.byteLength;
   }
 
-  private equals(id: number, buf: Uint8Array, len: number): boolean {
+  /** Copies key `id` into `out` from `at`; returns its length. */
+  copyKey(id: number, out: Uint8Array, at: number): number {
+    const a = this.arena;
+    const start = this.starts[id]!;
+    const len = this.starts[id + 1]! - start;
+    for (let i = 0; i < len; i++) out[at + i] = a[start + i]!;
+    return len;
+  }
+
+  private equals(id: number, buf: Uint8Array, at: number, len: number): boolean {
     const a = this.arena;
     const start = this.starts[id]!;
     if (this.starts[id + 1]! - start !== len) return false;
-    for (let i = 0; i < len; i++) if (a[start + i] !== buf[i]) return false;
+    for (let i = 0; i < len; i++) if (a[start + i] !== buf[at + i]) return false;
     return true;
   }
 
@@ -95,10 +109,23 @@ export class KeySet {
   }
 }
 
-/** Hash of `buf[0..len)`: FNV-1a with a final avalanche (murmur3 fmix32). */
-export function hashBytes(buf: Uint8Array, len: number): number {
+/** Hash of `buf[at..at+len)`: murmur3-style rounds over 4-byte words, FNV-1a over the tail, murmur3's
+ * final avalanche (fmix32). */
+export function hashBytes(buf: Uint8Array, at: number, len: number): number {
   let h = 0x811c9dc5 | 0;
-  for (let i = 0; i < len; i++) h = Math.imul(h ^ buf[i]!, 0x01000193);
+  const end = at + len;
+  let i = at;
+  // Four bytes per round (murmur3-style mixing), then the tail byte by byte.
+  for (; i + 4 <= end; i += 4) {
+    let k = buf[i]! | (buf[i + 1]! << 8) | (buf[i + 2]! << 16) | (buf[i + 3]! << 24);
+    k = Math.imul(k, 0xcc9e2d51);
+    k = (k << 15) | (k >>> 17);
+    h ^= Math.imul(k, 0x1b873593);
+    h = (h << 13) | (h >>> 19);
+    h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+  }
+  for (; i < end; i++) h = Math.imul(h ^ buf[i]!, 0x01000193);
+  h ^= len;
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

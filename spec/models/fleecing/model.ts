@@ -14,6 +14,7 @@
 
 import type { ActionLabel, Behaviour, Invariant, TraceStep } from '../../explorer/behaviour.ts';
 import { SpecError } from '../../explorer/errors.ts';
+import { packedFleecing } from './packed.ts';
 import type { Scheme } from './scheme.ts';
 import {
   DISCARDED,
@@ -480,6 +481,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     actionName: (a) => a.kind,
     key: (s, symmetric) => keyOf(s, symmetric),
     writeKey: (s, symmetric, out) => writeKeyOf(s, symmetric, out),
+    packed: packedFleecing(scheme, p, initial.discarder !== undefined),
     invariants,
     pending: (s) =>
       s.tempDone !== (1 << p.tempWriters) - 1 ||
