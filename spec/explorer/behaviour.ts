@@ -65,7 +65,7 @@ export interface Behaviour<S, A> {
  * (equal vectors iff equal states). It must agree with `enabled`/`step` exactly: the successors of
  * a vector, in order, are the packed `step(s, a)` for each `a` of `enabled(s)`. */
 export interface PackedForm<S> {
-  /** Bytes per state. */
+  /** Bytes per state, a multiple of 4 (the explorer hashes and compares 32-bit words). */
   readonly width: number;
   /** Upper bound on the successors of one state. */
   readonly maxSuccessors: number;

@@ -10,7 +10,8 @@
 
 import type { Behaviour, PackedForm } from './behaviour.ts';
 import { rebuildTrace, rebuildTraceBy, type Counterexample } from './counterexample.ts';
-import { KeySet } from './keyset.ts';
+import { KeySet, WordKeySet } from './keyset.ts';
+import { SpecError } from './errors.ts';
 import { ProgressMeter, type ProgressOptions } from './progress.ts';
 
 export interface ExploreOptions {
@@ -322,9 +323,14 @@ interface PackedSetup {
 function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: PackedSetup): ExploreResult<S, A> {
   const { maxStates, maxDepth, deadline, checkDeadlock, meter, enabledCount, takenCount } = o;
   const width = pk.width;
-  const set = new KeySet();
-  const cur = new Uint8Array(width);
-  const out = new Uint8Array(width * Math.max(1, pk.maxSuccessors));
+  if (width % 4 !== 0) throw new SpecError(`internal: packed width ${width} is not a multiple of 4`, model.name);
+  const words = width >> 2;
+  const set = new WordKeySet(words);
+  // Byte views for the model, word views over the same memory for the visited set.
+  const curWords = new Int32Array(words);
+  const cur = new Uint8Array(curWords.buffer);
+  const outWords = new Int32Array(words * Math.max(1, pk.maxSuccessors));
+  const out = new Uint8Array(outWords.buffer);
   const codes = new Int32Array(Math.max(1, pk.maxSuccessors));
   // Coverage slot of each action code, registered on first use (as the object search does).
   const codeSlot = new Int32Array(pk.actionNames.length).fill(-1);
@@ -356,7 +362,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
 
   for (const s of model.initial()) {
     pk.pack(s, cur, 0);
-    const id = set.addOrFindAt(cur, 0, width);
+    const id = set.addOrFind(curWords, 0);
     if (id < 0) continue;
     addParent(id, -1);
     const bad = violated(s);
@@ -373,8 +379,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
   search: while (!failure && levelEnd > levelStart) {
     if (depth >= maxDepth) {
       for (let id = levelStart; id < levelEnd; id++) {
-        set.copyKey(id, cur, 0);
-        if (pk.successors(cur, 0, out, codes) > 0) {
+        if (pk.successors(new Uint8Array(set.arena.buffer, 0, count * width), id * width, out, codes) > 0) {
           stoppedBy = 'max-depth';
           break;
         }
@@ -382,7 +387,9 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
       break;
     }
     for (let sid = levelStart; sid < levelEnd; sid++) {
-      set.copyKey(sid, cur, 0);
+      // The state's words, copied out of the arena (which may move while successors are added).
+      const arena = set.arena;
+      for (let i = 0, base = sid * words; i < words; i++) curWords[i] = arena[base + i]!;
       const n = pk.successors(cur, 0, out, codes);
       if (n === 0) {
         if (checkDeadlock && model.pending(pk.unpack(cur, 0))) {
@@ -399,7 +406,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
         enabledCount[ci]!++;
         takenCount[ci]!++;
         generated++;
-        const id = set.addOrFindAt(out, j * width, width);
+        const id = set.addOrFind(outWords, j * words);
         if (id < 0) continue;
         addParent(id, sid);
         const bad = mayViolate !== undefined && !mayViolate(out, j * width) ? undefined : violated(pk.unpack(out, j * width));
@@ -440,7 +447,8 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
     const path: number[] = [];
     for (let id = failure.id; id !== -1; id = parents[id]!) path.push(id);
     path.reverse();
-    const want = path.map((id) => set.keyOf(id));
+    const bytes = new Uint8Array(set.arena.buffer);
+    const want = path.map((id) => bytes.slice(id * width, (id + 1) * width));
     const mine = new Uint8Array(width);
     const matches = (state: S, i: number): boolean => {
       pk.pack(state, mine, 0);

@@ -133,3 +133,86 @@ export function hashBytes(buf: Uint8Array, at: number, len: number): number {
   h ^= h >>> 16;
   return h;
 }
+
+/** The visited set of the packed search: fixed-width keys of `words` 32-bit words, stored at
+ * id * words in one Int32Array arena (which doubles as the BFS frontier), found through an
+ * open-addressing table. */
+export class WordKeySet {
+  arena: Int32Array;
+  private hashes = new Int32Array(1 << 14);
+  private table = new Int32Array(1 << 15);
+  private mask = (1 << 15) - 1;
+  size = 0;
+
+  constructor(readonly words: number) {
+    this.arena = new Int32Array(words << 14);
+  }
+
+  /** The id of the key `src[at..at+words)`: `id` (>= 0) when just added, `~id` when present. */
+  addOrFind(src: Int32Array, at: number): number {
+    const words = this.words;
+    let h = 0x811c9dc5 | 0;
+    for (let i = at; i < at + words; i++) {
+      let k = Math.imul(src[i]!, 0xcc9e2d51);
+      k = (k << 15) | (k >>> 17);
+      h ^= Math.imul(k, 0x1b873593);
+      h = (h << 13) | (h >>> 19);
+      h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+    }
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+    const table = this.table;
+    const mask = this.mask;
+    const arena = this.arena;
+    let slot = h & mask;
+    for (;;) {
+      const e = table[slot]!;
+      if (e === 0) break;
+      const id = e - 1;
+      if (this.hashes[id] === h) {
+        const base = id * words;
+        let i = 0;
+        while (i < words && arena[base + i] === src[at + i]) i++;
+        if (i === words) return ~id;
+      }
+      slot = (slot + 1) & mask;
+    }
+    const id = this.size;
+    if ((id + 1) * words > arena.length) this.grow();
+    const a = this.arena;
+    const base = id * words;
+    for (let i = 0; i < words; i++) a[base + i] = src[at + i]!;
+    if (id >= this.hashes.length) {
+      const hashes = new Int32Array(this.hashes.length * 2);
+      hashes.set(this.hashes);
+      this.hashes = hashes;
+    }
+    this.hashes[id] = h;
+    table[slot] = id + 1;
+    this.size = id + 1;
+    if (this.size * 2 > mask) this.rehash();
+    return id;
+  }
+
+  private grow(): void {
+    const arena = new Int32Array(this.arena.length * 2);
+    arena.set(this.arena);
+    this.arena = arena;
+  }
+
+  private rehash(): void {
+    const cap = this.table.length * 2;
+    const table = new Int32Array(cap);
+    const mask = cap - 1;
+    for (let id = 0; id < this.size; id++) {
+      let slot = this.hashes[id]! & mask;
+      while (table[slot] !== 0) slot = (slot + 1) & mask;
+      table[slot] = id + 1;
+    }
+    this.table = table;
+    this.mask = mask;
+  }
+}

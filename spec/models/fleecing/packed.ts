@@ -103,7 +103,7 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
   const RB = 9;
   const DOFF = ROFF + R * RB;
   const TDONE = DOFF + (hasDiscarder ? 2 : 0);
-  const width = TDONE + 1;
+  const width = (TDONE + 4) & ~3; // padded to whole 32-bit words (padding bytes stay 0)
   // Writer / reader field offsets.
   const W_PC = 0, W_OFF = 1, W_CLAIM = 2, W_FLAGS = 4, W_BUFLEN = 5, W_BUF = 6;
   const R_PC = 0, R_OFF = 1, R_POS = 2, R_N = 3, R_FROM = 4, R_HOLD = 5, R_BAD = 7, R_BADAT = 8;
