@@ -77,6 +77,51 @@ export interface NodeCommonOptions {
 
 export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 
+/**
+ * Reusable buffers for large reads. A freshly allocated 256 KiB buffer costs a page-faulting,
+ * cache-cold copy in pread and, at NBD rates, a major GC every few hundred MiB of external memory;
+ * a buffer that was just sent is warm. Drivers that read into memory they allocate (`file`) take
+ * from here; the final consumer (the NBD session, once the reply is written) gives it back. Only
+ * buffers this pool lent out (the same object, not a view of it) are taken back, each once, so a
+ * consumer may offer any buffer: one a driver built itself or kept is never recycled.
+ */
+export class ReadBufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private readonly lent = new WeakSet<Buffer>();
+  private pooledBytes = 0;
+
+  constructor(
+    /** Smaller reads allocate normally (Node's own slab covers tiny ones; copies are cheap). */
+    readonly minSize = 64 * 1024,
+    readonly maxSize = 4 * 1024 * 1024,
+    /** Bytes kept on the free lists at most. */
+    readonly capacity = 32 * 1024 * 1024,
+  ) {}
+
+  /** An uninitialised buffer of exactly `size` bytes. */
+  take(size: number): Buffer {
+    if (size < this.minSize || size > this.maxSize) return Buffer.allocUnsafe(size);
+    const list = this.free.get(size);
+    let buf = list?.pop();
+    if (buf) this.pooledBytes -= size;
+    else buf = Buffer.allocUnsafe(size);
+    this.lent.add(buf);
+    return buf;
+  }
+
+  /** Returns a buffer from take() once nothing references it any more; others are ignored. */
+  give(buf: Buffer): void {
+    if (!this.lent.delete(buf)) return;
+    if (this.pooledBytes + buf.length > this.capacity) return;
+    let list = this.free.get(buf.length);
+    if (!list) this.free.set(buf.length, (list = []));
+    list.push(buf);
+    this.pooledBytes += buf.length;
+  }
+}
+
+export const readBuffers = new ReadBufferPool();
+
 export abstract class BlockNode implements Parent {
   readonly children: BdrvChild[] = [];
   /** Newest first, as QLIST_INSERT_HEAD leaves bs->parents; conflict messages depend on order. */

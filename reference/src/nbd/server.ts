@@ -135,12 +135,17 @@ export class NbdServer implements ExportLookup {
     const session = new NbdSession(
       this,
       {
-        send: (bufs) => {
+        send: (bufs, written) => {
           if (socket.destroyed) return;
-          if (bufs.length === 1) socket.write(bufs[0]!);
+          const done = written && ((err?: Error | null) => void (err ? undefined : written()));
+          if (bufs.length === 1) socket.write(bufs[0]!, done);
           else {
+            // One writev for header and payload; `done` rides on the last non-empty buffer.
+            let last = bufs.length - 1;
+            while (last > 0 && bufs[last]!.length === 0) last--;
             socket.cork();
-            for (const b of bufs) if (b.length) socket.write(b);
+            for (let i = 0; i < last; i++) if (bufs[i]!.length) socket.write(bufs[i]!);
+            socket.write(bufs[last]!, done);
             socket.uncork();
           }
           // Node's own high-water mark (16 KiB) is below one READ reply; what matters is that a

@@ -4,6 +4,7 @@
 //
 // States (nbd-protocol.md §1.2): client-flags → options → transmission → closed.
 import type { BlockBackend, Extent } from '../block/types.ts';
+import { readBuffers } from '../block/node.ts';
 import {
   BLOCK_SIZE_MIN,
   BLOCK_SIZE_PREFERRED,
@@ -70,7 +71,9 @@ export interface ExportLookup {
 }
 
 export interface SessionOutput {
-  send(bufs: Buffer[]): void;
+  /** Queues `bufs` in order; `written`, when given, is called once the I/O edge no longer needs
+   * them (handed to the kernel), and not at all if the connection is gone first. */
+  send(bufs: Buffer[], written?: () => void): void;
   /** Ends the connection: `error` set for a hard disconnect after a protocol violation. */
   close(reason: string, error?: Error): void;
   /** Flow control: stop / restart reading from the client (bounded memory, §1.8). */
@@ -503,8 +506,10 @@ export class NbdSession {
 
   private sendRead(req: Request, data: Buffer): void {
     if (this.closed) return;
+    // Once on the wire, a read buffer the block layer lent out can serve the next read.
+    const written = () => readBuffers.give(data);
     if (!this.structured) {
-      this.out.send([encodeSimpleReply(req.cookie, 0), data]);
+      this.out.send([encodeSimpleReply(req.cookie, 0), data], written);
       return;
     }
     if (data.length === 0) {
@@ -512,7 +517,7 @@ export class NbdSession {
       return;
     }
     // One OFFSET_DATA chunk with DONE: it satisfies DF too (at most one content chunk, §1.6).
-    this.out.send([encodeOffsetDataHeader(req.cookie, req.offset, data.length, true), data]);
+    this.out.send([encodeOffsetDataHeader(req.cookie, req.offset, data.length, true), data], written);
   }
 
   private sendOk(req: Request): void {

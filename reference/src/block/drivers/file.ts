@@ -3,7 +3,7 @@
 // no-op: both are allowed by the contract (discard is advisory; "holes as data" is legitimate).
 import * as fs from 'node:fs';
 import { BlockError, type Errno } from '../errors.ts';
-import { BlockNode } from '../node.ts';
+import { BlockNode, readBuffers } from '../node.ts';
 import type { PermPair } from '../perm.ts';
 import type { DriverContext } from './registry.ts';
 
@@ -13,6 +13,10 @@ function ioError(e: unknown, node: string, op: string, offset: number, bytes: nu
   const errno = (known as string[]).includes(code) ? (code as Errno) : 'EIO';
   return new BlockError(errno, `${op} on node '${node}' failed: ${(e as Error).message}`, { node, op, offset, bytes });
 }
+
+/** Reads up to this size are done synchronously (see FileNode.readSync); larger ones go to libuv's
+ * thread pool, where several run at once and the hand-over cost is small against the copy. */
+export const SYNC_READ_MAX = 64 * 1024;
 
 export class FileNode extends BlockNode {
   readonly filename: string;
@@ -40,12 +44,16 @@ export class FileNode extends BlockNode {
   }
 
   protected coRead(offset: number, bytes: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(bytes);
+    const buf = readBuffers.take(bytes);
+    if (bytes <= SYNC_READ_MAX) return this.readSync(buf, offset, bytes);
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         if (done >= bytes) return resolve(buf);
         fs.read(this.fd, buf, done, bytes - done, offset + done, (err, n) => {
-          if (err) return reject(ioError(err, this.nodeName, 'read', offset, bytes));
+          if (err) {
+            readBuffers.give(buf);
+            return reject(ioError(err, this.nodeName, 'read', offset, bytes));
+          }
           if (n === 0) {
             buf.fill(0, done); // short file: past EOF reads as zeroes
             return resolve(buf);
@@ -55,6 +63,26 @@ export class FileNode extends BlockNode {
       };
       step(0);
     });
+  }
+
+  /** A small read on the event loop: handing it to libuv's pool (a mutex shared with every
+   * worker, a wake-up, a completion callback) costs more than the page-cache copy itself. */
+  private readSync(buf: Buffer, offset: number, bytes: number): Promise<Buffer> {
+    let done = 0;
+    try {
+      while (done < bytes) {
+        const n = fs.readSync(this.fd, buf, done, bytes - done, offset + done);
+        if (n === 0) {
+          buf.fill(0, done); // short file: past EOF reads as zeroes
+          break;
+        }
+        done += n;
+      }
+    } catch (err) {
+      readBuffers.give(buf);
+      return Promise.reject(ioError(err, this.nodeName, 'read', offset, bytes));
+    }
+    return Promise.resolve(buf);
   }
 
   protected coWrite(offset: number, data: Buffer): Promise<void> {
