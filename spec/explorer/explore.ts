@@ -250,6 +250,12 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   return result(model, { symmetric, failure, stoppedBy, count, generated, depth, terminal, clock, peakRss, names, enabledCount, takenCount, counterexample });
 }
 
+function grow(a: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> {
+  const grown = new Int32Array(a.length * 2);
+  grown.set(a);
+  return grown;
+}
+
 /** Wall and CPU seconds since the search started. */
 function stopClock(started: bigint, cpuStart: NodeJS.CpuUsage): { seconds: number; cpuSeconds: number } {
   const cpu = process.cpuUsage(cpuStart);
@@ -332,8 +338,10 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
   const outWords = new Int32Array(words * Math.max(1, pk.maxSuccessors));
   const out = new Uint8Array(outWords.buffer);
   const codes = new Int32Array(Math.max(1, pk.maxSuccessors));
-  // Coverage slot of each action code, registered on first use (as the object search does).
-  const codeSlot = new Int32Array(pk.actionNames.length).fill(-1);
+  // Transitions per action code; codes are registered as coverage slots in the order they were
+  // first taken, as the object search registers names.
+  const codeCount = new Float64Array(pk.actionNames.length);
+  const firstSeen: number[] = [];
   let parents = new Int32Array(1 << 14);
   const invariants = model.invariants;
   const mayViolate = pk.mayViolate?.bind(pk);
@@ -401,14 +409,13 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
       }
       for (let j = 0; j < n; j++) {
         const code = codes[j]!;
-        let ci = codeSlot[code]!;
-        if (ci < 0) ci = codeSlot[code] = o.slot(pk.actionNames[code]!);
-        enabledCount[ci]!++;
-        takenCount[ci]!++;
+        if (codeCount[code]!++ === 0) firstSeen.push(code);
         generated++;
         const id = set.addOrFind(outWords, j * words);
         if (id < 0) continue;
-        addParent(id, sid);
+        if (id >= parents.length) parents = grow(parents);
+        parents[id] = sid;
+        count = id + 1;
         const bad = mayViolate !== undefined && !mayViolate(out, j * width) ? undefined : violated(pk.unpack(out, j * width));
         if (bad !== undefined) {
           failure = { kind: 'invariant', id, invariant: bad };
@@ -438,6 +445,11 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
     if (levelEnd > levelStart) depth++;
   }
 
+  for (const code of firstSeen) {
+    const ci = o.slot(pk.actionNames[code]!);
+    enabledCount[ci] = enabledCount[ci]! + codeCount[code]!;
+    takenCount[ci] = takenCount[ci]! + codeCount[code]!;
+  }
   peakRss = Math.max(peakRss, process.memoryUsage.rss());
   const clock = stopClock(o.started, o.cpuStart);
   meter?.finish({ depth, distinct: count, generated, queue: 0 });

@@ -152,13 +152,7 @@ export class WordKeySet {
   addOrFind(src: Int32Array, at: number): number {
     const words = this.words;
     let h = 0x811c9dc5 | 0;
-    for (let i = at; i < at + words; i++) {
-      let k = Math.imul(src[i]!, 0xcc9e2d51);
-      k = (k << 15) | (k >>> 17);
-      h ^= Math.imul(k, 0x1b873593);
-      h = (h << 13) | (h >>> 19);
-      h = (Math.imul(h, 5) + 0xe6546b64) | 0;
-    }
+    for (let i = at; i < at + words; i++) h = Math.imul(h ^ src[i]!, 0x9e3779b1) ^ (h >>> 15);
     h ^= h >>> 16;
     h = Math.imul(h, 0x85ebca6b);
     h ^= h >>> 13;

@@ -481,8 +481,29 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
   return { width, maxSuccessors, actionNames: ACTION_NAMES, pack, unpack, successors, mayViolate };
 }
 
+// Word views of the explorer's (reused) byte buffers, cached by buffer, for copying states a
+// 32-bit word at a time (widths and offsets are multiples of 4).
+let srcBytes: Uint8Array | undefined;
+let srcWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+let outBytes: Uint8Array | undefined;
+let outWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+
 function copyState(src: Uint8Array, at: number, out: Uint8Array, b: number, width: number): void {
-  for (let i = 0; i < width; i++) out[b + i] = src[at + i]!;
+  if (((src.byteOffset | out.byteOffset | at | src.byteLength | out.byteLength) & 3) !== 0) {
+    for (let i = 0; i < width; i++) out[b + i] = src[at + i]!; // unaligned caller: bytewise
+    return;
+  }
+  if (src !== srcBytes) {
+    srcBytes = src;
+    srcWords = new Int32Array(src.buffer, src.byteOffset, src.byteLength >> 2);
+  }
+  if (out !== outBytes) {
+    outBytes = out;
+    outWords = new Int32Array(out.buffer, out.byteOffset, out.byteLength >> 2);
+  }
+  const sw = srcWords;
+  const ow = outWords;
+  for (let i = at >> 2, j = b >> 2, end = (at + width) >> 2; i < end; i++, j++) ow[j] = sw[i]!;
 }
 
 function writerPc(pc: Writer['pc']): number {
