@@ -342,7 +342,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
   // first taken, as the object search registers names.
   const codeCount = new Float64Array(pk.actionNames.length);
   const firstSeen: number[] = [];
-  let parents = new Int32Array(1 << 14);
+  let parents = new Int32Array(1 << 16);
   const invariants = model.invariants;
   const mayViolate = pk.mayViolate?.bind(pk);
 

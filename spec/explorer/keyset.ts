@@ -139,13 +139,21 @@ export function hashBytes(buf: Uint8Array, at: number, len: number): number {
  * open-addressing table. */
 export class WordKeySet {
   arena: Int32Array;
-  private hashes = new Int32Array(1 << 14);
-  private table = new Int32Array(1 << 15);
-  private mask = (1 << 15) - 1;
+  private hashes: Int32Array;
+  private table: Int32Array;
+  private mask: number;
   size = 0;
 
-  constructor(readonly words: number) {
-    this.arena = new Int32Array(words << 14);
+  /** Room for `capacity` keys (a power of two) before the first growth: growing is rare code that
+   * a short search would otherwise reach only after it was optimised without it. */
+  constructor(
+    readonly words: number,
+    capacity = 1 << 16,
+  ) {
+    this.arena = new Int32Array(words * capacity);
+    this.hashes = new Int32Array(capacity);
+    this.table = new Int32Array(capacity * 2);
+    this.mask = capacity * 2 - 1;
   }
 
   /** The id of the key `src[at..at+words)`: `id` (>= 0) when just added, `~id` when present. */

@@ -235,202 +235,220 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
       }
     }
     let n = 0;
-    for (let i = 0; i < W; i++) {
-      const wo = WOFF + i * WB; // offset within a state
-      const o = at + wo;
-      const pc = src[o + W_PC]!;
-      const woff = src[o + W_OFF]! - B;
-      const claim = get16(src, o + W_CLAIM);
-      const wflags = src[o + W_FLAGS]!;
-      const failed = (wflags & 2) !== 0;
-      const noWait = (wflags & 1) !== 0;
-      switch (pc) {
-        case W_IDLE: {
-          for (let off = 0; off + ws <= N; off++) {
-            const m = rangeMask(off, ws);
-            if (cbw && snapshotError) {
-              // submit, CBW skipped
-              const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_SUBMIT;
-              setW(out, b + wo, W_WRITE, off, 0, false, scheme.errorEarlyReturn);
-              clearBuf(out, b + wo);
-              continue;
-            }
-            const blockers = writerInflight | (cowFreeze ? readerHold : 0);
-            if ((blockers & m) !== 0) continue;
-            const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_SUBMIT;
-            const cl = m & copy;
-            let len = 0;
-            for (let c = off; c < off + ws; c++) if ((cl >> c) & 1) out[b + wo + W_BUF + len++] = src[at + SRC + c]!;
-            for (let j = len; j < ws; j++) out[b + wo + W_BUF + j] = 0;
-            out[b + wo + W_BUFLEN] = len;
-            let d = done;
-            if (cbw && (cl === 0 || doneBeforeCopy)) d |= m;
-            const npc = cl === 0 ? W_WRITE : serialisedCopy ? W_SERIALISE : writeBeforeCopy ? W_WRITEEARLY : W_COPYWRITE;
-            setW(out, b + wo, npc, off, cl, false, false);
-            set16(out, b + COPY, copy & ~cl);
-            set16(out, b + DONE, d);
-          }
-          break;
-        }
-        case W_SERIALISE: {
-          const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_SERIALISE;
-          out[b + wo + W_PC] = W_COPYWRITE;
-          break;
-        }
-        case W_COPYWRITE:
-        case W_COPYLATE: {
-          if (pc === W_COPYLATE || !serialisedCopy || (readerHold & claim) === 0) {
-            const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_COPYWRITE;
-            let j = 0;
-            for (let c = woff; c < woff + ws; c++) if ((claim >> c) & 1) out[b + TGT + c] = src[o + W_BUF + j++]!;
-            if (cbw && !doneBeforeCopy) set16(out, b + DONE, done | rangeMask(woff, ws));
-            if (pc === W_COPYLATE) finishW(out, b + wo, W_DONE, failed);
-            else {
-              setW(out, b + wo, W_WRITE, woff, 0, failed, noWait);
-              clearBuf(out, b + wo);
-            }
-          }
-          if (failuresLeft > 0) {
-            const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_COPYFAIL;
-            set16(out, b + COPY, copy | claim);
-            let snapErr = snapshotError;
-            if (pc === W_COPYLATE) {
-              finishW(out, b + wo, W_DONE, !breakSnapshot);
-              snapErr = snapErr || breakSnapshot;
-            } else if (!breakSnapshot) {
-              if (scheme.errorIgnored) {
-                setW(out, b + wo, W_WRITE, woff, 0, true, noWait);
-                clearBuf(out, b + wo);
-              } else finishW(out, b + wo, W_FAILED, false);
-            } else {
-              setW(out, b + wo, W_WRITE, woff, 0, failed, scheme.errorSkipsWait);
-              clearBuf(out, b + wo);
-              snapErr = true;
-            }
-            out[b + FLAGS] = (snapErr ? 128 : 0) | (failuresLeft - 1);
-          }
-          break;
-        }
-        case W_WRITE:
-        case W_WRITEEARLY: {
-          if (!cbw || noWait || (readerHold & rangeMask(woff, ws)) === 0) {
-            const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_WRITE;
-            for (let c = woff; c < woff + ws; c++) out[b + SRC + c] = i + 1 + B;
-            if (pc === W_WRITEEARLY) out[b + wo + W_PC] = W_COPYLATE;
-            else finishW(out, b + wo, W_DONE, failed);
-          }
-          break;
-        }
-        default:
-          break; // done, failed
-      }
-    }
+    for (let i = 0; i < W; i++) n = writerSuccessors(src, at, out, codes, n, i, copy, done, snapshotError, failuresLeft, readerHold, writerInflight);
+    for (let i = 0; i < R; i++) n = readerSuccessors(src, at, out, codes, n, i, done, access, snapshotError, writerInflight);
+    if (hasDiscarder || T > 0) n = environmentSuccessors(src, at, out, codes, n, copy, access);
+    return n;
+  }
 
-    for (let i = 0; i < R; i++) {
-      const ro = ROFF + i * RB;
-      const o = at + ro;
-      const pc = src[o + R_PC]!;
-      switch (pc) {
-        case R_IDLE: {
-          for (let off = 0; off + rs <= N; off++) {
-            const m = rangeMask(off, rs);
-            let blocked = false;
-            if (cowFreeze || cowWait) {
-              blocked = (writerInflight & m) !== 0;
-            } else if (tempTracked) {
-              for (let k = 0; k < W; k++) {
-                const wo = at + WOFF + k * WB;
-                if (src[wo + W_PC] === W_COPYWRITE && (get16(src, wo + W_CLAIM) & m) !== 0) blocked = true;
-              }
-            }
-            if (blocked) continue;
+  // The successors by one writer, one reader, and the environment (discard, temp writers), split
+  // so that each is small enough to be optimised early in a short search.
+
+  function writerSuccessors(
+    src: Uint8Array, at: number, out: Uint8Array, codes: Int32Array, n: number, i: number,
+    copy: number, done: number, snapshotError: boolean, failuresLeft: number, readerHold: number, writerInflight: number,
+  ): number {
+    const wo = WOFF + i * WB; // offset within a state
+    const o = at + wo;
+    const pc = src[o + W_PC]!;
+    const woff = src[o + W_OFF]! - B;
+    const claim = get16(src, o + W_CLAIM);
+    const wflags = src[o + W_FLAGS]!;
+    const failed = (wflags & 2) !== 0;
+    const noWait = (wflags & 1) !== 0;
+    switch (pc) {
+      case W_IDLE: {
+        for (let off = 0; off + ws <= N; off++) {
+          const m = rangeMask(off, ws);
+          if (cbw && snapshotError) {
+            // submit, CBW skipped
             const b = n * width;
             copyState(src, at, out, b, width);
-            codes[n++] = A_START;
-            setR(out, b + ro, cbw ? R_LOCK : R_LOOKUP, off, off, 0, false, startHolds ? m : 0, SNAP, -1);
+            codes[n++] = A_SUBMIT;
+            setW(out, b + wo, W_WRITE, off, 0, false, scheme.errorEarlyReturn);
+            clearBuf(out, b + wo);
+            continue;
           }
-          break;
-        }
-        case R_LOOKUP: {
+          const blockers = writerInflight | (cowFreeze ? readerHold : 0);
+          if ((blockers & m) !== 0) continue;
           const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_LOOKUP;
-          const pos = src[o + R_POS]! - B;
-          out[b + ro + R_PC] = R_READ;
-          out[b + ro + R_N] = 1;
-          out[b + ro + R_FROM] = src[at + TGT + pos] !== UNALLOC ? 1 : 0;
-          break;
+          copyState(src, at, out, b, width);
+          codes[n++] = A_SUBMIT;
+          const cl = m & copy;
+          let len = 0;
+          for (let c = off; c < off + ws; c++) if ((cl >> c) & 1) out[b + wo + W_BUF + len++] = src[at + SRC + c]!;
+          for (let j = len; j < ws; j++) out[b + wo + W_BUF + j] = 0;
+          out[b + wo + W_BUFLEN] = len;
+          let d = done;
+          if (cbw && (cl === 0 || doneBeforeCopy)) d |= m;
+          const npc = cl === 0 ? W_WRITE : serialisedCopy ? W_SERIALISE : writeBeforeCopy ? W_WRITEEARLY : W_COPYWRITE;
+          setW(out, b + wo, npc, off, cl, false, false);
+          set16(out, b + COPY, copy & ~cl);
+          set16(out, b + DONE, d);
         }
-        case R_LOCK: {
+        break;
+      }
+      case W_SERIALISE: {
+        const b = n * width;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_SERIALISE;
+        out[b + wo + W_PC] = W_COPYWRITE;
+        break;
+      }
+      case W_COPYWRITE:
+      case W_COPYLATE: {
+        if (pc === W_COPYLATE || !serialisedCopy || (readerHold & claim) === 0) {
           const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_LOCK;
-          const off = src[o + R_OFF]! - B;
-          const pos = src[o + R_POS]! - B;
-          const end = off + rs;
-          const remaining = rangeMask(pos, end - pos);
-          if (snapshotError || (remaining & ~access) !== 0) {
-            setR(out, b + ro, R_FAILED, -1, 0, 0, false, 0, SNAP, -1);
-            break;
+          copyState(src, at, out, b, width);
+          codes[n++] = A_COPYWRITE;
+          let j = 0;
+          for (let c = woff; c < woff + ws; c++) if ((claim >> c) & 1) out[b + TGT + c] = src[o + W_BUF + j++]!;
+          if (cbw && !doneBeforeCopy) set16(out, b + DONE, done | rangeMask(woff, ws));
+          if (pc === W_COPYLATE) finishW(out, b + wo, W_DONE, failed);
+          else {
+            setW(out, b + wo, W_WRITE, woff, 0, failed, noWait);
+            clearBuf(out, b + wo);
           }
-          const isDone = (done >> pos) & 1;
-          let len = 1;
-          while (pos + len < end && ((done >> (pos + len)) & 1) === isDone) len++;
-          out[b + ro + R_PC] = R_READ;
-          out[b + ro + R_N] = len;
-          out[b + ro + R_FROM] = isDone;
-          set16(out, b + ro + R_HOLD, !isDone && frozenReqs ? rangeMask(pos, len) : 0);
-          break;
         }
-        case R_READ: {
+        if (failuresLeft > 0) {
           const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_READ;
-          const off = src[o + R_OFF]! - B;
-          const pos = src[o + R_POS]! - B;
-          const len = src[o + R_N]!;
-          const from = src[o + R_FROM] === 1 ? TGT : SRC;
-          let bad = src[o + R_BAD]!;
-          let badAt = src[o + R_BADAT]! - B;
-          for (let c = pos; c < pos + len; c++) {
-            const v = src[at + from + c]!;
-            const ok = v === SNAP || (v === DISCARD && ((access >> c) & 1) === 0);
-            if (!ok && bad === SNAP) {
-              bad = v;
-              badAt = c;
-            }
-          }
-          const npos = pos + len;
-          if (npos === off + rs) {
-            if (bad === SNAP) setR(out, b + ro, R_DONE, -1, 0, 0, false, 0, SNAP, -1);
-            else setR(out, b + ro, R_DONE, off, 0, 0, false, 0, bad, badAt);
+          copyState(src, at, out, b, width);
+          codes[n++] = A_COPYFAIL;
+          set16(out, b + COPY, copy | claim);
+          let snapErr = snapshotError;
+          if (pc === W_COPYLATE) {
+            finishW(out, b + wo, W_DONE, !breakSnapshot);
+            snapErr = snapErr || breakSnapshot;
+          } else if (!breakSnapshot) {
+            if (scheme.errorIgnored) {
+              setW(out, b + wo, W_WRITE, woff, 0, true, noWait);
+              clearBuf(out, b + wo);
+            } else finishW(out, b + wo, W_FAILED, false);
           } else {
-            setR(out, b + ro, cbw ? R_LOCK : R_LOOKUP, off, npos, 0, false, cbw ? 0 : get16(src, o + R_HOLD), bad, badAt);
+            setW(out, b + wo, W_WRITE, woff, 0, failed, scheme.errorSkipsWait);
+            clearBuf(out, b + wo);
+            snapErr = true;
           }
+          out[b + FLAGS] = (snapErr ? 128 : 0) | (failuresLeft - 1);
+        }
+        break;
+      }
+      case W_WRITE:
+      case W_WRITEEARLY: {
+        if (!cbw || noWait || (readerHold & rangeMask(woff, ws)) === 0) {
+          const b = n * width;
+          copyState(src, at, out, b, width);
+          codes[n++] = A_WRITE;
+          for (let c = woff; c < woff + ws; c++) out[b + SRC + c] = i + 1 + B;
+          if (pc === W_WRITEEARLY) out[b + wo + W_PC] = W_COPYLATE;
+          else finishW(out, b + wo, W_DONE, failed);
+        }
+        break;
+      }
+      default:
+        break; // done, failed
+    }
+      return n;
+  }
+
+  function readerSuccessors(
+    src: Uint8Array, at: number, out: Uint8Array, codes: Int32Array, n: number, i: number,
+    done: number, access: number, snapshotError: boolean, writerInflight: number,
+  ): number {
+    const ro = ROFF + i * RB;
+    const o = at + ro;
+    const pc = src[o + R_PC]!;
+    switch (pc) {
+      case R_IDLE: {
+        for (let off = 0; off + rs <= N; off++) {
+          const m = rangeMask(off, rs);
+          let blocked = false;
+          if (cowFreeze || cowWait) {
+            blocked = (writerInflight & m) !== 0;
+          } else if (tempTracked) {
+            for (let k = 0; k < W; k++) {
+              const wo = at + WOFF + k * WB;
+              if (src[wo + W_PC] === W_COPYWRITE && (get16(src, wo + W_CLAIM) & m) !== 0) blocked = true;
+            }
+          }
+          if (blocked) continue;
+          const b = n * width;
+          copyState(src, at, out, b, width);
+          codes[n++] = A_START;
+          setR(out, b + ro, cbw ? R_LOCK : R_LOOKUP, off, off, 0, false, startHolds ? m : 0, SNAP, -1);
+        }
+        break;
+      }
+      case R_LOOKUP: {
+        const b = n * width;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_LOOKUP;
+        const pos = src[o + R_POS]! - B;
+        out[b + ro + R_PC] = R_READ;
+        out[b + ro + R_N] = 1;
+        out[b + ro + R_FROM] = src[at + TGT + pos] !== UNALLOC ? 1 : 0;
+        break;
+      }
+      case R_LOCK: {
+        const b = n * width;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_LOCK;
+        const off = src[o + R_OFF]! - B;
+        const pos = src[o + R_POS]! - B;
+        const end = off + rs;
+        const remaining = rangeMask(pos, end - pos);
+        if (snapshotError || (remaining & ~access) !== 0) {
+          setR(out, b + ro, R_FAILED, -1, 0, 0, false, 0, SNAP, -1);
           break;
         }
-        default:
-          break; // done, failed
+        const isDone = (done >> pos) & 1;
+        let len = 1;
+        while (pos + len < end && ((done >> (pos + len)) & 1) === isDone) len++;
+        out[b + ro + R_PC] = R_READ;
+        out[b + ro + R_N] = len;
+        out[b + ro + R_FROM] = isDone;
+        set16(out, b + ro + R_HOLD, !isDone && frozenReqs ? rangeMask(pos, len) : 0);
+        break;
       }
+      case R_READ: {
+        const b = n * width;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_READ;
+        const off = src[o + R_OFF]! - B;
+        const pos = src[o + R_POS]! - B;
+        const len = src[o + R_N]!;
+        const from = src[o + R_FROM] === 1 ? TGT : SRC;
+        let bad = src[o + R_BAD]!;
+        let badAt = src[o + R_BADAT]! - B;
+        for (let c = pos; c < pos + len; c++) {
+          const v = src[at + from + c]!;
+          const ok = v === SNAP || (v === DISCARD && ((access >> c) & 1) === 0);
+          if (!ok && bad === SNAP) {
+            bad = v;
+            badAt = c;
+          }
+        }
+        const npos = pos + len;
+        if (npos === off + rs) {
+          if (bad === SNAP) setR(out, b + ro, R_DONE, -1, 0, 0, false, 0, SNAP, -1);
+          else setR(out, b + ro, R_DONE, off, 0, 0, false, 0, bad, badAt);
+        } else {
+          setR(out, b + ro, cbw ? R_LOCK : R_LOOKUP, off, npos, 0, false, cbw ? 0 : get16(src, o + R_HOLD), bad, badAt);
+        }
+        break;
+      }
+      default:
+        break; // done, failed
     }
+      return n;
+  }
 
+  function environmentSuccessors(src: Uint8Array, at: number, out: Uint8Array, codes: Int32Array, n: number, copy: number, access: number): number {
     if (hasDiscarder && src[at + DOFF] === 1) {
       for (let off = 0; off < N; off++) {
         const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_DISCARD;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_DISCARD;
         const m = 1 << off;
         out[b + TGT + off] = DISCARD;
         if (scheme.discardUntracked) {
@@ -450,8 +468,8 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
       if (((tempDone >> t) & 1) !== 0) continue;
       for (let off = 0; off + ws <= N; off++) {
         const b = n * width;
-            copyState(src, at, out, b, width);
-            codes[n++] = A_TEMPWRITE;
+        copyState(src, at, out, b, width);
+        codes[n++] = A_TEMPWRITE;
         for (let c = off; c < off + ws; c++) out[b + TGT + c] = TEMP_DATA + t + B;
         out[b + TDONE] = tempDone | (1 << t);
       }
