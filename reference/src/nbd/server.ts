@@ -17,8 +17,12 @@ export interface BoundAddress {
   readonly port?: number;
 }
 
-/** Reply bytes queued on one connection before we stop reading its requests. */
-export const MAX_QUEUED_REPLY_BYTES = 64 * 1024 * 1024;
+/** Reply bytes queued on one connection before we stop reading its requests. It bounds memory
+ * against a client that does not read, and it paces a fast one: past a few MiB, answering more
+ * requests only piles up buffers the kernel cannot take yet, and a read buffer that cycles through
+ * a small working set stays in the CPU cache for both its pread and its writev (sequential reads
+ * at 256 KiB were measured faster and cheaper with 4 MiB than with 64 MiB). */
+export const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
 
 export class NbdServerError extends Error {
   override readonly name = 'NbdServerError';
