@@ -139,7 +139,8 @@ export function hashBytes(buf: Uint8Array, at: number, len: number): number {
  * open-addressing table. */
 export class WordKeySet {
   arena: Int32Array;
-  private hashes: Int32Array;
+  /** Two words per slot: id + 1 (0 = empty) and the key's hash, so a probe touches the arena only
+   * when the hashes agree. */
   private table: Int32Array;
   private mask: number;
   size = 0;
@@ -151,8 +152,7 @@ export class WordKeySet {
     capacity = 1 << 16,
   ) {
     this.arena = new Int32Array(words * capacity);
-    this.hashes = new Int32Array(capacity);
-    this.table = new Int32Array(capacity * 2);
+    this.table = new Int32Array(capacity * 4);
     this.mask = capacity * 2 - 1;
   }
 
@@ -171,14 +171,13 @@ export class WordKeySet {
     const arena = this.arena;
     let slot = h & mask;
     for (;;) {
-      const e = table[slot]!;
+      const e = table[2 * slot]!;
       if (e === 0) break;
-      const id = e - 1;
-      if (this.hashes[id] === h) {
-        const base = id * words;
+      if (table[2 * slot + 1] === h) {
+        const base = (e - 1) * words;
         let i = 0;
         while (i < words && arena[base + i] === src[at + i]) i++;
-        if (i === words) return ~id;
+        if (i === words) return ~(e - 1);
       }
       slot = (slot + 1) & mask;
     }
@@ -187,13 +186,8 @@ export class WordKeySet {
     const a = this.arena;
     const base = id * words;
     for (let i = 0; i < words; i++) a[base + i] = src[at + i]!;
-    if (id >= this.hashes.length) {
-      const hashes = new Int32Array(this.hashes.length * 2);
-      hashes.set(this.hashes);
-      this.hashes = hashes;
-    }
-    this.hashes[id] = h;
-    table[slot] = id + 1;
+    table[2 * slot] = id + 1;
+    table[2 * slot + 1] = h;
     this.size = id + 1;
     if (this.size * 2 > mask) this.rehash();
     return id;
@@ -206,13 +200,17 @@ export class WordKeySet {
   }
 
   private rehash(): void {
-    const cap = this.table.length * 2;
-    const table = new Int32Array(cap);
-    const mask = cap - 1;
-    for (let id = 0; id < this.size; id++) {
-      let slot = this.hashes[id]! & mask;
-      while (table[slot] !== 0) slot = (slot + 1) & mask;
-      table[slot] = id + 1;
+    const old = this.table;
+    const table = new Int32Array(old.length * 2);
+    const mask = (table.length >> 1) - 1;
+    for (let s = 0; s < old.length; s += 2) {
+      const e = old[s]!;
+      if (e === 0) continue;
+      const h = old[s + 1]!;
+      let slot = h & mask;
+      while (table[2 * slot] !== 0) slot = (slot + 1) & mask;
+      table[2 * slot] = e;
+      table[2 * slot + 1] = h;
     }
     this.table = table;
     this.mask = mask;
