@@ -387,7 +387,8 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
   search: while (!failure && levelEnd > levelStart) {
     if (depth >= maxDepth) {
       for (let id = levelStart; id < levelEnd; id++) {
-        if (pk.successors(new Uint8Array(set.arena.buffer, 0, count * width), id * width, out, codes) > 0) {
+        set.copyKey(id, curWords, 0);
+        if (pk.successors(cur, 0, out, codes) > 0) {
           stoppedBy = 'max-depth';
           break;
         }
@@ -395,9 +396,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
       break;
     }
     for (let sid = levelStart; sid < levelEnd; sid++) {
-      // The state's words, copied out of the arena (which may move while successors are added).
-      const arena = set.arena;
-      for (let i = 0, base = sid * words; i < words; i++) curWords[i] = arena[base + i]!;
+      set.copyKey(sid, curWords, 0);
       const n = pk.successors(cur, 0, out, codes);
       if (n === 0) {
         if (checkDeadlock && model.pending(pk.unpack(cur, 0))) {
@@ -459,8 +458,11 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
     const path: number[] = [];
     for (let id = failure.id; id !== -1; id = parents[id]!) path.push(id);
     path.reverse();
-    const bytes = new Uint8Array(set.arena.buffer);
-    const want = path.map((id) => bytes.slice(id * width, (id + 1) * width));
+    const want = path.map((id) => {
+      const key = new Int32Array(words);
+      set.copyKey(id, key, 0);
+      return new Uint8Array(key.buffer);
+    });
     const mine = new Uint8Array(width);
     const matches = (state: S, i: number): boolean => {
       pk.pack(state, mine, 0);

@@ -134,24 +134,24 @@ export function hashBytes(buf: Uint8Array, at: number, len: number): number {
   return h;
 }
 
-/** The visited set of the packed search: fixed-width keys of `words` 32-bit words, stored at
- * id * words in one Int32Array arena (which doubles as the BFS frontier), found through an
- * open-addressing table. */
+/** The visited set of the packed search: fixed-width keys of `words` 32-bit words, stored by id in
+ * chunks of 2^16 keys (the set grows without copying; the chunks double as the BFS frontier),
+ * found through an open-addressing table. */
 export class WordKeySet {
-  arena: Int32Array;
+  private readonly chunks: Int32Array[] = [];
   /** Two words per slot: id + 1 (0 = empty) and the key's hash, so a probe touches the arena only
    * when the hashes agree. */
   private table: Int32Array;
   private mask: number;
   size = 0;
 
-  /** Room for `capacity` keys (a power of two) before the first growth: growing is rare code that
-   * a short search would otherwise reach only after it was optimised without it. */
+  /** Room for `capacity` keys (a power of two) in the table before it first grows: growing is rare
+   * code that a short search would otherwise reach only after it was optimised without it. */
   constructor(
     readonly words: number,
     capacity = 1 << 16,
   ) {
-    this.arena = new Int32Array(words * capacity);
+    this.chunks.push(new Int32Array(words << CHUNK_BITS));
     this.table = new Int32Array(capacity * 4);
     this.mask = capacity * 2 - 1;
   }
@@ -168,24 +168,26 @@ export class WordKeySet {
     h ^= h >>> 16;
     const table = this.table;
     const mask = this.mask;
-    const arena = this.arena;
+    const chunks = this.chunks;
     let slot = h & mask;
     for (;;) {
       const e = table[2 * slot]!;
       if (e === 0) break;
       if (table[2 * slot + 1] === h) {
-        const base = (e - 1) * words;
+        const id = e - 1;
+        const chunk = chunks[id >>> CHUNK_BITS]!;
+        const base = (id & CHUNK_MASK) * words;
         let i = 0;
-        while (i < words && arena[base + i] === src[at + i]) i++;
-        if (i === words) return ~(e - 1);
+        while (i < words && chunk[base + i] === src[at + i]) i++;
+        if (i === words) return ~id;
       }
       slot = (slot + 1) & mask;
     }
     const id = this.size;
-    if ((id + 1) * words > arena.length) this.grow();
-    const a = this.arena;
-    const base = id * words;
-    for (let i = 0; i < words; i++) a[base + i] = src[at + i]!;
+    if (id >>> CHUNK_BITS === chunks.length) chunks.push(new Int32Array(words << CHUNK_BITS));
+    const chunk = chunks[id >>> CHUNK_BITS]!;
+    const base = (id & CHUNK_MASK) * words;
+    for (let i = 0; i < words; i++) chunk[base + i] = src[at + i]!;
     table[2 * slot] = id + 1;
     table[2 * slot + 1] = h;
     this.size = id + 1;
@@ -193,10 +195,12 @@ export class WordKeySet {
     return id;
   }
 
-  private grow(): void {
-    const arena = new Int32Array(this.arena.length * 2);
-    arena.set(this.arena);
-    this.arena = arena;
+  /** Copies key `id` into `out` from `at`. */
+  copyKey(id: number, out: Int32Array, at: number): void {
+    const words = this.words;
+    const chunk = this.chunks[id >>> CHUNK_BITS]!;
+    const base = (id & CHUNK_MASK) * words;
+    for (let i = 0; i < words; i++) out[at + i] = chunk[base + i]!;
   }
 
   private rehash(): void {
@@ -216,3 +220,6 @@ export class WordKeySet {
     this.mask = mask;
   }
 }
+
+const CHUNK_BITS = 16;
+const CHUNK_MASK = (1 << CHUNK_BITS) - 1;
