@@ -41,7 +41,9 @@ export interface Behaviour<S, A> {
   /** Every action name the model can ever take, for coverage (taken / enabled / never enabled). */
   readonly actionNames: readonly string[];
 
-  // Optional members (added compatibly; the explorer has a fallback for each).
+  // Optional members (added compatibly; the explorer has a fallback for each). A wrapper that
+  // builds on a model by spreading it and changing enabled/step/key must leave out `writeKey` and
+  // `packed`, which describe the wrapped model only.
 
   /** The coverage bucket of an action, one of `actionNames`. Called once per transition, so keep
    * it cheap; defaults to `label(action).action`. */

@@ -250,6 +250,27 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   return result(model, { symmetric, failure, stoppedBy, count, generated, depth, terminal, clock, peakRss, names, enabledCount, takenCount, counterexample });
 }
 
+/** A cheap guard against a packed form that does not belong to the model (e.g. a wrapper that
+ * spread a model but changed its enabled/step): on every initial state, the packed successors
+ * must be the packed step() of each enabled() action, in order. */
+function checkPackedAgrees<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>): void {
+  const width = pk.width;
+  const cur = new Uint8Array(width);
+  const out = new Uint8Array(width * Math.max(1, pk.maxSuccessors));
+  const codes = new Int32Array(Math.max(1, pk.maxSuccessors));
+  const expect = new Uint8Array(width);
+  for (const s of model.initial()) {
+    pk.pack(s, cur, 0);
+    const acts = model.enabled(s);
+    let ok = pk.successors(cur, 0, out, codes) === acts.length;
+    for (let j = 0; ok && j < acts.length; j++) {
+      pk.pack(model.step(s, acts[j]!), expect, 0);
+      for (let i = 0; i < width; i++) if (expect[i] !== out[j * width + i]) ok = false;
+    }
+    if (!ok) throw new SpecError('internal: the packed form disagrees with enabled/step (a wrapper must drop `packed` and `writeKey`)', model.name);
+  }
+}
+
 function grow(a: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> {
   const grown = new Int32Array(a.length * 2);
   grown.set(a);
@@ -368,6 +389,7 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
     count = id + 1;
   };
 
+  checkPackedAgrees(model, pk);
   for (const s of model.initial()) {
     pk.pack(s, cur, 0);
     const id = set.addOrFind(curWords, 0);
