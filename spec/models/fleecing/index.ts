@@ -5,3 +5,4 @@ export { S1, S2, S3, S4, S4_QEMU_EARLY_RETURN, KNOWN_BAD, SCHEMES } from './sche
 export type { ReaderProtection, Scheme } from './scheme.ts';
 export { SNAPSHOT, UNALLOCATED, GARBAGE, DISCARDED, TEMP_DATA, describeValue, isGuestData } from './state.ts';
 export type { FleecingState, Reader, Writer, WriterPc, ReaderPc, Discarder } from './state.ts';
+export { crossCheckPacked } from './packed.ts';

@@ -531,3 +531,58 @@ function writerPc(pc: Writer['pc']): number {
 function readerPc(pc: Reader['pc']): number {
   return READER_PCS.indexOf(pc, 1);
 }
+
+/**
+ * Cross-checks a model's packed form against its object form on every state reachable within
+ * `maxStates` (breadth-first over enabled/step): pack/unpack round trip, the successors (count,
+ * order, bytes, action names) and the soundness of mayViolate. Returns the first disagreement as a
+ * sentence, or undefined. For tests (spec/test) over every scheme and option.
+ */
+export function crossCheckPacked<A extends { readonly kind: string }>(
+  model: {
+    readonly name: string;
+    initial(): readonly FleecingState[];
+    enabled(s: FleecingState): readonly A[];
+    step(s: FleecingState, a: A): FleecingState;
+    key(s: FleecingState, symmetric: boolean): string;
+    readonly invariants: readonly { check(s: FleecingState): string | undefined }[];
+    readonly packed?: PackedForm<FleecingState>;
+  },
+  maxStates = 200_000,
+): string | undefined {
+  const pk = model.packed;
+  if (pk === undefined) return `${model.name}: no packed form`;
+  const width = pk.width;
+  const cur = new Uint8Array(width);
+  const out = new Uint8Array(width * pk.maxSuccessors);
+  const codes = new Int32Array(pk.maxSuccessors);
+  const expect = new Uint8Array(width);
+  const seen = new Set<string>();
+  const queue: FleecingState[] = [...model.initial()];
+  for (let q = 0; q < queue.length && seen.size < maxStates; q++) {
+    const s = queue[q]!;
+    const k = model.key(s, false);
+    if (seen.has(k)) continue;
+    seen.add(k);
+    pk.pack(s, cur, 0);
+    if (JSON.stringify(pk.unpack(cur, 0)) !== JSON.stringify(s)) return `${model.name}: unpack(pack(s)) differs from s = ${JSON.stringify(s)}`;
+    if (pk.mayViolate && !pk.mayViolate(cur, 0) && model.invariants.some((inv) => inv.check(s) !== undefined)) {
+      return `${model.name}: mayViolate misses a violation in ${JSON.stringify(s)}`;
+    }
+    const acts = model.enabled(s);
+    const n = pk.successors(cur, 0, out, codes);
+    if (n !== acts.length) return `${model.name}: ${n} packed successors, ${acts.length} enabled actions in ${JSON.stringify(s)}`;
+    for (let j = 0; j < n; j++) {
+      const a = acts[j]!;
+      const t = model.step(s, a);
+      pk.pack(t, expect, 0);
+      for (let i = 0; i < width; i++) {
+        if (expect[i] !== out[j * width + i]) return `${model.name}: packed successor ${j} (${JSON.stringify(a)}) differs at byte ${i} in ${JSON.stringify(s)}`;
+      }
+      if (pk.actionNames[codes[j]!] !== a.kind) return `${model.name}: packed successor ${j} is ${pk.actionNames[codes[j]!]}, enabled says ${a.kind}`;
+      queue.push(t);
+    }
+    if (queue.length > 4 * maxStates) queue.splice(0, q + 1), (q = -1);
+  }
+  return undefined;
+}
