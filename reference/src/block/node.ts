@@ -39,7 +39,8 @@ export class BdrvChild {
     }
   }
 
-  async read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+  read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
+    // BlockNode.read is async: it rejects, never throws, so no async wrapper is needed here.
     return this.node.read(offset, bytes, flags);
   }
 
@@ -223,7 +224,9 @@ export abstract class BlockNode implements Parent {
     const req = this.tracked.begin(type, offset, bytes);
     try {
       if (flags.serialising) req.setSerialising(this.clusterSize());
-      await req.waitSerialising();
+      // Only a serialising request can make anyone wait; without one in flight, the request goes
+      // straight on, as in QEMU, where bdrv_wait_serialising_requests yields only on a conflict.
+      if (this.tracked.serialisingInFlight > 0) await req.waitSerialising();
       return await body();
     } finally {
       req.end();

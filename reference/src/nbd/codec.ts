@@ -188,8 +188,8 @@ export class Parser {
         offset: hi * 0x1_0000_0000 + lo,
         length,
         streamOffset: at,
-        ...(type === CMD.WRITE ? { data: Buffer.from(buf.subarray(pos + 28, pos + 28 + length)) } : {}),
       };
+      if (type === CMD.WRITE) (req as { data?: Buffer }).data = Buffer.from(buf.subarray(pos + 28, pos + 28 + length));
       pos += 28 + (type === CMD.WRITE ? length : 0);
       emit(req);
     }

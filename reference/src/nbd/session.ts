@@ -388,18 +388,23 @@ export class NbdSession {
     const bytes = req.type === CMD.WRITE || req.type === CMD.READ ? req.length : 0;
     this.inFlightBytes += bytes;
     if (this.inFlight >= this.maxInFlight || this.inFlightBytes >= this.maxInFlightBytes) this.hold('in-flight');
-    this.handle(req)
-      .catch((e) => this.sendError(req, e instanceof RequestFailed ? e.wire : nbdErrorOf(e, { fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0 })))
-      .finally(() => {
-        this.inFlight--;
-        this.inFlightBytes -= bytes;
-        if (this.inFlight < this.maxInFlight && this.inFlightBytes < this.maxInFlightBytes) this.release('in-flight');
-        if (this.inFlight === 0) {
-          const w = this.drainWaiters;
-          this.drainWaiters = [];
-          for (const f of w) f();
-        }
-      });
+    const settled = (): void => {
+      this.inFlight--;
+      this.inFlightBytes -= bytes;
+      if (this.inFlight < this.maxInFlight && this.inFlightBytes < this.maxInFlightBytes) this.release('in-flight');
+      if (this.inFlight === 0) {
+        const w = this.drainWaiters;
+        this.drainWaiters = [];
+        for (const f of w) f();
+      }
+    };
+    this.handle(req).then(settled, (e) => {
+      try {
+        this.sendError(req, e instanceof RequestFailed ? e.wire : nbdErrorOf(e, { fastZero: (req.flags & CMD_FLAG.FAST_ZERO) !== 0 }));
+      } finally {
+        settled();
+      }
+    });
   }
 
   /** Stops taking requests for `reason` (idempotent). */
