@@ -173,7 +173,7 @@ describe('NBD server: a client that never reads its replies', () => {
     }
   }
 
-  it('stops being read once its queued replies pass the cap (8 MiB here; 64 MiB by default)', async () => {
+  it('stops being read once its queued replies pass the cap (8 MiB here; 4 MiB by default)', async () => {
     const q = await queuedAfterBurst(8 << 20, 40);
     expect(q).toBeGreaterThan(8 << 20);
     expect(q).toBeLessThan(16 << 20);
