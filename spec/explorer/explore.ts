@@ -125,11 +125,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   let count = 0;
   let parents = new Int32Array(1 << 14);
   const addParent = (id: number, parent: number): void => {
-    if (id >= parents.length) {
-      const grown = new Int32Array(parents.length * 2);
-      grown.set(parents);
-      parents = grown;
-    }
+    if (id >= parents.length) parents = grow(parents);
     parents[id] = parent;
     count = id + 1;
   };
@@ -142,10 +138,7 @@ export function explore<S, A>(model: Behaviour<S, A>, options: ExploreOptions = 
   let failure: { kind: 'invariant' | 'deadlock'; id: number; invariant?: string } | undefined;
   let peakRss = process.memoryUsage.rss();
 
-  const violated = (state: S): string | undefined => {
-    for (const inv of invariants) if (inv.check(state) !== undefined) return inv.name;
-    return undefined;
-  };
+  const violated = (state: S): string | undefined => firstViolated(invariants, state);
 
   let level: S[] = [];
   let levelIds: number[] = [];
@@ -271,6 +264,12 @@ function checkPackedAgrees<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>): voi
   }
 }
 
+/** The name of the first invariant `state` violates, if any. */
+function firstViolated<S>(invariants: Behaviour<S, unknown>['invariants'], state: S): string | undefined {
+  for (const inv of invariants) if (inv.check(state) !== undefined) return inv.name;
+  return undefined;
+}
+
 function grow(a: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> {
   const grown = new Int32Array(a.length * 2);
   grown.set(a);
@@ -375,16 +374,9 @@ function explorePacked<S, A>(model: Behaviour<S, A>, pk: PackedForm<S>, o: Packe
   let failure: { kind: 'invariant' | 'deadlock'; id: number; invariant?: string } | undefined;
   let peakRss = process.memoryUsage.rss();
 
-  const violated = (state: S): string | undefined => {
-    for (const inv of invariants) if (inv.check(state) !== undefined) return inv.name;
-    return undefined;
-  };
+  const violated = (state: S): string | undefined => firstViolated(invariants, state);
   const addParent = (id: number, parent: number): void => {
-    if (id >= parents.length) {
-      const grown = new Int32Array(parents.length * 2);
-      grown.set(parents);
-      parents = grown;
-    }
+    if (id >= parents.length) parents = grow(parents);
     parents[id] = parent;
     count = id + 1;
   };
