@@ -156,6 +156,13 @@ describe('SPIN runner', () => {
     );
   });
 
+  it('repeats a short pan run and reports the mean of its 10 ms-tick times', () => {
+    const r = runSpin(fleecingPromela(cfg('S3', 2, 1, 1)), { repeats: 3 });
+    expect(r.runSeconds).toHaveLength(3);
+    expect(r.seconds).toBeCloseTo(r.runSeconds.reduce((a, b) => a + b, 0) / 3, 9);
+    expect(r.verdict).toBe('pass');
+  });
+
   it('parses pan summaries: pass, violation, and a search cut short is not a pass', () => {
     const summary = (errors: number, extra = '') =>
       `${extra}State-vector 64 byte, depth reached 43, errors: ${errors}\n    83393 states, stored\n   175224 states, matched\n   258617 transitions (= stored+matched)\n    19.200\ttotal actual memory usage\npan: elapsed time 0.07 seconds\n`;

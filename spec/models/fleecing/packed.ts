@@ -218,6 +218,7 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
   /** Successors of src[at..at+width) in enabled() order, back to back in `out`; codes[j] is the
    * action code of the j-th. */
   function successors(src: Uint8Array, at: number, out: Uint8Array, codes: Int32Array): number {
+    bindViews(src, at, out);
     const flags = src[at + FLAGS]!;
     const snapshotError = (flags & 128) !== 0;
     const failuresLeft = flags & 127;
@@ -499,18 +500,18 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
   return { width, maxSuccessors, actionNames: ACTION_NAMES, pack, unpack, successors, mayViolate };
 }
 
-// Word views of the explorer's (reused) byte buffers, cached by buffer, for copying states a
-// 32-bit word at a time (widths and offsets are multiples of 4).
+// Word views of the explorer's (reused) byte buffers, cached by buffer and bound once per
+// successors() call, for copying states a 32-bit word at a time (widths and offsets are multiples
+// of 4). An unaligned caller (a test slicing buffers) gets the bytewise copy.
 let srcBytes: Uint8Array | undefined;
 let srcWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
 let outBytes: Uint8Array | undefined;
 let outWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+let aligned = false;
 
-function copyState(src: Uint8Array, at: number, out: Uint8Array, b: number, width: number): void {
-  if (((src.byteOffset | out.byteOffset | at | src.byteLength | out.byteLength) & 3) !== 0) {
-    for (let i = 0; i < width; i++) out[b + i] = src[at + i]!; // unaligned caller: bytewise
-    return;
-  }
+function bindViews(src: Uint8Array, at: number, out: Uint8Array): void {
+  aligned = ((src.byteOffset | out.byteOffset | at | src.byteLength | out.byteLength) & 3) === 0;
+  if (!aligned) return;
   if (src !== srcBytes) {
     srcBytes = src;
     srcWords = new Int32Array(src.buffer, src.byteOffset, src.byteLength >> 2);
@@ -518,6 +519,14 @@ function copyState(src: Uint8Array, at: number, out: Uint8Array, b: number, widt
   if (out !== outBytes) {
     outBytes = out;
     outWords = new Int32Array(out.buffer, out.byteOffset, out.byteLength >> 2);
+  }
+}
+
+/** Copies the state at src[at..at+width) to out[b..b+width); views bound by bindViews. */
+function copyState(src: Uint8Array, at: number, out: Uint8Array, b: number, width: number): void {
+  if (!aligned) {
+    for (let i = 0; i < width; i++) out[b + i] = src[at + i]!;
+    return;
   }
   const sw = srcWords;
   const ow = outWords;

@@ -39,6 +39,11 @@ export interface SpinOptions {
   readonly optimize?: 0 | 2;
   /** Environment for the child processes (tests use it to hide a peer). */
   readonly env?: NodeJS.ProcessEnv;
+  /** Run the compiled pan this many times (default 1) and report the mean of its elapsed times:
+   * pan times its search with times(), in 10 ms ticks, so a search of a few ticks is only known
+   * to within one tick; the tick boundary falls at a random point of each run, so the mean of
+   * several runs converges on the true duration. */
+  readonly repeats?: number;
 }
 
 export type SpinVerdict = 'pass' | 'violation' | 'incomplete';
@@ -55,9 +60,11 @@ export interface SpinResult {
   readonly transitions: number;
   readonly depth: number;
   readonly stateVectorBytes: number;
-  /** pan's elapsed search time, s (pan prints 0 for very short runs). */
+  /** pan's elapsed search time, s (pan prints 0 for very short runs); with `repeats`, the mean. */
   readonly seconds: number;
-  /** Wall time of the pan process, s. */
+  /** pan's elapsed time of each run (one entry unless `repeats` > 1). */
+  readonly runSeconds: readonly number[];
+  /** Wall time of the pan process, s (with `repeats`, the mean). */
   readonly wallSeconds: number;
   /** spin -a + gcc, s. */
   readonly compileSeconds: number;
@@ -91,7 +98,7 @@ const num = (out: string, re: RegExp): number => {
 };
 
 /** Parse pan's summary. Exported for tests on canned output. */
-export function parsePan(out: string): Omit<SpinResult, 'wallSeconds' | 'compileSeconds' | 'peakRssMb' | 'flags' | 'output'> {
+export function parsePan(out: string): Omit<SpinResult, 'wallSeconds' | 'runSeconds' | 'compileSeconds' | 'peakRssMb' | 'flags' | 'output'> {
   const errors = num(out, /errors:\s*(\d+)/);
   const violationLine = /pan:\d+:\s*(.+?)(?:\s*\(at depth \d+\))?\s*$/m.exec(out)?.[1];
   const incomplete = /Search not completed|max search depth too small|out of memory|pan: reached -DMEMLIM/i.test(out);
@@ -136,28 +143,41 @@ export function runSpin(model: string, opts: SpinOptions = {}): SpinResult {
     const hasTime = fs.existsSync('/usr/bin/time');
     const panArgs = [`-w${opts.hashBits ?? 20}`, '-m100000'];
     const limitMs = opts.timeoutMs ?? 120_000;
-    const p = run(
-      'timeout',
-      ['-s', 'KILL', `${Math.ceil(limitMs / 1000)}`, ...(hasTime ? ['/usr/bin/time', '-f', 'FLEECE_MAXRSS_KB=%M'] : []), './pan', ...panArgs],
-      dir,
-      limitMs + 10_000,
-      'pan',
-      opts.env,
-    );
-    if (p.status === 137 || p.status === 124) {
-      throw new SpinError(`pan did not finish within ${limitMs} ms`, { step: 'pan', output: p.out });
+    const repeats = Math.max(1, Math.floor(opts.repeats ?? 1));
+    const runs: Array<{ parsed: ReturnType<typeof parsePan>; wall: number; rssKb: number; out: string }> = [];
+    for (let i = 0; i < repeats; i++) {
+      const p = run(
+        'timeout',
+        ['-s', 'KILL', `${Math.ceil(limitMs / 1000)}`, ...(hasTime ? ['/usr/bin/time', '-f', 'FLEECE_MAXRSS_KB=%M'] : []), './pan', ...panArgs],
+        dir,
+        limitMs + 10_000,
+        'pan',
+        opts.env,
+      );
+      if (p.status === 137 || p.status === 124) {
+        throw new SpinError(`pan did not finish within ${limitMs} ms`, { step: 'pan', output: p.out });
+      }
+      if (p.signal !== null) throw new SpinError(`pan was stopped by ${p.signal} (timeout ${opts.timeoutMs ?? 120_000} ms?)`, { step: 'pan', output: p.out });
+      const parsed = parsePan(p.out);
+      if (parsed.statesStored === 0) throw new SpinError(`pan printed no summary:\n${p.out}`, { step: 'pan', output: p.out });
+      if (runs.length > 0 && parsed.statesStored !== runs[0]!.parsed.statesStored) {
+        throw new SpinError(`pan stored ${parsed.statesStored} states in run ${i + 1} but ${runs[0]!.parsed.statesStored} in run 1`, { step: 'pan', output: p.out });
+      }
+      runs.push({ parsed, wall: p.seconds, rssKb: num(p.out, /FLEECE_MAXRSS_KB=(\d+)/), out: p.out });
     }
-    if (p.signal !== null) throw new SpinError(`pan was stopped by ${p.signal} (timeout ${opts.timeoutMs ?? 120_000} ms?)`, { step: 'pan', output: p.out });
-    const parsed = parsePan(p.out);
-    if (parsed.statesStored === 0) throw new SpinError(`pan printed no summary:\n${p.out}`, { step: 'pan', output: p.out });
-    const rssKb = num(p.out, /FLEECE_MAXRSS_KB=(\d+)/);
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const first = runs[0]!;
+    const runSeconds = runs.map((r) => r.parsed.seconds);
+    const rssKb = Math.max(...runs.map((r) => r.rssKb));
     return {
-      ...parsed,
-      wallSeconds: p.seconds,
+      ...first.parsed,
+      seconds: mean(runSeconds),
+      runSeconds,
+      wallSeconds: mean(runs.map((r) => r.wall)),
       compileSeconds,
-      peakRssMb: rssKb > 0 ? rssKb / 1024 : parsed.memoryMb,
+      peakRssMb: rssKb > 0 ? rssKb / 1024 : first.parsed.memoryMb,
       flags,
-      output: p.out,
+      output: first.out,
     };
   } finally {
     if (cleanup) fs.rmSync(dir, { recursive: true, force: true });
