@@ -135,13 +135,25 @@ export class NbdServer implements ExportLookup {
     // A client that does not read its replies must not make us queue without bound: past the
     // cap the session holds (stops taking requests) until the socket drains.
     const maxQueued = this.opts.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
-    socket.on('drain', () => session.release('drain'));
+    // Lifting the hold only on 'drain' (queue empty) would stop and go: the client would wait for
+    // the next batch of reads. So the write callbacks lift it once the queue is down to half.
+    const lowWater = maxQueued / 2;
+    let draining = false;
+    const resume = (): void => {
+      if (!draining || socket.writableLength > lowWater) return;
+      draining = false;
+      session.release('drain');
+    };
+    socket.on('drain', resume);
     const session = new NbdSession(
       this,
       {
         send: (bufs, written) => {
           if (socket.destroyed) return;
-          const done = written && ((err?: Error | null) => void (err ? undefined : written()));
+          const done = (err?: Error | null): void => {
+            if (!err) written?.();
+            resume();
+          };
           if (bufs.length === 1) socket.write(bufs[0]!, done);
           else {
             // One writev for header and payload; `done` rides on the last non-empty buffer.
@@ -154,7 +166,10 @@ export class NbdServer implements ExportLookup {
           }
           // Node's own high-water mark (16 KiB) is below one READ reply; what matters is that a
           // client that stops reading cannot make us queue without bound.
-          if (socket.writableLength > maxQueued) session.hold('drain');
+          if (socket.writableLength > maxQueued && !draining) {
+            draining = true;
+            session.hold('drain');
+          }
         },
         close: (_reason, error) => {
           // A hard disconnect after a violation drops the link at once; a soft one (ABORT, DISC)
