@@ -30,6 +30,12 @@ function usage(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `fleece ... | head`: a reader that goes away is not an error of ours; stop quietly, as Unix
+  // tools do, instead of printing an EPIPE stack trace.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
   await import('./commands.ts');
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {

@@ -19,10 +19,13 @@ import {
   type ExploreOptions,
 } from './explorer/index.ts';
 import { buildModel, findModel, flagName, listModels, parseParamValue, type ModelEntry, type ParamValue } from './models/index.ts';
+import type { CbwRule } from './models/permissions/drivers.ts';
+import { DEFAULT_SOUNDNESS, soundness, soundnessJson, soundnessText } from './soundness/index.ts';
 
 const USAGE = `usage: fleece explore --model NAME [model parameters] [options]
        fleece explore --list [--json]
        fleece explore --replay FILE [--json]
+       fleece explore --soundness [--max-exports N] [--cbw-rule 7.2|9.1] [--json]
        fleece explore --model NAME --help      (the model's parameters)
 
 Explores every reachable state of a bounded spec model breadth-first and checks its invariants;
@@ -45,6 +48,14 @@ options:
   --quiet             no progress line on long runs
   --help              this text
 
+permission soundness (issue 4): every block graph up to a bound (drivers of qemu-fleecing.md §1,
+copy-before-write edges, exports read-only or writable) is accepted or refused by the permission
+model; each accepted graph with a snapshot reader is run through the data-plane model. Graphs the
+permissions accept but whose snapshot can return post-snapshot data are listed by cause.
+  --soundness         run it (exit 1 when some accepted graph is unsafe)
+  --max-exports N     at most N exports per graph, 0..5 (default 3)
+  --cbw-rule R        copy-before-write's child permissions as in QEMU 7.2 (default) or 9.1
+
 exit status: 0 all invariants hold, 1 violation or deadlock, 2 usage error`;
 
 class UsageError extends Error {}
@@ -64,13 +75,16 @@ interface Parsed {
   timeLimit?: number;
   traceOut?: string;
   replay?: string;
+  soundness: boolean;
+  maxExports?: number;
+  cbwRule?: CbwRule;
   params: Record<string, ParamValue>;
 }
 
-const BOOL_FLAGS = new Set(['--list', '--help', '-h', '--symmetry', '--json', '--dot', '--executions', '--quiet']);
+const BOOL_FLAGS = new Set(['--list', '--help', '-h', '--symmetry', '--json', '--dot', '--executions', '--quiet', '--soundness']);
 
 function parseArgs(argv: readonly string[]): Parsed {
-  const out: Parsed = { list: false, help: false, symmetry: false, json: false, dot: false, executions: false, quiet: false, params: {} };
+  const out: Parsed = { list: false, help: false, symmetry: false, json: false, dot: false, executions: false, quiet: false, soundness: false, params: {} };
   // First pass: which model, so its parameters are known as flags.
   const pairs: [string, string | undefined][] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -135,11 +149,48 @@ function parseArgs(argv: readonly string[]): Parsed {
       case '--replay':
         out.replay = need(flag, value);
         break;
+      case '--soundness':
+        out.soundness = true;
+        break;
+      case '--max-exports': {
+        const n = Number(need(flag, value));
+        if (!Number.isInteger(n) || n < 0 || n > 5) throw new UsageError(`--max-exports takes an integer 0..5, not '${value}'`);
+        out.maxExports = n;
+        break;
+      }
+      case '--cbw-rule': {
+        const r = need(flag, value);
+        if (r !== '7.2' && r !== '9.1') throw new UsageError(`--cbw-rule takes 7.2 or 9.1, not '${r}'`);
+        out.cbwRule = r;
+        break;
+      }
       default:
         modelParam(entry, flag, value, out.params);
     }
   }
+  if (!out.soundness && (out.maxExports !== undefined || out.cbwRule !== undefined)) {
+    throw new UsageError(`${out.maxExports !== undefined ? '--max-exports' : '--cbw-rule'} belongs to --soundness`);
+  }
+  if (out.soundness && (out.model !== undefined || out.replay !== undefined || out.list)) {
+    throw new UsageError('--soundness runs on its own: not with --model, --list or --replay');
+  }
   return out;
+}
+
+/** `--soundness`: the permission-soundness enumeration (spec/soundness). */
+function runSoundness(args: Parsed): number {
+  const r = soundness({ maxExports: args.maxExports ?? 3 }, { ...DEFAULT_SOUNDNESS, permissions: { cbwRule: args.cbwRule ?? '7.2' } });
+  const unsafe = r.counts['accepted-unsafe'];
+  if (args.json) process.stdout.write(`${JSON.stringify({ format: 'fleece-soundness', cbwRule: args.cbwRule ?? '7.2', ...(soundnessJson(r) as object) }, null, 2)}\n`);
+  else {
+    process.stdout.write(`${soundnessText(r)}\n\n`);
+    process.stdout.write(
+      unsafe > 0
+        ? `verdict: the permission model (copy-before-write rule of QEMU ${args.cbwRule ?? '7.2'}) accepts ${unsafe} graph(s) whose snapshot can return post-snapshot data\n`
+        : `verdict: every graph the permission model accepts is safe (within the bound)\n`,
+    );
+  }
+  return unsafe > 0 ? 1 : 0;
 }
 
 function modelParam(entry: ModelEntry | undefined, flag: string, value: string | undefined, into: Record<string, ParamValue>): void {
@@ -270,8 +321,9 @@ const command: Subcommand = {
         return 0;
       }
       if (args.replay !== undefined) return runReplay(args.replay, args.json);
+      if (args.soundness) return runSoundness(args);
       if (args.model === undefined) {
-        process.stderr.write(`fleece explore: --model NAME, --list or --replay FILE is required\n\n${USAGE}\n`);
+        process.stderr.write(`fleece explore: --model NAME, --list, --replay FILE or --soundness is required\n\n${USAGE}\n`);
         return 2;
       }
       const model = buildModel(args.model, args.params, 'command line');

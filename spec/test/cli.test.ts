@@ -109,4 +109,30 @@ describe('fleece explore', () => {
     expect(big.err).toMatch(/more than 5 executions/);
     expect((await inProcess('--model', 's4', '--help')).out).toMatch(/--on-cbw-error ENUM/);
   });
+  it('--soundness counts accepted-but-unsafe graphs by cause, exits 1 while there are some, and names bad arguments', async () => {
+    const text = await inProcess('--soundness', '--max-exports', '2');
+    expect(text.code).toBe(1);
+    expect(text.out).toMatch(/^permission soundness: \d+ graphs \(at most 2 exports\)/m);
+    expect(text.out).toMatch(/accepted but UNSAFE: +[1-9]\d*$/m);
+    expect(text.out).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(research §6 B6\)/);
+    const json = await inProcess('--soundness', '--max-exports', '1', '--json');
+    const doc = JSON.parse(json.out) as { format: string; counts: Record<string, number>; acceptedUnsafe: unknown[] };
+    expect(doc.format).toBe('fleece-soundness');
+    expect(doc.acceptedUnsafe.length).toBe(doc.counts['accepted-unsafe']);
+    expect(json.code).toBe(doc.counts['accepted-unsafe']! > 0 ? 1 : 0);
+    // Without exports there is no snapshot reader, so nothing can be unsafe: exit 0.
+    const none = await inProcess('--soundness', '--max-exports', '0');
+    expect(none.code).toBe(0);
+    expect(none.out).toMatch(/every graph the permission model accepts is safe/);
+    for (const [args, msg] of [
+      [['--soundness', '--cbw-rule', '8.0'], /--cbw-rule takes 7\.2 or 9\.1, not '8\.0'/],
+      [['--soundness', '--max-exports', '9'], /--max-exports takes an integer 0\.\.5, not '9'/],
+      [['--max-exports', '2'], /--max-exports belongs to --soundness/],
+      [['--soundness', '--model', 's1'], /--soundness runs on its own/],
+    ] as const) {
+      const r = await inProcess(...args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err).toMatch(msg);
+    }
+  });
 });

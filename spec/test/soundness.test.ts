@@ -75,25 +75,3 @@ describe('permission soundness', () => {
     expect(v.readers[0]?.scheme).toBe('S3');
   });
 });
-
-describe('soundness entry point', () => {
-  it('prints the counts; a bad flag is a usage error (exit 2)', async () => {
-    const { main } = await import('../soundness/main.ts');
-    const chunks: string[] = [];
-    const write = process.stdout.write.bind(process.stdout);
-    const errWrite = process.stderr.write.bind(process.stderr);
-    process.stdout.write = ((c: string) => (chunks.push(String(c)), true)) as typeof process.stdout.write;
-    process.stderr.write = ((c: string) => (chunks.push(String(c)), true)) as typeof process.stderr.write;
-    try {
-      expect(main(['--max-exports', '0'])).toBe(0);
-      expect(main(['--max-exports', 'lots'])).toBe(2);
-    } finally {
-      process.stdout.write = write;
-      process.stderr.write = errWrite;
-    }
-    const out = chunks.join('');
-    expect(out).toMatch(/permission soundness: \d+ graphs \(at most 0 exports\)/);
-    expect(out).toMatch(/accepted and safe: +0/); // no export, no snapshot reader
-    expect(out).toMatch(/usage: soundness/);
-  });
-});
