@@ -8,7 +8,7 @@ import { Errno, TF, errnoName } from '../nbd/constants.ts';
 import type { CaseContext, CaseDef } from '../runner/model.ts';
 import { S3, S4 } from '../../spec/models/fleecing/index.ts';
 import { CLUSTER, CONTENTS, HOT, IOTEST_OVERWRITE, IOTEST_PATTERNS, IOTEST_ZEROES, KiB, MiB, hex, range, type Region } from './content.ts';
-import { contentShadow, describeOp, FleeceDriver, readWholeSnapshot, type Batch, type Op, type OpKind, type Violation } from './driver.ts';
+import { contentShadow, describeMutation, describeOp, FleeceDriver, readWholeSnapshot, type Batch, type Op, type OpKind, type Violation } from './driver.ts';
 import { writeTrace, type FleeceTrace } from './trace.ts';
 import { describeConfig, type FleeceConfig, type FleeceLab, type FleeceSetup } from './targets.ts';
 
@@ -516,6 +516,90 @@ function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot'): CaseDef<F
   };
 }
 
+/** The break-snapshot race (finding F2): a read delay under the source of D ms holds both the
+ * copy-before-write of the first live write (its copy reads the source, then the target write
+ * fails: the snapshot breaks at about D) and a snapshot read sent at D/2 (it reads the source,
+ * not yet copied, so it answers at about 1.5 D). A second live write to the read's cluster, sent
+ * as soon as the first is answered (so after the break), must not reach the source before the
+ * read has read it. Margins: about D/2 on both sides of the window. */
+export const BREAK_DELAY_MS = 1000;
+export const BREAK_READ_AT_MS = BREAK_DELAY_MS / 2;
+/** Fresh setups tried when an attempt did not open the window (the read failed or came late). */
+export const BREAK_ATTEMPTS = 3;
+
+const breakInflightRead: CaseDef<FleeceEnv> = {
+  id: 'fleecing/cbw-error/break-snapshot-inflight-read',
+  // Timing is the point of this case: it runs alone, not next to other cases' load.
+  exclusive: true,
+  section: 'qemu-fleecing.md §4.2 (on-cbw-error), §6 B4; spec/models/fleecing s4-qemu-7.1-early-return (known bad) vs S4; finding F2',
+  level: 'MUST',
+  title: 'on-cbw-error=break-snapshot: a snapshot read already reading the source when the snapshot breaks',
+  description:
+    `A ${BREAK_DELAY_MS} ms read delay under the source and an injected EIO on the cbw target's first write, on-cbw-error=break-snapshot. ` +
+    `The guest writes cluster Y=[0x0,+0x10000) through the live export: its copy-before-write reads Y from the (slow) source, then the copy to the target fails and the snapshot breaks. ` +
+    `${BREAK_READ_AT_MS} ms after that write is sent, before the break, the snapshot export reads cluster X=[0x100000,+0x10000), which nobody has copied yet, so the read goes to the source and waits there. ` +
+    `As soon as the write to Y is answered (the snapshot is broken by then), the guest writes X on a second live connection. ` +
+    `Up to ${BREAK_ATTEMPTS} fresh setups when an attempt did not have the read in flight across the break and the second write.`,
+  expectation:
+    'The snapshot read of X returns the snapshot (pattern 0xd5) or fails; it never returns the guest\'s second write. The guest writes both succeed. A target can do it by holding the second write until snapshot reads of X that began before the break are done.',
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'iotest', sourceReadDelayMs: BREAK_DELAY_MS, cbwError: 'break-snapshot' };
+    const Y = IOTEST_PATTERNS[0]!;
+    const X = IOTEST_PATTERNS[1]!;
+    const outcomes: string[] = [];
+    let exercised = false;
+    for (let attempt = 1; attempt <= BREAK_ATTEMPTS && !exercised; attempt++) {
+      const setup = await launch(ctx, config);
+      const d = await openDriver(ctx, setup, config, 2, 1);
+      const first = d.request('write', Y.offset, CLUSTER, 0);
+      await new Promise((r) => setTimeout(r, BREAK_READ_AT_MS));
+      const pending = d.request('read', X.offset, CLUSTER, 0);
+      const wy = (await first).rec;
+      if (!ctx.must(wy.error === 0, `the guest write to Y ${range(Y.offset, CLUSTER)} succeeds although its copy-before-write failed (on-cbw-error=break-snapshot)`, wy.note)) {
+        await pending;
+        break;
+      }
+      const wx = (await d.request('write', X.offset, CLUSTER, 1)).rec;
+      const { rec: rx, reply } = await pending;
+      const dead = deathReport(setup, `during attempt ${attempt}`);
+      if (!ctx.must(!dead, 'the server keeps running', dead)) break;
+      ctx.must(wx.error === 0, `the guest write to X ${range(X.offset, CLUSTER)} after the snapshot broke succeeds`, wx.note);
+      const when = `attempt ${attempt} of at most ${BREAK_ATTEMPTS}`;
+      const v = rx.error === 0 ? d.judgeSnapshotRead(rx, reply) : [];
+      if (v.length) {
+        const story =
+          `${v[0]!.text}. Timeline (${when}): ${describeMutation(wy)}, whose copy-before-write failed (injected EIO), broke the snapshot; ` +
+          `the snapshot read of ${range(X.offset, CLUSTER)} was sent ${(wy.doneMs - rx.sentMs).toFixed(1)} ms before that, when the cluster was not yet copied, so it was reading the source (reads there take ${BREAK_DELAY_MS} ms); ` +
+          `live write #${wx.mutation} to that cluster was sent ${(wx.sentMs - wy.doneMs).toFixed(1)} ms after the break and answered ${(rx.doneMs - wx.doneMs).toFixed(1)} ms before the read: ` +
+          'the live write did not wait for the snapshot read in flight on the source';
+        ctx.must(false, `${INVARIANT}, also for a snapshot read in flight when the snapshot breaks`, story);
+        return;
+      }
+      const inFlight = rx.sentMs < wy.doneMs && rx.doneMs > wx.sentMs;
+      const heldWrite = wx.doneMs >= rx.doneMs;
+      const note = (o: string) => {
+        outcomes.push(o);
+        ctx.observe(o);
+      };
+      if (rx.error !== 0) {
+        note(`${when}: the snapshot read of X failed (${rx.note}): allowed, but it shows nothing about the window (the read may have reached the target after the break)`);
+      } else if (!inFlight) {
+        note(`${when}: the window did not open (read of X sent at ${rx.sentMs.toFixed(1)} ms, answered at ${rx.doneMs.toFixed(1)} ms; write to Y answered at ${wy.doneMs.toFixed(1)} ms; write to X sent at ${wx.sentMs.toFixed(1)} ms)`);
+      } else {
+        exercised = true;
+        note(
+          `${when}: the snapshot read of X, sent ${(wy.doneMs - rx.sentMs).toFixed(1)} ms before the break and answered ${(rx.doneMs - wx.sentMs).toFixed(1)} ms after the guest write to X was sent, returned the snapshot; ` +
+            (heldWrite ? `the write to X was held until the read was done (answered ${(wx.doneMs - rx.doneMs).toFixed(1)} ms after it)` : 'the write to X was answered first, yet the read saw the snapshot'),
+        );
+      }
+      await setup.stop();
+    }
+    if (outcomes.length && !exercised) {
+      ctx.check('MAY', false, `within ${BREAK_ATTEMPTS} attempts a snapshot read was in flight across the break and the next guest write (else this case shows nothing either way)`, outcomes.join('; '));
+    } else if (exercised) ctx.must(true, `${INVARIANT}, also for a snapshot read in flight when the snapshot breaks`);
+  },
+};
+
 export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   imageFleecing,
   modelConcurrent,
@@ -527,6 +611,7 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   discardUnaligned,
   cbwErrorCase('break-guest-write'),
   cbwErrorCase('break-snapshot'),
+  breakInflightRead,
 ].map(traced);
 
 export { describeConfig, describeOp };

@@ -1,7 +1,9 @@
 // Issue 6: reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
 // applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
 // skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
-// qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1).
+// qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1),
+// and the break-snapshot in-flight read case because a snapshot read returns post-snapshot data
+// (finding F2: cbw_do_copy_before_write returns early once the snapshot is broken).
 import { afterAll, describe, expect, it } from 'vitest';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,7 +31,7 @@ async function suite(name: string) {
 describe('QEMU fleecing targets pass every fleecing case', () => {
   it('qemu (qemu-storage-daemon 7.2, cbw + snapshot-access): all pass but the unaligned snapshot discard, which aborts the daemon (B1)', async () => {
     const { result, by } = await suite('qemu');
-    const findings = ['fleecing/discard/unaligned', 'fleecing/race/unaligned-write-zeroes', 'fleecing/model/zero-trim'];
+    const findings = ['fleecing/discard/unaligned', 'fleecing/race/unaligned-write-zeroes', 'fleecing/model/zero-trim', 'fleecing/cbw-error/break-snapshot-inflight-read'];
     const bad = result.results.filter((r) => r.verdict !== 'pass' && !findings.includes(r.id));
     expect(bad.map(line)).toEqual([]);
     // Finding F1 (this suite): a snapshot read racing two overlapping unaligned write-zeroes on
@@ -48,6 +50,17 @@ describe('QEMU fleecing targets pass every fleecing case', () => {
       expect(f1.verdict).toBe('fail');
       expect(f1.reason).toMatch(/post-snapshot data, written by live (write-zeroes|trim) #\d+|reads as zeroes \(NBD_STATE_ZERO\), but the snapshot holds/);
     }
+    // Finding F2 (predicted by spec model s4-qemu-7.1-early-return, here on a running QEMU): with
+    // on-cbw-error=break-snapshot, a snapshot read that was reading the source when the snapshot
+    // broke returns the data of a live write sent after the break, because
+    // cbw_do_copy_before_write returns early once snapshot_error is set, without waiting for
+    // the frozen reads. The reference holds that write (fleecing-reference.test.ts).
+    const f2 = by.get('fleecing/cbw-error/break-snapshot-inflight-read')!;
+    expect(f2.verdict, f2.reason).toBe('fail');
+    expect(f2.reason).toMatch(/^MUST: No snapshot read ever observes post-snapshot data.*also for a snapshot read in flight when the snapshot breaks/);
+    expect(f2.reason).toMatch(/snapshot read of \[0x100000,\+0x10000\) on connection \d+ .* returned 65536 byte\(s\) that differ from the snapshot, the first at 0x100000 \(snapshot byte 0xd5, got 0x83.*that is post-snapshot data, written by live write #2 of \[0x100000,\+0x10000\)/);
+    expect(f2.reason).toMatch(/live write #1 of \[0x0,\+0x10000\) .*whose copy-before-write failed \(injected EIO\), broke the snapshot; the snapshot read of \[0x100000,\+0x10000\) was sent [\d.]+ ms before that.*the live write did not wait for the snapshot read in flight on the source/);
+    expect(f2.reason).toMatch(/attempt [123] of at most 3/);
     const b1 = by.get('fleecing/discard/unaligned')!;
     expect(b1.verdict).toBe('fail');
     // In plain words: the daemon died, with which signal, on which request, and why (§6 B1).
