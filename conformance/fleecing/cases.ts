@@ -4,11 +4,12 @@
 // invariant of spec/models/fleecing (S3 for the legacy graph, S4 for cbw + snapshot-access),
 // research/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
 import fc from 'fast-check';
-import { Errno, TF, errnoName } from '../nbd/constants.ts';
+import { CF, Errno, STATE_ZERO, TF, errnoName } from '../nbd/constants.ts';
+import type { Reply } from '../nbd/reply.ts';
 import type { CaseContext, CaseDef } from '../runner/model.ts';
 import { S3, S4 } from '../../spec/models/fleecing/index.ts';
 import { CLUSTER, CONTENTS, HOT, IOTEST_OVERWRITE, IOTEST_PATTERNS, IOTEST_ZEROES, KiB, MiB, hex, range, type Region } from './content.ts';
-import { contentShadow, describeMutation, describeOp, FleeceDriver, readWholeSnapshot, type Batch, type Op, type OpKind, type Violation } from './driver.ts';
+import { contentShadow, describeMutation, describeOp, FleeceDriver, readWholeSnapshot, type Batch, type Op, type OpKind, type OpRecord, type Violation } from './driver.ts';
 import { writeTrace, type FleeceTrace } from './trace.ts';
 import { describeConfig, type FleeceConfig, type FleeceLab, type FleeceSetup } from './targets.ts';
 
@@ -92,11 +93,11 @@ async function launch(ctx: Ctx, config: FleeceConfig): Promise<FleeceSetup> {
   return setup;
 }
 
-async function openDriver(ctx: Ctx, setup: FleeceSetup, config: FleeceConfig, live: number, snapshot: number): Promise<FleeceDriver> {
+async function openDriver(ctx: Ctx, setup: FleeceSetup, config: FleeceConfig, live: number, snapshot: number, more: { snapshotStructured?: boolean } = {}): Promise<FleeceDriver> {
   const timeoutMs = Math.max(ctx.timeoutMs, 5000);
   const external = setup.graph === 'external';
   const shadow = external ? await readWholeSnapshot(setup, timeoutMs) : contentShadow(CONTENTS[config.content]!);
-  const d = await FleeceDriver.open(setup, shadow, { live, snapshot, timeoutMs, log: ctx.wire, trackLive: !external });
+  const d = await FleeceDriver.open(setup, shadow, { live, snapshot, timeoutMs, log: ctx.wire, trackLive: !external, ...more });
   stateOf(ctx).driver = d;
   ctx.defer(() => d.close());
   return d;
@@ -389,6 +390,140 @@ const zeroesVsRead: CaseDef<FleeceEnv> = {
 };
 
 // ------------------------------------------------------------------------------------------
+// Straddling reads: one live request, then one snapshot request that starts in clusters the
+// live request made copy-before-write copy to the temp image and ends in a cluster nobody
+// copied. Sequential, no timing: finding F1 without the race, and finding F3.
+
+interface Span {
+  offset: number;
+  length: number;
+}
+
+/** The clusters copy-before-write copies for a live request: the request aligned out. */
+function copiedBy(m: Span): Span {
+  const from = Math.floor(m.offset / CLUSTER) * CLUSTER;
+  const to = Math.ceil((m.offset + m.length) / CLUSTER) * CLUSTER;
+  return { offset: from, length: to - from };
+}
+
+/** Where a straddling snapshot request lies against the clusters a live request copied. */
+function straddleStory(req: Span, liveRec: OpRecord, noun = 'read'): string {
+  const copied = copiedBy(liveRec);
+  const end = copied.offset + copied.length;
+  const tail = copiedBy({ offset: end, length: req.offset + req.length - end });
+  const who = `${liveRec.kind === 'zero' ? 'live write-zeroes' : 'live write'} #${liveRec.mutation}`;
+  const n = copied.length / CLUSTER;
+  return (
+    `the ${noun} starts inside ${range(copied.offset, copied.length)}, the ${n === 1 ? 'cluster' : `${n} clusters`} that ${who} had copied to the temp image before changing the disk ` +
+    `(copy-before-write copies whole ${CLUSTER / KiB} KiB clusters), and ends in ${range(tail.offset, tail.length)}, which no live request had touched; ` +
+    `the guest had already changed the ${noun}'s first ${hex(end - req.offset)} bytes, ${range(req.offset, end - req.offset)}, on the disk, so only the copy holds their snapshot bytes`
+  );
+}
+
+/** Content chunks of a structured READ reply, in words ("OFFSET_HOLE [..] + OFFSET_DATA [..]"). */
+function chunkWords(reply: Reply | undefined): string {
+  if (!reply) return 'no reply';
+  if (!reply.structured) return 'a simple reply';
+  return reply.content.map((c) => `${c.kind === 'hole' ? 'NBD_REPLY_TYPE_OFFSET_HOLE' : 'NBD_REPLY_TYPE_OFFSET_DATA'} ${range(Number(c.offset), c.length)}`).join(' + ') || 'no content chunk';
+}
+
+/** (a) Write-zeroes over whole clusters, then a snapshot READ and BLOCK_STATUS straddling the end
+ * of the copied clusters. On the dense disk, [0x1b000,+0x5000) holds 0x70 at snapshot time. */
+export const STRADDLE_ZEROES: Span = { offset: 0xae00, length: 0x1b600 };
+export const STRADDLE_ZEROES_READ: Span = { offset: 0x1b000, length: 0x1c000 };
+/** (b), (c) A guest write of cluster A=[0x0,+0x10000), then a 64 KiB snapshot read of its second
+ * half and the first half of cluster B (snapshot bytes 0x26 and 0x4b on the dense disk). */
+export const STRADDLE_WRITE: Span = { offset: 0, length: CLUSTER };
+export const STRADDLE_READ: Span = { offset: CLUSTER / 2, length: CLUSTER };
+
+const straddleZeroes: CaseDef<FleeceEnv> = {
+  id: 'fleecing/straddle/write-zeroes',
+  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read and block status under the cbw lock); nbd-protocol.md §1.6 (structured READ, hole chunks), §1.9 (base:allocation), §2 I76, I78; finding F1',
+  level: 'MUST',
+  title: 'After live write-zeroes, a snapshot read and block status that straddle copied and uncopied clusters',
+  description:
+    `The dense disk. The guest zeroes ${range(STRADDLE_ZEROES.offset, STRADDLE_ZEROES.length)} through the live export (NBD_CMD_WRITE_ZEROES), which makes copy-before-write copy clusters ${range(0, 0x30000)} to the temp image first. ` +
+    `Once that is answered, the snapshot export is read over ${range(STRADDLE_ZEROES_READ.offset, STRADDLE_ZEROES_READ.length)} with structured replies (no DF), then asked for base:allocation block status over the same range. ` +
+    'The range starts in the copied clusters and ends in one nobody copied. One request at a time: no timing involved.',
+  expectation:
+    `The read returns the snapshot's bytes over the whole range (0x70 at ${range(STRADDLE_ZEROES_READ.offset, 0x5000)}), whether as data or hole chunks, never the guest's zeroes; block status never says NBD_STATE_ZERO over bytes the snapshot holds.`,
+  async run(ctx) {
+    const config: FleeceConfig = { content: 'dense' };
+    const setup = await launch(ctx, config);
+    const d = await openDriver(ctx, setup, config, 1, 1);
+    const R = STRADDLE_ZEROES_READ;
+    const z = await d.request('zero', STRADDLE_ZEROES.offset, STRADDLE_ZEROES.length);
+    if (!ctx.must(z.rec.error === 0, `the guest's write-zeroes of ${range(STRADDLE_ZEROES.offset, STRADDLE_ZEROES.length)} through the live export succeeds`, z.rec.note)) return;
+    const { rec, reply } = await d.request('read', R.offset, R.length);
+    ctx.observe(`snapshot read of ${range(R.offset, R.length)} after the write-zeroes: ${chunkWords(reply)}`);
+    const v = d.judgeSnapshotRead(rec, reply);
+    ctx.must(v.length === 0, `${INVARIANT}: a snapshot read that starts in clusters a live write-zeroes copied and ends in one nobody copied returns the snapshot`, v[0] && `${v[0].text}; ${straddleStory(R, z.rec)}`);
+    const st = await d.request('status', R.offset, R.length);
+    if (st.rec.error === -1) ctx.must(false, 'the snapshot block status request is answered', st.rec.note);
+    else if (!st.reply) ctx.observe(`block status not checked: ${st.rec.note ?? 'no reply'}`);
+    else {
+      const extents = [...st.reply.status.values()][0] ?? [];
+      ctx.observe(`snapshot block status of ${range(R.offset, R.length)}: ${extents.map((e) => `+${hex(e.length)}:${e.flags & STATE_ZERO ? 'ZERO' : 'data'}`).join(' ') || st.rec.note}`);
+      const vs = d.judgeSnapshotStatus(st.rec, st.reply);
+      ctx.must(vs.length === 0, 'snapshot block status over the same straddling range agrees with the snapshot: no NBD_STATE_ZERO over bytes it holds (nbd-protocol.md §2 I78)', vs[0] && `${vs[0].text}; ${straddleStory(R, z.rec, 'request')}; the zeroes are the guest's, from ${describeMutation(z.rec)}`);
+    }
+    const dead = deathReport(setup, 'during the case');
+    ctx.must(!dead, 'the server keeps running', dead);
+  },
+};
+
+/** (b), (c): one guest write, then one straddling snapshot read with DF or with a simple reply. */
+async function straddleWriteRead(ctx: Ctx, mode: 'df' | 'simple'): Promise<void> {
+  const config: FleeceConfig = { content: 'dense' };
+  const setup = await launch(ctx, config);
+  const d = await openDriver(ctx, setup, config, 1, 1, mode === 'simple' ? { snapshotStructured: false } : {});
+  if (mode === 'df') {
+    if (!d.snapshotStructured) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export refused structured replies, and NBD_CMD_FLAG_DF needs them (nbd-protocol.md §1.4)`);
+    if (!(d.snapshotFlags & TF.SEND_DF)) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export does not advertise NBD_FLAG_SEND_DF (transmission flags 0x${d.snapshotFlags.toString(16)}), so a client may not send NBD_CMD_FLAG_DF (nbd-protocol.md §1.4)`);
+  }
+  const W = STRADDLE_WRITE;
+  const R = STRADDLE_READ;
+  const w = await d.request('write', W.offset, W.length);
+  if (!ctx.must(w.rec.error === 0, `the guest's write of ${range(W.offset, W.length)} through the live export succeeds`, w.rec.note)) return;
+  const { rec, reply } = await d.request('read', R.offset, R.length, 0, mode === 'df' ? CF.DF : 0);
+  ctx.observe(`snapshot read of ${range(R.offset, R.length)}${mode === 'df' ? ' with NBD_CMD_FLAG_DF' : ' on a connection without structured replies'} after the guest write: ${chunkWords(reply)}`);
+  if (mode === 'df' && reply && !reply.error) {
+    ctx.must(reply.content.length <= 1, 'a READ with NBD_CMD_FLAG_DF gets at most one content chunk (nbd-protocol.md §1.6, §2 D56)', chunkWords(reply));
+  }
+  if (mode === 'simple' && reply) ctx.must(!reply.structured, 'the read on the connection without structured replies gets a simple reply (nbd-protocol.md §1.6, §2 B33)', chunkWords(reply));
+  const v = d.judgeSnapshotRead(rec, reply);
+  const how = mode === 'df' ? 'a snapshot read sent with NBD_CMD_FLAG_DF (one data chunk, no holes)' : 'a snapshot read on a connection without structured replies (a simple reply, as the Linux kernel NBD client gets)';
+  ctx.must(v.length === 0, `${INVARIANT}: ${how} that starts in a cluster a live write copied and ends in one nobody copied returns the snapshot`, v[0] && `${v[0].text}; ${straddleStory(R, w.rec)}`);
+  const dead = deathReport(setup, 'during the case');
+  ctx.must(!dead, 'the server keeps running', dead);
+}
+
+const straddleDf: CaseDef<FleeceEnv> = {
+  id: 'fleecing/straddle/df-read',
+  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); nbd-protocol.md §1.4 (SEND_DF), §1.5 (DF), §1.6, §2 D56, D57, I76; finding F3',
+  level: 'MUST',
+  title: 'After a live write, a snapshot read with NBD_CMD_FLAG_DF that straddles copied and uncopied clusters',
+  description:
+    `The dense disk. The guest writes cluster A=${range(STRADDLE_WRITE.offset, STRADDLE_WRITE.length)} through the live export, which makes copy-before-write copy A to the temp image first. ` +
+    `Once that is answered, the snapshot export is read over ${range(STRADDLE_READ.offset, STRADDLE_READ.length)} (the second half of A and the first half of cluster B, which nobody copied) with NBD_CMD_FLAG_DF, ` +
+    'so the server must answer with one data chunk for the whole range. One request at a time: no timing involved.',
+  expectation: `The read returns the snapshot's bytes (0x26 in A, 0x4b in B) in at most one chunk, never the guest's write.`,
+  run: (ctx) => straddleWriteRead(ctx, 'df'),
+};
+
+const straddleSimple: CaseDef<FleeceEnv> = {
+  id: 'fleecing/straddle/simple-reply-read',
+  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); nbd-protocol.md §1.6 (simple replies), §1.12 (baseline interoperability: simple replies), §2 B33, I76; finding F3',
+  level: 'MUST',
+  title: 'After a live write, a snapshot read without structured replies that straddles copied and uncopied clusters',
+  description:
+    `The dense disk. The snapshot connection does not negotiate structured replies (as the Linux kernel's NBD client). The guest writes cluster A=${range(STRADDLE_WRITE.offset, STRADDLE_WRITE.length)} through the live export, which makes copy-before-write copy A to the temp image first. ` +
+    `Once that is answered, the snapshot export is read over ${range(STRADDLE_READ.offset, STRADDLE_READ.length)} (the second half of A and the first half of cluster B, which nobody copied). One request at a time: no timing involved.`,
+  expectation: `A simple reply with the snapshot's bytes (0x26 in A, 0x4b in B), never the guest's write.`,
+  run: (ctx) => straddleWriteRead(ctx, 'simple'),
+};
+
+// ------------------------------------------------------------------------------------------
 // Bitmap, snapshot discard, on-cbw-error (modern graph)
 
 const bitmapCase: CaseDef<FleeceEnv> = {
@@ -606,6 +741,9 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   modelZeroTrim,
   raceDelayed,
   zeroesVsRead,
+  straddleZeroes,
+  straddleDf,
+  straddleSimple,
   bitmapCase,
   discardAligned,
   discardUnaligned,

@@ -3,7 +3,7 @@
 // and a judge that compares every snapshot read byte for byte with the shadow copy taken at
 // snapshot time (nbd-protocol.md §2 I76, I78; qemu-fleecing.md §2.3 "Invariant"). What it saw is
 // kept as records, so a failing run can be written as a trace and replayed (trace.ts).
-import { Cmd, Errno, STATE_ZERO, errnoName } from '../nbd/constants.ts';
+import { CF, Cmd, Errno, STATE_ZERO, errnoName } from '../nbd/constants.ts';
 import type { NbdConnection } from '../nbd/client.ts';
 import type { Reply } from '../nbd/reply.ts';
 import { open } from '../nbd/session.ts';
@@ -23,6 +23,8 @@ export interface Op {
   length: number;
   /** Milliseconds after the batch starts at which the request is sent. */
   at: number;
+  /** NBD command flags (e.g. CF.DF on a snapshot read); default none. */
+  flags?: number;
 }
 
 export interface Batch {
@@ -41,6 +43,10 @@ export interface OpRecord {
   mutation?: number;
   /** The byte a live write wrote. */
   byte?: number;
+  /** NBD command flags sent with the request, when not 0. */
+  flags?: number;
+  /** Set when the reply came as a simple reply (no structured replies on that connection). */
+  simple?: boolean;
   sentMs: number;
   doneMs: number;
   /** NBD error value, 0 on success, -1 if no reply came (closed, timeout). */
@@ -108,6 +114,9 @@ export interface DriverOptions {
   log?: WireLog;
   /** Follow the live export's content (needs the full disk in memory). Default true. */
   trackLive?: boolean;
+  /** Negotiate structured replies (and base:allocation) on the snapshot connections. Default
+   * true; false gives plain simple-reply connections, as the Linux kernel's NBD client uses. */
+  snapshotStructured?: boolean;
 }
 
 export class FleeceDriver {
@@ -128,6 +137,8 @@ export class FleeceDriver {
     private readonly statusContext: number | undefined,
     /** Transmission flags of the snapshot export (READ_ONLY expected, nbd-protocol.md §2 I77). */
     readonly snapshotFlags: number,
+    /** Whether the snapshot connections negotiated structured replies. */
+    readonly snapshotStructured: boolean,
     log: WireLog,
     trackLive: boolean,
   ) {
@@ -151,14 +162,17 @@ export class FleeceDriver {
       const snap: NbdConnection[] = [];
       let statusContext: number | undefined;
       let snapshotFlags = 0;
+      const wantStructured = o.snapshotStructured ?? true;
+      let snapshotStructured = wantStructured;
       for (let i = 0; i < o.snapshot; i++) {
-        const { conn, session } = await open(setup.snapshot.address, { exportName: setup.snapshot.name, timeoutMs: o.timeoutMs, log, meta: ['base:allocation'] });
+        const { conn, session } = await open(setup.snapshot.address, wantStructured ? { exportName: setup.snapshot.name, timeoutMs: o.timeoutMs, log, meta: ['base:allocation'] } : { exportName: setup.snapshot.name, timeoutMs: o.timeoutMs, log, structured: false });
         conns.push(conn);
         snap.push(conn);
         statusContext = session.contexts.get('base:allocation');
         snapshotFlags = session.transmissionFlags;
+        snapshotStructured &&= session.structured;
       }
-      return new FleeceDriver(setup, shadow, live, snap, statusContext, snapshotFlags, log, o.trackLive ?? true);
+      return new FleeceDriver(setup, shadow, live, snap, statusContext, snapshotFlags, snapshotStructured, log, o.trackLive ?? true);
     } catch (e) {
       for (const c of conns) c.close();
       throw e;
@@ -205,7 +219,7 @@ export class FleeceDriver {
     const live = LIVE_OPS.includes(op.kind);
     const pool = live ? this.live : this.snap;
     const conn = pool[op.conn % pool.length]!;
-    const rec: OpRecord = { batch: bi, index, kind: op.kind, conn: conn.id, offset: op.offset, length: op.length, sentMs: this.now(), doneMs: 0, error: 0 };
+    const rec: OpRecord = { batch: bi, index, kind: op.kind, conn: conn.id, offset: op.offset, length: op.length, sentMs: this.now(), doneMs: 0, error: 0, ...(op.flags ? { flags: op.flags } : {}) };
     let input: Parameters<NbdConnection['request']>[0];
     switch (op.kind) {
       case 'write': {
@@ -242,9 +256,10 @@ export class FleeceDriver {
         break;
     }
     try {
-      const reply = await conn.request(input);
+      const reply = await conn.request(op.flags ? { ...input, flags: op.flags } : input);
       rec.doneMs = this.now();
       rec.error = reply.error;
+      if (!reply.structured && (op.kind === 'read' || op.kind === 'live-read')) rec.simple = true;
       if (reply.error) rec.note = `${errnoName(reply.error)}${reply.errorMessage ? ` "${reply.errorMessage}"` : ''}`;
       return { rec, reply };
     } catch (e) {
@@ -276,7 +291,7 @@ export class FleeceDriver {
     const e = want[first]!;
     const source = this.attribute(x, g, rec.doneMs);
     const chunk = reply.content.find((c) => Number(c.offset) <= x && x < Number(c.offset) + c.length);
-    const how = chunk ? `, inside an ${chunk.kind === 'hole' ? 'NBD_REPLY_TYPE_OFFSET_HOLE' : 'NBD_REPLY_TYPE_OFFSET_DATA'} chunk ${range(Number(chunk.offset), chunk.length)}` : '';
+    const how = chunk ? `, inside an ${chunk.kind === 'hole' ? 'NBD_REPLY_TYPE_OFFSET_HOLE' : 'NBD_REPLY_TYPE_OFFSET_DATA'} chunk ${range(Number(chunk.offset), chunk.length)}` : reply.structured ? '' : ', in a simple reply';
     const head = `${describeOp(rec)} returned ${count} byte(s) that differ from the snapshot, the first at ${hex(x)} (snapshot byte ${hex(e)}, got ${hex(g)}${how})`;
     if (source) {
       return [{ ...at, kind: 'post-snapshot', text: `${head}: that is post-snapshot data, written by ${describeMutation(source)}, after the snapshot was taken` }];
@@ -348,8 +363,8 @@ export class FleeceDriver {
   }
 
   /** One request outside batches, judged by the caller (cases with fixed steps). */
-  async request(kind: OpKind, offset: number, length: number, conn = 0): Promise<{ rec: OpRecord; reply?: Reply }> {
-    const r = await this.send({ kind, conn, offset, length, at: 0 }, -1, this.records.length);
+  async request(kind: OpKind, offset: number, length: number, conn = 0, flags = 0): Promise<{ rec: OpRecord; reply?: Reply }> {
+    const r = await this.send({ kind, conn, offset, length, at: 0, ...(flags ? { flags } : {}) }, -1, this.records.length);
     this.records.push(r.rec);
     if (r.rec.mutation !== undefined) this.applyMutations([r.rec]);
     return r;
@@ -377,6 +392,11 @@ export class FleeceDriver {
   judgeSnapshotRead(rec: OpRecord, reply: Reply | undefined): Violation[] {
     return this.judgeRead(rec, reply);
   }
+
+  /** Judges a snapshot BLOCK_STATUS: a ZERO extent over bytes the snapshot holds is a violation. */
+  judgeSnapshotStatus(rec: OpRecord, reply: Reply | undefined): Violation[] {
+    return this.judgeStatus(rec, reply);
+  }
 }
 
 function overlaps(a: { offset: number; length: number }, b: { offset: number; length: number }): boolean {
@@ -394,7 +414,8 @@ const OP_WORDS: Record<OpKind, string> = {
 };
 
 export function describeOp(r: OpRecord): string {
-  return `${OP_WORDS[r.kind]} of ${range(r.offset, r.length)} on connection ${r.conn} (sent at ${ms(r.sentMs)}, answered at ${ms(r.doneMs)})`;
+  const df = r.flags && r.flags & CF.DF ? ' with NBD_CMD_FLAG_DF' : '';
+  return `${OP_WORDS[r.kind]} of ${range(r.offset, r.length)}${df} on connection ${r.conn} (sent at ${ms(r.sentMs)}, answered at ${ms(r.doneMs)})`;
 }
 
 export function describeMutation(m: OpRecord): string {

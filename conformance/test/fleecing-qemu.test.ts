@@ -2,8 +2,10 @@
 // applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
 // skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
 // qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1),
-// and the break-snapshot in-flight read case because a snapshot read returns post-snapshot data
-// (finding F2: cbw_do_copy_before_write returns early once the snapshot is broken).
+// the break-snapshot in-flight read case because a snapshot read returns post-snapshot data
+// (finding F2: cbw_do_copy_before_write returns early once the snapshot is broken), and the three
+// straddle cases, deterministically (findings F1 and F3: hbitmap_status reports the copied prefix
+// of a snapshot range as not copied, so cbw serves it from the source the guest already changed).
 import { afterAll, describe, expect, it } from 'vitest';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,9 +31,10 @@ async function suite(name: string) {
 }
 
 describe('QEMU fleecing targets: every fleecing case passes but the known QEMU bugs', () => {
-  it('qemu (qemu-storage-daemon 7.2, cbw + snapshot-access): all pass but B1 (unaligned snapshot discard aborts the daemon), F1 (hole over snapshot data under unaligned write-zeroes) and F2 (break-snapshot lets a write overtake a snapshot read in flight)', async () => {
+  it('qemu (qemu-storage-daemon 7.2, cbw + snapshot-access): all pass but B1 (unaligned snapshot discard aborts the daemon), F1 (hole over snapshot data after unaligned write-zeroes), F2 (break-snapshot lets a write overtake a snapshot read in flight) and F3 (DF and simple-reply snapshot reads return post-snapshot data)', async () => {
     const { result, by } = await suite('qemu');
-    const findings = ['fleecing/discard/unaligned', 'fleecing/race/unaligned-write-zeroes', 'fleecing/model/zero-trim', 'fleecing/cbw-error/break-snapshot-inflight-read'];
+    const straddle = ['fleecing/straddle/write-zeroes', 'fleecing/straddle/df-read', 'fleecing/straddle/simple-reply-read'];
+    const findings = ['fleecing/discard/unaligned', 'fleecing/race/unaligned-write-zeroes', 'fleecing/model/zero-trim', 'fleecing/cbw-error/break-snapshot-inflight-read', ...straddle];
     const bad = result.results.filter((r) => r.verdict !== 'pass' && !findings.includes(r.id));
     expect(bad.map(line)).toEqual([]);
     // Finding F1 (this suite): a snapshot read racing two overlapping unaligned write-zeroes on
@@ -61,6 +64,31 @@ describe('QEMU fleecing targets: every fleecing case passes but the known QEMU b
     expect(f2.reason).toMatch(/snapshot read of \[0x100000,\+0x10000\) on connection \d+ .* returned 65536 byte\(s\) that differ from the snapshot, the first at 0x100000 \(snapshot byte 0xd5, got 0x83.*that is post-snapshot data, written by live write #2 of \[0x100000,\+0x10000\)/);
     expect(f2.reason).toMatch(/live write #1 of \[0x0,\+0x10000\) .*whose copy-before-write failed \(injected EIO\), broke the snapshot; the snapshot read of \[0x100000,\+0x10000\) was sent [\d.]+ ms before that.*the live write did not wait for the snapshot read in flight on the source/);
     expect(f2.reason).toMatch(/attempt [123] of at most 3/);
+    // Findings F1 and F3 without concurrency (QEMU 7.2's hbitmap_status: a range that starts in
+    // a copied cluster and reaches an uncopied one is reported "not copied" for its copied
+    // prefix, so cbw reads that prefix from the source, which the guest already changed). One
+    // live request, then one snapshot request that straddles the copied/uncopied boundary.
+    // (a) After write-zeroes: a hole chunk over snapshot data, and block status says ZERO.
+    const sz = by.get('fleecing/straddle/write-zeroes')!;
+    expect(sz.verdict, sz.reason).toBe('fail');
+    expect(sz.reason).toMatch(/^MUST: No snapshot read ever observes post-snapshot data.*: a snapshot read that starts in clusters a live write-zeroes copied and ends in one nobody copied returns the snapshot/);
+    expect(sz.reason).toMatch(/snapshot read of \[0x1b000,\+0x1c000\) on connection \d+ .* returned 20480 byte\(s\) that differ from the snapshot, the first at 0x1b000 \(snapshot byte 0x70, got 0x0, inside an NBD_REPLY_TYPE_OFFSET_HOLE chunk \[0x1b000,\+0x5000\)\): that is post-snapshot data, written by live write-zeroes #1 of \[0xae00,\+0x1b600\)/);
+    expect(sz.reason).toMatch(/the read starts inside \[0x0,\+0x30000\), the 3 clusters that live write-zeroes #1 had copied to the temp image .* and ends in \[0x30000,\+0x10000\), which no live request had touched/);
+    const szStatus = sz.checks.find((c) => /snapshot block status over the same straddling range/.test(c.what))!;
+    expect(szStatus.ok).toBe(false);
+    expect(szStatus.observed).toMatch(/snapshot block-status of \[0x1b000,\+0x1c000\) .* says \[0x1b000,\+0x5000\) reads as zeroes \(NBD_STATE_ZERO\), but the snapshot holds 0x70 at 0x1b000.*the zeroes are the guest's, from live write-zeroes #1/);
+    // (b), (c) After a plain write: the guest's bytes, with DF (one data chunk) and in a simple
+    // reply (no structured replies, as the Linux kernel NBD client).
+    for (const [id, how, chunk] of [
+      ['fleecing/straddle/df-read', 'a snapshot read sent with NBD_CMD_FLAG_DF', 'inside an NBD_REPLY_TYPE_OFFSET_DATA chunk \\[0x8000,\\+0x10000\\)'],
+      ['fleecing/straddle/simple-reply-read', 'a snapshot read on a connection without structured replies', 'in a simple reply'],
+    ] as const) {
+      const r = by.get(id)!;
+      expect(r.verdict, r.reason).toBe('fail');
+      expect(r.reason.startsWith(`MUST: No snapshot read ever observes post-snapshot data (DESIGN.md; spec/models/fleecing invariant): ${how}`), r.reason).toBe(true);
+      expect(r.reason).toMatch(new RegExp(`snapshot read of \\[0x8000,\\+0x10000\\)${id.endsWith('df-read') ? ' with NBD_CMD_FLAG_DF' : ''} on connection \\d+ .* returned 32768 byte\\(s\\) that differ from the snapshot, the first at 0x8000 \\(snapshot byte 0x26, got 0x82, ${chunk}\\): that is post-snapshot data, written by live write #1 of \\[0x0,\\+0x10000\\)`));
+      expect(r.reason).toMatch(/the read starts inside \[0x0,\+0x10000\), the cluster that live write #1 had copied to the temp image .* and ends in \[0x10000,\+0x10000\), which no live request had touched/);
+    }
     const b1 = by.get('fleecing/discard/unaligned')!;
     expect(b1.verdict).toBe('fail');
     // In plain words: the daemon died, with which signal, on which request, and why (§6 B1).
@@ -82,7 +110,7 @@ describe('QEMU fleecing targets: every fleecing case passes but the known QEMU b
   it('qemu-legacy (blockdev-backup sync=none over QMP)', async () => {
     const { result, by } = await suite('qemu-legacy');
     expect(result.results.filter((r) => r.verdict !== 'pass' && r.verdict !== 'skipped').map(line)).toEqual([]);
-    for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/model/zero-trim', 'fleecing/race/delayed-source', 'fleecing/race/unaligned-write-zeroes']) expect(by.get(id)?.verdict, id).toBe('pass');
+    for (const id of ['fleecing/image-fleecing/scenario', 'fleecing/model/concurrent', 'fleecing/model/zero-trim', 'fleecing/race/delayed-source', 'fleecing/race/unaligned-write-zeroes', 'fleecing/straddle/write-zeroes', 'fleecing/straddle/df-read', 'fleecing/straddle/simple-reply-read']) expect(by.get(id)?.verdict, id).toBe('pass');
   }, 120_000);
 
   it('--live URI --snapshot URI: a setup the user runs (here a qemu-storage-daemon §5.1 setup)', async () => {
