@@ -2,7 +2,7 @@
 // of enabled/step used by the fast unreduced search: it must agree with the object model on every
 // reachable state of every scheme, or the two copies have drifted apart.
 import { describe, expect, it } from 'vitest';
-import { crossCheckPacked, fleecingModel, SCHEMES } from '../models/fleecing/index.ts';
+import { crossCheckPacked, fleecingModel, S4, S4_QEMU_HBITMAP_STATUS, SCHEMES } from '../models/fleecing/index.ts';
 import type { FleecingParams } from '../models/fleecing/index.ts';
 
 const CONFIGS: Array<Partial<FleecingParams>> = [
@@ -38,6 +38,14 @@ describe('packed fleecing models agree with the object models', () => {
       expect(checked).toBeGreaterThan(0);
     });
   }
+
+  it('covers the hbitmap_status flag: s4-qemu-7.2-hbitmap-status with s4\'s packed form is caught', () => {
+    const params: Partial<FleecingParams> = { clusters: 2, writers: 1, readers: 1, readSize: 2 };
+    const model = fleecingModel(S4_QEMU_HBITMAP_STATUS, params);
+    expect(crossCheckPacked(model, 20_000)).toBeUndefined();
+    const drifted = { ...model, packed: fleecingModel(S4, params).packed };
+    expect(crossCheckPacked(drifted, 20_000)).toMatch(/differs at byte/);
+  });
 
   it('reports a drifted copy (the check can fail)', () => {
     const model = fleecingModel(SCHEMES[0]!, { clusters: 2, writers: 1, readers: 1 });

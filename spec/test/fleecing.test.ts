@@ -1,6 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { explore, formatCounterexample, formatLabel, neverEnabled, parseTraceFile, replay, toJson } from '../explorer/index.ts';
-import { fleecingModel, KNOWN_BAD, S1, S2, S3, S4, S4_QEMU_EARLY_RETURN, type FleecingParams } from '../models/fleecing/index.ts';
+import {
+  fleecingModel,
+  KNOWN_BAD,
+  S1,
+  S2,
+  S3,
+  S4,
+  S4_QEMU_EARLY_RETURN,
+  S4_QEMU_HBITMAP_STATUS,
+  type FleecingAction,
+  type FleecingParams,
+  type FleecingState,
+} from '../models/fleecing/index.ts';
+import { rangeMask } from '../models/fleecing/state.ts';
 
 const steps = (r: ReturnType<typeof explore>) => r.counterexample!.steps.map((s) => formatLabel(s.label));
 
@@ -102,7 +115,7 @@ describe('the protected schemes hold exhaustively', () => {
 });
 
 describe('known-bad variants fail', () => {
-  for (const scheme of KNOWN_BAD) {
+  for (const scheme of [...KNOWN_BAD, S4_QEMU_EARLY_RETURN, S4_QEMU_HBITMAP_STATUS]) {
     it(`${scheme.name}: ${scheme.summary}`, () => {
       const r = explore(fleecingModel(scheme));
       expect(r.verdict).toBe('violation');
@@ -131,6 +144,94 @@ describe('known-bad variants fail', () => {
     // Under break-guest-write the snapshot never breaks, so the same code is safe.
     const ok = explore(fleecingModel(S4_QEMU_EARLY_RETURN, { onCbwError: 'break-guest-write' }), { symmetry: true });
     expect(ok.verdict).toBe('ok');
+  });
+});
+
+describe('QEMU 7.2 hbitmap_status: a done prefix before a not-done cluster reads as not done (findings F1/F3)', () => {
+  it('leaks post-snapshot data with a shortest counterexample that reads like the bug', () => {
+    const m = fleecingModel(S4_QEMU_HBITMAP_STATUS);
+    expect(m.config.readSize).toBe(2); // the variant's default: only straddling reads show it
+    const r = explore(m);
+    expect(r.verdict).toBe('violation');
+    const cx = r.counterexample!;
+    const trace = formatCounterexample(m, cx);
+    expect(cx.invariant, trace).toBe('snapshot-read-consistent');
+    // W0 copies cluster 0 (done) and overwrites it on the source, waiting for nothing; R0 locks
+    // [0,2) while cluster 1 is not done, is told "not done" for cluster 0 and reads it from the
+    // source.
+    expect(steps(r), trace).toEqual([
+      'W0.submit(cluster=0)',
+      'W0.copyWrite()',
+      'W0.write()',
+      'R0.start(cluster=0, count=2)',
+      'R0.lock(cluster=0)',
+      'R0.read(cluster=0, from=source)',
+      'R0.lock(cluster=1)',
+      'R0.read(cluster=1, from=source)',
+    ]);
+    expect(cx.message, trace).toBe('snapshot read R0 of clusters 0-1 returned for cluster 0 data written by W0 at step 3, after the snapshot');
+    expect(explore(m, { maxDepth: 7 }).verdict, 'shortest: nothing within 7 steps').toBe('ok');
+    // The same trace under symmetry, and every action is enabled somewhere.
+    expect(explore(m, { symmetry: true }).counterexample!.steps, trace).toHaveLength(8);
+    const cov = explore({ ...m, invariants: [] }, { symmetry: true });
+    expect(cov.exhaustive).toBe(true);
+    expect(neverEnabled(cov)).toEqual([]);
+  });
+
+  it('plain s4 with the same parameters holds exhaustively, and so does the variant with 1-cluster reads', () => {
+    for (const symmetry of [false, true]) {
+      const r = explore(fleecingModel(S4, { readSize: 2 }), { symmetry });
+      expect(r.verdict, `symmetry=${symmetry}`).toBe('ok');
+      expect(r.exhaustive).toBe(true);
+      expect(neverEnabled(r)).toEqual([]);
+    }
+    const single = explore(fleecingModel(S4_QEMU_HBITMAP_STATUS, { readSize: 1 }), { symmetry: true });
+    expect(single.verdict).toBe('ok');
+    expect(single.exhaustive).toBe(true);
+  });
+
+  it('differs from s4 only on a lock whose range starts done and reaches a not-done cluster', () => {
+    // Every reachable lock step of the variant against s4's step from the same state: a range
+    // entirely done (target) or starting not done (source) is handled alike; a done prefix
+    // before a not-done cluster is read from the source, frozen, with the same length.
+    const params: Partial<FleecingParams> = { clusters: 3, writers: 2, readers: 1, readSize: 3 };
+    const bad = fleecingModel(S4_QEMU_HBITMAP_STATUS, params);
+    const good = fleecingModel(S4, params);
+    const seen = new Set<string>();
+    const queue: FleecingState[] = [...bad.initial()];
+    const counts = { allDone: 0, startsNotDone: 0, straddles: 0 };
+    for (let q = 0; q < queue.length; q++) {
+      const s = queue[q]!;
+      const k = bad.key(s, false);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      for (const a of bad.enabled(s)) {
+        const t = bad.step(s, a);
+        queue.push(t);
+        if (a.kind !== 'lock') {
+          expect(t).toEqual(good.step(s, a));
+          continue;
+        }
+        const lock = a as Extract<FleecingAction, { kind: 'lock' }>;
+        const r = s.readers[lock.r]!;
+        const u = good.step(s, a);
+        const ur = u.readers[lock.r]!;
+        const end = r.off + 3;
+        const startsDone = ((s.done >> r.pos) & 1) === 1;
+        const allDone = (s.done & rangeMask(r.pos, end - r.pos)) === rangeMask(r.pos, end - r.pos);
+        if (ur.pc !== 'read' || !startsDone || allDone) {
+          if (ur.pc === 'read') counts[startsDone ? 'allDone' : 'startsNotDone']++;
+          expect(t).toEqual(u);
+        } else {
+          counts.straddles++;
+          expect(ur.fromTarget).toBe(true);
+          expect(t).toEqual({ ...u, readers: u.readers.map((x, i) => (i === lock.r ? { ...ur, fromTarget: false, hold: rangeMask(r.pos, ur.n) } : x)) });
+        }
+      }
+    }
+    expect(counts.allDone).toBeGreaterThan(0);
+    expect(counts.startsNotDone).toBeGreaterThan(0);
+    expect(counts.straddles).toBeGreaterThan(0);
   });
 });
 

@@ -9,7 +9,7 @@ describe('model registry', () => {
 
   it('ships the fleecing schemes, their known-bad variants, serialization and the NBD session', () => {
     const names = models.map((m) => m.name);
-    for (const n of ['s1', 's2', 's3', 's4', 's4-done-before-copy', 'serialization', 'nbd-session']) expect(names).toContain(n);
+    for (const n of ['s1', 's2', 's3', 's4', 's4-done-before-copy', 's4-qemu-7.2-hbitmap-status', 'serialization', 'nbd-session']) expect(names).toContain(n);
     expect(flagName('onCbwError')).toBe('on-cbw-error');
   });
 

@@ -318,8 +318,11 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
         const isDone = (s.done >> r.pos) & 1;
         let n = 1;
         while (r.pos + n < end && ((s.done >> (r.pos + n)) & 1) === isDone) n++;
-        const hold = !isDone && scheme.readers === 'frozen-reqs' ? rangeMask(r.pos, n) : 0;
-        return setReader(s, a.r, mkReader('read', r.off, r.pos, n, isDone === 1, hold, r.bad, r.badAt));
+        // QEMU 7.2 hbitmap_status: a done prefix that stops at a not-done cluster inside the range
+        // is reported (with the right length) as not done: read from the source, frozen.
+        const fromTarget = isDone === 1 && !(scheme.donePrefixNotDone && r.pos + n < end);
+        const hold = !fromTarget && scheme.readers === 'frozen-reqs' ? rangeMask(r.pos, n) : 0;
+        return setReader(s, a.r, mkReader('read', r.off, r.pos, n, fromTarget, hold, r.bad, r.badAt));
       }
       case 'read': {
         const r = s.readers[a.r]!;

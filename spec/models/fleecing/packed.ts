@@ -89,6 +89,7 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
   const serialisedCopy = scheme.serialisedCopy;
   const doneBeforeCopy = scheme.doneBeforeCopy;
   const writeBeforeCopy = scheme.writeBeforeCopy;
+  const donePrefixNotDone = scheme.donePrefixNotDone;
   const breakSnapshot = p.onCbwError === 'break-snapshot';
 
   const SRC = 0;
@@ -405,10 +406,12 @@ export function packedFleecing(scheme: Scheme, p: PackedParams, hasDiscarder: bo
         const isDone = (done >> pos) & 1;
         let len = 1;
         while (pos + len < end && ((done >> (pos + len)) & 1) === isDone) len++;
+        // QEMU 7.2 hbitmap_status: a done prefix ending at a not-done cluster reads as not done.
+        const fromTarget = isDone === 1 && !(donePrefixNotDone && pos + len < end);
         out[b + ro + R_PC] = R_READ;
         out[b + ro + R_N] = len;
-        out[b + ro + R_FROM] = isDone;
-        set16(out, b + ro + R_HOLD, !isDone && frozenReqs ? rangeMask(pos, len) : 0);
+        out[b + ro + R_FROM] = fromTarget ? 1 : 0;
+        set16(out, b + ro + R_HOLD, !fromTarget && frozenReqs ? rangeMask(pos, len) : 0);
         break;
       }
       case R_READ: {

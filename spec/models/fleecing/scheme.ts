@@ -44,12 +44,20 @@ export interface Scheme {
   readonly errorSkipsWait: boolean;
   /** Known-bad: under break-guest-write, a failed copy does not fail the guest write. */
   readonly errorIgnored: boolean;
+  /** QEMU 7.2's hbitmap_status (util/hbitmap.c, fixed in 8.0): asked about a range that starts
+   * in done clusters and reaches a not-done one, the done bitmap reports the done prefix (right
+   * length) as not done, so cbw_snapshot_read_lock reads that prefix from the source. */
+  readonly donePrefixNotDone: boolean;
   /** What the explorer must conclude with default parameters. */
   readonly expect: 'holds' | 'violates';
   /** The research section the scheme mirrors. */
   readonly cites: string;
   /** Parameter defaults that differ from the common ones (a variant needs its feature on). */
-  readonly defaults?: { readonly onCbwError?: 'break-guest-write' | 'break-snapshot'; readonly discard?: boolean };
+  readonly defaults?: {
+    readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
+    readonly discard?: boolean;
+    readonly readSize?: number;
+  };
 }
 
 const base = {
@@ -60,6 +68,7 @@ const base = {
   errorEarlyReturn: false,
   errorSkipsWait: false,
   errorIgnored: false,
+  donePrefixNotDone: false,
 } as const;
 
 export const S1: Scheme = {
@@ -178,4 +187,20 @@ export const S4_QEMU_EARLY_RETURN: Scheme = {
   cites: 'qemu-fleecing.md §2.3 step 2; PULL 02/10 "add on-cbw-error open parameter" (June 2022)',
 };
 
-export const SCHEMES: readonly Scheme[] = [S1, S2, S3, S4, ...KNOWN_BAD, S4_QEMU_EARLY_RETURN];
+/** QEMU 7.2's done-bitmap query (finding F1/F3, conformance/fleecing/README.md): hbitmap_status
+ * reports a done prefix followed by a not-done cluster as not done, so cbw_snapshot_read_lock
+ * serves that prefix from the source, which the guest may already have overwritten (its write to
+ * a done cluster waits for nothing). Only reads of 2+ clusters can straddle, hence readSize 2. */
+export const S4_QEMU_HBITMAP_STATUS: Scheme = {
+  ...S4,
+  name: 's4-qemu-7.2-hbitmap-status',
+  summary:
+    'S4 as in QEMU 7.2: the done-bitmap query reports a done prefix followed by a not-done cluster as not done (hbitmap_status), so that prefix is read from the source',
+  donePrefixNotDone: true,
+  defaults: { readSize: 2 },
+  expect: 'violates',
+  cites:
+    'util/hbitmap.c hbitmap_status (QEMU 7.2; fixed in 8.0 by "hbitmap: fix hbitmap_status() return value for first dirty bit case"); conformance fleecing/straddle/*',
+};
+
+export const SCHEMES: readonly Scheme[] = [S1, S2, S3, S4, ...KNOWN_BAD, S4_QEMU_EARLY_RETURN, S4_QEMU_HBITMAP_STATUS];
