@@ -92,6 +92,12 @@ async function fio(uri: string, rw: 'randread' | 'randwrite', seconds: number): 
   return rw === 'randread' ? job.read.iops : job.write.iops;
 }
 
+function median(xs: readonly number[]): number {
+  const v = [...xs].sort((a, b) => a - b);
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+}
+
 async function seqRead(uri: string, bytes: number, repeats: number): Promise<number> {
   const times: number[] = [];
   for (let i = 0; i < repeats; i++) {
@@ -99,8 +105,7 @@ async function seqRead(uri: string, bytes: number, repeats: number): Promise<num
     await exec('nbdcopy', [uri, 'null:']);
     times.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
-  times.sort((a, b) => a - b);
-  return bytes / (1 << 20) / times[Math.floor(times.length / 2)]!;
+  return bytes / (1 << 20) / median(times);
 }
 
 export async function run(argv: string[]): Promise<number> {
@@ -158,11 +163,6 @@ export async function run(argv: string[]): Promise<number> {
     for (const p of procs) await stop(p);
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  const median = (xs: number[]) => {
-    const v = [...xs].sort((a, b) => a - b);
-    const m = v.length >> 1;
-    return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-  };
   const keys: Array<keyof Result> = ['seqReadMiBps', 'randReadIops', 'randWriteIops'];
   // Each server's median over the rounds, and the ratio of the reference to a peer as the median
   // of the per-round ratios (paired: both measured within seconds of each other), with its range.

@@ -133,16 +133,13 @@ export class NbdServer implements ExportLookup {
     socket.setNoDelay(true);
     let conn: Conn;
     // A client that does not read its replies must not make us queue without bound: past the
-    // cap the session holds (stops taking requests) until the socket drains.
+    // cap the session holds (stops taking requests). Lifting the hold only on 'drain' (queue
+    // empty) would stop and go, the client waiting for the next batch of reads, so the write
+    // callbacks lift it once the queue is down to half. hold() and release() are idempotent.
     const maxQueued = this.opts.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
-    // Lifting the hold only on 'drain' (queue empty) would stop and go: the client would wait for
-    // the next batch of reads. So the write callbacks lift it once the queue is down to half.
     const lowWater = maxQueued / 2;
-    let draining = false;
     const resume = (): void => {
-      if (!draining || socket.writableLength > lowWater) return;
-      draining = false;
-      session.release('drain');
+      if (socket.writableLength <= lowWater) session.release('drain');
     };
     socket.on('drain', resume);
     const session = new NbdSession(
@@ -166,10 +163,7 @@ export class NbdServer implements ExportLookup {
           }
           // Node's own high-water mark (16 KiB) is below one READ reply; what matters is that a
           // client that stops reading cannot make us queue without bound.
-          if (socket.writableLength > maxQueued && !draining) {
-            draining = true;
-            session.hold('drain');
-          }
+          if (socket.writableLength > maxQueued) session.hold('drain');
         },
         close: (_reason, error) => {
           // A hard disconnect after a violation drops the link at once; a soft one (ABORT, DISC)
