@@ -165,7 +165,12 @@ export class FleeceDriver {
       const wantStructured = o.snapshotStructured ?? true;
       let snapshotStructured = wantStructured;
       for (let i = 0; i < o.snapshot; i++) {
-        const { conn, session } = await open(setup.snapshot.address, wantStructured ? { exportName: setup.snapshot.name, timeoutMs: o.timeoutMs, log, meta: ['base:allocation'] } : { exportName: setup.snapshot.name, timeoutMs: o.timeoutMs, log, structured: false });
+        const { conn, session } = await open(setup.snapshot.address, {
+          exportName: setup.snapshot.name,
+          timeoutMs: o.timeoutMs,
+          log,
+          ...(wantStructured ? { meta: ['base:allocation'] } : { structured: false }),
+        });
         conns.push(conn);
         snap.push(conn);
         statusContext = session.contexts.get('base:allocation');
