@@ -1,7 +1,7 @@
 // `fleece bench --only server` (issue 3 outcome 4): the reference NBD server against qemu-nbd and
 // nbdkit on the same raw image in the same run. Sequential read through nbdcopy, 4 KiB random
-// read and write at queue depth 16 through fio's nbd engine. Results are ratios to the peers,
-// written to reports/bench/server.json and shown as a table. Targets (issue 3): sequential read
+// read and write at queue depth 16 through fio's nbd engine, and each server's CPU per GiB read.
+// Results are ratios to the peers, written to reports/bench/server.json and shown as a table. Targets (issue 3): sequential read
 // ≥ 1.0× qemu-nbd, random read ≥ 0.8× qemu-nbd. Missing targets are reported, not fatal: timing
 // on a shared machine is evidence, not a verdict.
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -48,6 +48,8 @@ const TARGETS: Target[] = [
 
 interface Result {
   seqReadMiBps: number;
+  /** Server CPU (user + system, every thread) per GiB read sequentially: what the copy costs it. */
+  seqReadCpuMsPerGiB: number;
   randReadIops: number;
   randWriteIops: number;
 }
@@ -98,14 +100,21 @@ function median(xs: readonly number[]): number {
   return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
-async function seqRead(uri: string, bytes: number, repeats: number): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    const t0 = process.hrtime.bigint();
-    await exec('nbdcopy', [uri, 'null:']);
-    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-  return bytes / (1 << 20) / median(times);
+/** Seconds for one nbdcopy of the whole export to null:. */
+async function copyOnce(uri: string): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await exec('nbdcopy', [uri, 'null:']);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** User + system CPU seconds of a process, all its threads (proc(5): utime and stime, fields 14
+ * and 15 of /proc/PID/stat; the command name before them may contain spaces, so count from ')'). */
+function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
 export async function run(argv: string[]): Promise<number> {
@@ -114,11 +123,15 @@ export async function run(argv: string[]): Promise<number> {
   const sizeMiB = quick ? 64 : 256;
   const seconds = quick ? 1 : 2;
   const rounds = quick ? 3 : 5;
+  // Single nbdcopy runs are cheap (~0.4 s) and vary by ±10% on a shared 2-CPU machine, so the
+  // sequential-read ratio gets many paired rounds of one run each rather than a few of three.
+  const seqRounds = quick ? 7 : 21;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-bench-server-'));
   const img = path.join(dir, 'disk.raw');
   const names = TARGETS.map((t) => t.name);
-  // Per round and server: one measurement of each kind.
-  const perRound: Array<Record<string, Result>> = [];
+  // Per round and server: one measurement of the round's kind.
+  const seqRoundsOut: Array<Record<string, { seconds: number; cpuSeconds: number }>> = [];
+  const fioRounds: Array<Record<string, { randReadIops: number; randWriteIops: number }>> = [];
   const procs: ChildProcess[] = [];
   try {
     // Fully allocated random data: no server can skip holes, every byte is read.
@@ -128,57 +141,78 @@ export async function run(argv: string[]): Promise<number> {
       crypto.randomFillSync(chunk);
       fs.writeSync(fd, chunk);
     }
+    fs.fsyncSync(fd);
     fs.closeSync(fd);
     // All three servers run at once and are measured in alternation, round after round, so a
     // change in the machine's load (it is shared) hits every server alike. The order rotates each
     // round so that no server always follows the same one. One untimed warm-up pass first: the
-    // reference's JIT and every server's page cache start equal.
+    // reference's JIT and every server's page cache start equal. Phases run in the order
+    // sequential read, random read, random write: the writes leave dirty pages whose writeback
+    // would otherwise run under the next server's reads.
     const uris: Record<string, string> = {};
+    const pids: Record<string, number> = {};
     for (const t of TARGETS) {
       const sock = path.join(dir, `${t.name}.sock`);
       const proc = t.start(img, sock);
       procs.push(proc);
       await waitForSocket(sock, proc);
       uris[t.name] = `nbd+unix:///disk?socket=${sock}`;
+      pids[t.name] = proc.pid!;
     }
     for (const n of names) {
-      await seqRead(uris[n]!, sizeMiB << 20, 2);
+      for (let i = 0; i < 2; i++) await copyOnce(uris[n]!);
       await fio(uris[n]!, 'randread', 1);
     }
-    for (let r = 0; r < rounds; r++) {
-      const round: Record<string, Result> = {};
-      for (let k = 0; k < names.length; k++) {
-        const n = names[(k + r) % names.length]!;
-        const uri = uris[n]!;
-        round[n] = {
-          seqReadMiBps: await seqRead(uri, sizeMiB << 20, 3),
-          randReadIops: await fio(uri, 'randread', seconds),
-          randWriteIops: await fio(uri, 'randwrite', seconds),
-        };
+    const rotated = (r: number) => names.map((_, k) => names[(k + r) % names.length]!);
+    for (let r = 0; r < seqRounds; r++) {
+      const round: Record<string, { seconds: number; cpuSeconds: number }> = {};
+      for (const n of rotated(r)) {
+        const c0 = cpuSeconds(pids[n]!);
+        const seconds = await copyOnce(uris[n]!);
+        round[n] = { seconds, cpuSeconds: cpuSeconds(pids[n]!) - c0 };
       }
-      perRound.push(round);
-      process.stderr.write(`bench server: round ${r + 1}/${rounds} done\n`);
+      seqRoundsOut.push(round);
+    }
+    process.stderr.write(`bench server: ${seqRounds} sequential-read rounds done\n`);
+    for (const rw of ['randread', 'randwrite'] as const) {
+      for (let r = 0; r < rounds; r++) {
+        if (rw === 'randread') fioRounds.push({});
+        for (const n of rotated(r)) {
+          const iops = await fio(uris[n]!, rw, seconds);
+          const entry = (fioRounds[r]![n] ??= { randReadIops: 0, randWriteIops: 0 });
+          if (rw === 'randread') entry.randReadIops = iops;
+          else entry.randWriteIops = iops;
+        }
+      }
+      process.stderr.write(`bench server: ${rounds} ${rw} rounds done\n`);
     }
   } finally {
     for (const p of procs) await stop(p);
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  const keys: Array<keyof Result> = ['seqReadMiBps', 'randReadIops', 'randWriteIops'];
-  // Each server's median over the rounds, and the ratio of the reference to a peer as the median
-  // of the per-round ratios (paired: both measured within seconds of each other), with its range.
-  const results = Object.fromEntries(names.map((n) => [n, Object.fromEntries(keys.map((k) => [k, median(perRound.map((r) => r[n]![k]))])) as unknown as Result]));
-  const paired = (peer: string, k: keyof Result) => perRound.map((r) => r.reference![k] / r[peer]![k]);
-  const short = { seqReadMiBps: 'seqRead', randReadIops: 'randRead', randWriteIops: 'randWrite' } as const;
-  const ratioDetail = Object.fromEntries(
-    ['qemu-nbd', 'nbdkit'].map((p) => [p, Object.fromEntries(keys.map((k) => {
-      const xs = paired(p, k);
-      return [short[k], { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), rounds: xs }];
-    }))]),
-  );
+  // Each server's median over its rounds. A ratio of the reference to a peer is the median of the
+  // per-round ratios (paired: both measured within seconds of each other), with its range; speed
+  // ratios, so above 1 the reference is faster.
+  const gib = (sizeMiB << 20) / 2 ** 30;
+  const results: Record<string, Result> = Object.fromEntries(names.map((n) => {
+    const seq = seqRoundsOut.map((r) => r[n]!);
+    return [n, {
+      seqReadMiBps: sizeMiB / median(seq.map((x) => x.seconds)),
+      seqReadCpuMsPerGiB: (1000 * seq.reduce((a, x) => a + x.cpuSeconds, 0)) / (seq.length * gib),
+      randReadIops: median(fioRounds.map((r) => r[n]!.randReadIops)),
+      randWriteIops: median(fioRounds.map((r) => r[n]!.randWriteIops)),
+    }];
+  }));
+  const detail = (xs: number[]) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs), fasterIn: xs.filter((x) => x > 1).length, rounds: xs });
+  const ratioDetail = Object.fromEntries(['qemu-nbd', 'nbdkit'].map((p) => [p, {
+    seqRead: detail(seqRoundsOut.map((r) => r[p]!.seconds / r.reference!.seconds)),
+    randRead: detail(fioRounds.map((r) => r.reference!.randReadIops / r[p]!.randReadIops)),
+    randWrite: detail(fioRounds.map((r) => r.reference!.randWriteIops / r[p]!.randWriteIops)),
+  }]));
   const ratios = Object.fromEntries(
-    Object.entries(ratioDetail).map(([p, d]) => [p, { seqRead: d.seqRead!.median, randRead: d.randRead!.median, randWrite: d.randWrite!.median }]),
+    Object.entries(ratioDetail).map(([p, d]) => [p, { seqRead: d.seqRead.median, randRead: d.randRead.median, randWrite: d.randWrite.median }]),
   );
-  const seqQ = ratioDetail['qemu-nbd']!.seqRead!;
+  const seqQ = ratioDetail['qemu-nbd']!.seqRead;
   const targets = {
     'seq-read >= 1.0x qemu-nbd': seqQ.median >= 1.0,
     'rand-read 4k >= 0.8x qemu-nbd': ratios['qemu-nbd']!.randRead >= 0.8,
@@ -188,8 +222,9 @@ export async function run(argv: string[]): Promise<number> {
     date: new Date().toISOString(),
     host: { cpus: os.cpus().length, node: process.version },
     setup: {
-      imageMiB: sizeMiB, fioSeconds: seconds, rounds,
-      statistic: 'per server: median over rounds; ratios: median of per-round paired ratios (reference / peer in the same round), with min and max',
+      imageMiB: sizeMiB, fioSeconds: seconds, seqRounds, fioRounds: rounds,
+      statistic: 'per server: median over rounds (CPU: mean); ratios: median of per-round paired speed ratios (reference vs peer in the same round), with min, max and the number of rounds the reference was faster',
+      cpu: 'server user+system CPU from /proc/PID/stat over each nbdcopy run, all threads',
       loadAverage: os.loadavg(), referenceEnv: { UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL }, blockSize: 4096, iodepth: 16, transport: 'unix',
     },
     results,
@@ -202,10 +237,10 @@ export async function run(argv: string[]): Promise<number> {
   fs.writeFileSync(path.join(outDir, 'server.json'), JSON.stringify(report, null, 2) + '\n');
   const f = (n: number, d = 0) => n.toFixed(d).padStart(10);
   const lines = [
-    `${'server'.padEnd(10)} ${'seq MiB/s'.padStart(10)} ${'rread IOPS'.padStart(10)} ${'rwrite IOPS'.padStart(11)}`,
-    ...Object.entries(results).map(([n, r]) => `${n.padEnd(10)} ${f(r.seqReadMiBps)} ${f(r.randReadIops)} ${f(r.randWriteIops).padStart(11)}`),
-    ...Object.entries(ratios).map(([p, r]) => `${`ref/${p}`.padEnd(10)} ${f(r.seqRead, 2)} ${f(r.randRead, 2)} ${f(r.randWrite, 2).padStart(11)}`),
-    `seq read ref/qemu-nbd per round: ${seqQ.rounds.map((x) => x.toFixed(2)).join(' ')} (median ${seqQ.median.toFixed(2)}, range ${seqQ.min.toFixed(2)}-${seqQ.max.toFixed(2)})`,
+    `${'server'.padEnd(10)} ${'seq MiB/s'.padStart(10)} ${'cpu ms/GiB'.padStart(10)} ${'rread IOPS'.padStart(10)} ${'rwrite IOPS'.padStart(11)}`,
+    ...Object.entries(results).map(([n, r]) => `${n.padEnd(10)} ${f(r.seqReadMiBps)} ${f(r.seqReadCpuMsPerGiB)} ${f(r.randReadIops)} ${f(r.randWriteIops).padStart(11)}`),
+    ...Object.entries(ratios).map(([p, r]) => `${`ref/${p}`.padEnd(10)} ${f(r.seqRead, 2)} ${''.padStart(10)} ${f(r.randRead, 2)} ${f(r.randWrite, 2).padStart(11)}`),
+    `seq read ref/qemu-nbd: median ${seqQ.median.toFixed(3)} over ${seqQ.rounds.length} paired rounds (range ${seqQ.min.toFixed(2)}-${seqQ.max.toFixed(2)}, reference faster in ${seqQ.fasterIn})`,
     ...Object.entries(targets).map(([k, ok]) => `target ${k}: ${ok ? 'met' : 'NOT met'}`),
     `written to reports/bench/server.json`,
   ];
