@@ -1,6 +1,7 @@
 // copy-before-write behaviours beyond the happy path: on-cbw-error and cbw-timeout
 // (qemu-fleecing.md §4.2, B4), the bitmap option (§2.3, §5.1), snapshot discard (B1, B8),
-// WRITE_UNCHANGED (B9), EACCES on inaccessible areas (B7).
+// WRITE_UNCHANGED (B9), EACCES on inaccessible areas (B7), and the UNSAFE known-bad
+// x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3).
 import { describe, expect, it } from 'vitest';
 import { BlockGraph, exportPerms, type CopyBeforeWriteNode, type BlockBackend } from '../src/block/index.ts';
 import { KiB, MiB, modernGraph, pattern } from './support/graphs.ts';
@@ -170,5 +171,50 @@ describe('break-snapshot with a snapshot read in flight', () => {
     expect((await read).equals(pattern(0x01, 64 * KiB))).toBe(true);
     await write;
     await expect(s.fleece.read(0, 4)).rejects.toMatchObject({ errno: 'EACCES' });
+  });
+});
+
+describe('x-hbitmap-status-bug (UNSAFE, known bad: QEMU 7.2 hbitmap_status, findings F1/F3)', () => {
+  const CL = 64 * KiB;
+  // 4 clusters of 0x01 at snapshot time; the guest then writes clusters 0 and 2 with 0x02, so
+  // clusters 0 and 2 are done (copied) and 1 and 3 are not: done->not-done boundaries at 1*CL
+  // and 3*CL.
+  async function setup(bug: boolean) {
+    const s = await modernGraph({ size: 4 * CL, prefill: async (d) => d.write(0, pattern(0x01, 4 * CL)), cbw: bug ? { 'x-hbitmap-status-bug': true } : {} });
+    await s.live.write(0, pattern(0x02, CL));
+    await s.live.write(2 * CL, pattern(0x02, CL));
+    return s;
+  }
+
+  it('off by default; on, a read starting in a done cluster and reaching a not-done one returns the source (post-snapshot) bytes for the done prefix', async () => {
+    const off = await setup(false);
+    const on = await setup(true);
+    expect(off.cbw.hbitmapStatusBug).toBe(false);
+    expect(on.cbw.hbitmapStatusBug).toBe(true);
+    // [CL/2, +CL): second half of done cluster 0, first half of not-done cluster 1.
+    expect((await off.fleece.read(CL / 2, CL)).equals(pattern(0x01, CL))).toBe(true);
+    const bad = await on.fleece.read(CL / 2, CL);
+    expect(bad.subarray(0, CL / 2).equals(pattern(0x02, CL / 2))).toBe(true); // the guest's bytes
+    expect(bad.subarray(CL / 2).equals(pattern(0x01, CL / 2))).toBe(true);
+    // Block status takes the same lock: the prefix is answered by the source, the same length.
+    expect(await on.fleece.blockStatus(CL / 2, CL)).toEqual(await off.fleece.blockStatus(CL / 2, CL));
+  });
+
+  it('changes the answer exactly for ranges with a done->not-done boundary inside them', async () => {
+    const off = await setup(false);
+    const on = await setup(true);
+    const step = CL / 2;
+    let straddling = 0;
+    for (let offset = 0; offset < 4 * CL; offset += step) {
+      for (let bytes = step; offset + bytes <= 4 * CL; bytes += step) {
+        const end = offset + bytes;
+        const what = `read [${offset / KiB}K, +${bytes / KiB}K)`;
+        expect((await off.fleece.read(offset, bytes)).equals(pattern(0x01, bytes)), `${what} without the bug`).toBe(true);
+        const straddles = [CL, 3 * CL].some((b) => offset < b && b < end);
+        if (straddles) straddling++;
+        expect(!(await on.fleece.read(offset, bytes)).equals(pattern(0x01, bytes)), `${what} with the bug differs from the snapshot`).toBe(straddles);
+      }
+    }
+    expect(straddling).toBeGreaterThan(0);
   });
 });
