@@ -6,6 +6,8 @@
 //   reference-legacy   fleece serve, §5.2 (the `overlay` driver in place of the qcow2 temp)
 //   reference-racy     reference-legacy with the UNSAFE x-unserialized-target-writes: the
 //                      pre-3.0 race (§3, §6 B0) - the known-bad target every check must catch
+//   reference-hbitmap-status   reference with the UNSAFE cbw x-hbitmap-status-bug: QEMU 7.2's
+//                      hbitmap_status (findings F1/F3) - known bad, fails the straddle cases
 //   qemu               qemu-storage-daemon, §5.1 verbatim
 //   qemu-legacy        qemu-storage-daemon, §5.2 verbatim
 //   --live URI --snapshot URI   anything else (a setup the user runs)
@@ -128,16 +130,25 @@ async function startDelayedSource(dir: string, image: string, delayMs: number, s
 // ------------------------------------------------------------------------------------------
 // The reference: fleece serve with qemu-storage-daemon's command line
 
-function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean): FleeceFlavor {
+/** A known-bad option of the reference: `racy` is the backup job's
+ * x-unserialized-target-writes (legacy graph), `hbitmap-status` copy-before-write's
+ * x-hbitmap-status-bug (modern graph). */
+type ReferenceBug = 'racy' | 'hbitmap-status';
+
+function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: ReferenceBug): FleeceFlavor {
+  const racy = bug === 'racy';
+  const hbitmapBug = bug === 'hbitmap-status';
   return {
     name,
     graph,
     peers: [],
     summary: racy
       ? 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (the pre-3.0 race, known bad)'
-      : graph === 'modern'
-        ? 'fleece serve, copy-before-write + snapshot-access (qemu-fleecing.md §5.1, raw for qcow2)'
-        : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
+      : hbitmapBug
+        ? "fleece serve, copy-before-write + snapshot-access with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3, known bad)"
+        : graph === 'modern'
+          ? 'fleece serve, copy-before-write + snapshot-access (qemu-fleecing.md §5.1, raw for qcow2)'
+          : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && (c.cbwError || c.snapshotDiscard)) return 'the bitmap set-up builds the plain modern graph only';
@@ -170,7 +181,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean
         if (c.cbwError) {
           bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
         } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
-        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}`);
+        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}`);
         bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
         args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
@@ -196,7 +207,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', racy: boolean
           await q.ok('block-dirty-bitmap-add', { node: 'source', name: 'bitmap0' });
           await seedThroughNbd(unix(nbd), 'seed', content, timeoutMs);
           await q.ok('block-export-del', { id: 'exp-seed', mode: 'hard' });
-          await q.ok('blockdev-add', { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'bitmap0' } });
+          await q.ok('blockdev-add', { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'bitmap0' }, ...(hbitmapBug ? { 'x-hbitmap-status-bug': true } : {}) });
           await q.ok('blockdev-add', { driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'fl-cbw', name: 'live', writable: true });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'fl-access', name: 'fleece' });
@@ -366,9 +377,10 @@ export function mutantFlavor(base: FleeceFlavor, name: string, m: { config?: (c:
 }
 
 export const FLAVORS: readonly FleeceFlavor[] = [
-  referenceFlavor('reference', 'modern', false),
-  referenceFlavor('reference-legacy', 'legacy', false),
-  referenceFlavor('reference-racy', 'legacy', true),
+  referenceFlavor('reference', 'modern'),
+  referenceFlavor('reference-legacy', 'legacy'),
+  referenceFlavor('reference-racy', 'legacy', 'racy'),
+  referenceFlavor('reference-hbitmap-status', 'modern', 'hbitmap-status'),
   qemuFlavor('qemu', 'modern'),
   qemuFlavor('qemu-legacy', 'legacy'),
 ];
