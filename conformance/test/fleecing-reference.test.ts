@@ -62,13 +62,14 @@ describe('reference fleecing targets pass every fleecing case', () => {
 });
 
 describe('reference-hbitmap-status (known bad: QEMU 7.2 hbitmap_status on the reference, findings F1/F3)', () => {
-  it('fails the three straddle cases, saying what the snapshot read returned and why; fails only cases whose snapshot reads span copied and uncopied clusters', async () => {
+  it('fails the three straddle cases, saying what the snapshot read returned and why; fails no case whose snapshot reads cannot span copied and uncopied clusters', async () => {
     const { result, by } = await suite('reference-hbitmap-status');
     // Read after one live request, deterministic: the copied prefix of the straddling read is
     // served from the source, which holds the guest's data.
     const straddle = ['fleecing/straddle/write-zeroes', 'fleecing/straddle/df-read', 'fleecing/straddle/simple-reply-read'];
-    // Randomised cases with multi-cluster snapshot reads next to live writes: they meet a
-    // straddling read on every run (checked on 5 runs with seed 7). Unlike QEMU's NBD server,
+    // Randomised cases with multi-cluster snapshot reads next to live writes: they met a
+    // straddling read on each of 5 runs with seed 7, but whether one does depends on timing, so
+    // they may fail (with the reason below) or pass, never anything else. Unlike QEMU's NBD server,
     // which reads a structured READ without DF extent by extent (each extent inside the copied
     // prefix, so right), fleece serve reads every READ whole and sends one OFFSET_DATA chunk, so
     // every straddling read is exposed here, not only DF and simple-reply ones.
@@ -81,8 +82,8 @@ describe('reference-hbitmap-status (known bad: QEMU 7.2 hbitmap_status on the re
     }
     for (const id of concurrent) {
       const r = by.get(id)!;
-      expect(r.verdict, `${id}: ${r.reason}`).toBe('fail');
-      expect(r.reason).toMatch(/^MUST: No snapshot read ever observes post-snapshot data.* - observed: snapshot read of \[0x[0-9a-f]+,\+0x[0-9a-f]+\) on connection \d+ .* returned \d+ byte\(s\) that differ from the snapshot, .*inside an NBD_REPLY_TYPE_OFFSET_DATA chunk .*that is post-snapshot data, written by live (write|write-zeroes|trim) #\d+/);
+      expect(['pass', 'fail'], `${id}: ${r.reason}`).toContain(r.verdict);
+      if (r.verdict === 'fail') expect(r.reason).toMatch(/^MUST: No snapshot read ever observes post-snapshot data.* - observed: snapshot read of \[0x[0-9a-f]+,\+0x[0-9a-f]+\) on connection \d+ .* returned \d+ byte\(s\) that differ from the snapshot, .*inside an NBD_REPLY_TYPE_OFFSET_DATA chunk .*that is post-snapshot data, written by live (write|write-zeroes|trim) #\d+/);
     }
     // (a) After write-zeroes: the zeroes in a data chunk (QEMU gives a HOLE chunk: its source
     // is qcow2 and its server reads per extent). Block status passes here: the reference's
