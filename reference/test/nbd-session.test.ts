@@ -2,7 +2,8 @@
 // max-connections, and qemu:dirty-bitmap contexts as nbdinfo sees them.
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NbdServer } from '../src/nbd/server.ts';
+import { NbdServer, UNIX_SEND_BUFFER_BYTES } from '../src/nbd/server.ts';
+import { sendBufferTuning } from '../src/nbd/sockopt.ts';
 import { NbdSession, type ExportLookup, type NbdExport } from '../src/nbd/session.ts';
 import { MemoryBackend, RawClient, handshake, metaData, openExport, opt, readOptReplies, readReply, request, runOk, tmpDir } from './nbd-helpers.ts';
 
@@ -146,8 +147,9 @@ describe('NBD server: connections and bitmaps', () => {
 });
 
 describe('NBD server: a client that never reads its replies', () => {
-  /** Sends `n` 1 MiB READs without reading any reply; returns the bytes the server queued. */
-  async function queuedAfterBurst(maxQueuedReplyBytes: number, n: number): Promise<number> {
+  /** Sends `n` 1 MiB READs without reading any reply; returns the bytes the server queued and
+   * the connection's kernel send buffer (which holds the rest). */
+  async function queuedAfterBurst(maxQueuedReplyBytes: number, n: number): Promise<{ queued: number; kernel: number }> {
     const t = tmpDir();
     const sock = path.join(t.dir, 'nbd.sock');
     // Memory bound = queued cap + what is in flight when it trips (here ≤ 4 requests of 1 MiB).
@@ -161,12 +163,13 @@ describe('NBD server: a client that never reads its replies', () => {
       c.socket.write(Buffer.concat(Array.from({ length: n }, (_, i) => request(0, (i % 32) << 20, 1 << 20, { cookie: BigInt(i) }))));
       await new Promise((r) => setTimeout(r, 500));
       const queued = server.queuedReplyBytes;
+      const kernel = server.sendBuffers[0]!;
       // Reading resumes: every reply arrives once the client reads.
       c.socket.resume();
       for (let i = 0; i < n; i++) await readReply(c, 1 << 20);
       expect(server.queuedReplyBytes).toBe(0);
       c.close();
-      return queued;
+      return { queued, kernel };
     } finally {
       await server.close();
       t.cleanup();
@@ -174,12 +177,74 @@ describe('NBD server: a client that never reads its replies', () => {
   }
 
   it('stops being read once its queued replies pass the cap (8 MiB here; 4 MiB by default)', async () => {
-    const q = await queuedAfterBurst(8 << 20, 40);
+    const { queued: q } = await queuedAfterBurst(8 << 20, 40);
     expect(q).toBeGreaterThan(8 << 20);
     expect(q).toBeLessThan(16 << 20);
   });
 
   it('known-bad variant: with no cap, all 40 MiB of replies pile up', async () => {
-    expect(await queuedAfterBurst(Infinity, 40)).toBeGreaterThanOrEqual(40 << 20);
+    // All of it in our queue but what the kernel's send buffer took.
+    const { queued, kernel } = await queuedAfterBurst(Infinity, 40);
+    expect(queued).toBeGreaterThanOrEqual((40 << 20) - kernel);
+  });
+});
+
+describe('NBD server: the send buffer of unix-socket connections (SO_SNDBUF)', () => {
+  /** Opens one connection to a fresh server and returns what the kernel reports for its socket. */
+  async function sendBufferOf(addr: 'unix' | 'inet', unixSendBufferBytes?: number): Promise<number | undefined> {
+    const t = tmpDir();
+    const sock = path.join(t.dir, 'nbd.sock');
+    const server = new NbdServer({ unixSendBufferBytes });
+    server.addExport({ name: 'disk', backend: new MemoryBackend(1 << 20), writable: false });
+    const bound = await server.listen(addr === 'unix' ? { type: 'unix', path: sock } : { type: 'inet', host: '127.0.0.1', port: 0 });
+    try {
+      const c = await (addr === 'unix' ? RawClient.connect(sock) : RawClient.connect({ port: bound.port!, host: '127.0.0.1' }));
+      await openExport(c, 'disk');
+      const [b] = server.sendBuffers;
+      c.close();
+      return b;
+    } finally {
+      await server.close();
+      t.cleanup();
+    }
+  }
+
+  it('the native module is built and loads (scripts/build-native.sh)', () => {
+    expect(sendBufferTuning.available, sendBufferTuning.reason).toBe(true);
+  });
+
+  it('is raised to 1 MiB on a unix socket (Linux reports twice the value set)', async () => {
+    expect(await sendBufferOf('unix')).toBe(2 * UNIX_SEND_BUFFER_BYTES);
+    expect(await sendBufferOf('unix', 512 * 1024)).toBe(1024 * 1024);
+  });
+
+  it('stays the kernel default with 0, and on TCP, whose buffers autotune', async () => {
+    const dflt = await sendBufferOf('unix', 0);
+    expect(dflt).toBeGreaterThan(0);
+    expect(dflt).toBeLessThan(2 * UNIX_SEND_BUFFER_BYTES);
+    expect(await sendBufferOf('inet')).not.toBe(2 * UNIX_SEND_BUFFER_BYTES);
+  });
+
+  it('setSendBuffer/getSendBuffer name the descriptor and errno when the kernel refuses, and skip a closed socket', async () => {
+    const { getSendBuffer, setSendBuffer } = await import('../src/nbd/sockopt.ts');
+    const net = await import('node:net');
+    const closed = new net.Socket();
+    expect(setSendBuffer(closed, 1 << 20)).toBeUndefined();
+    expect(getSendBuffer(closed)).toBeUndefined();
+    // A descriptor that is not a socket: a regular file.
+    const { createRequire } = await import('node:module');
+    const fs = await import('node:fs');
+    const mod = createRequire(import.meta.url)('../native/build/sockopt.node') as { getSendBuffer(fd: number): number; setSendBuffer(fd: number, b: number): number };
+    const t = tmpDir();
+    const fd = fs.openSync(path.join(t.dir, 'f'), 'w');
+    try {
+      expect(() => mod.getSendBuffer(fd)).toThrow(new RegExp(`^getsockopt\\(SO_SNDBUF\\) on fd ${fd}: Socket operation on non-socket$`));
+      expect(() => mod.setSendBuffer(fd, 1024)).toThrow(new RegExp(`^setsockopt\\(SO_SNDBUF\\) on fd ${fd}: Socket operation on non-socket$`));
+      expect(() => (mod.setSendBuffer as unknown as (fd: number) => number)(fd)).toThrow(/^sockopt: missing argument$/);
+      expect(() => mod.setSendBuffer(fd, 'x' as unknown as number)).toThrow(/^sockopt: arguments must be integers$/);
+    } finally {
+      fs.closeSync(fd);
+      t.cleanup();
+    }
   });
 });

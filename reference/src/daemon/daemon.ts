@@ -110,7 +110,7 @@ export class Daemon {
 
   async startNbdServer(opts: NbdServerOptions): Promise<BoundAddress> {
     if (this.nbd) throw new QmpError('GenericError', 'NBD server already running');
-    const srv = new NbdServer({ log: this.log, maxConnections: opts.maxConnections });
+    const srv = new NbdServer({ log: this.log, maxConnections: opts.maxConnections, unixSendBufferBytes: unixSendBufferFromEnv() });
     try {
       this.nbdAddress = await srv.listen(opts.addr);
     } catch (e) {
@@ -356,4 +356,15 @@ export class Daemon {
   static writePidfile(path: string): void {
     fs.writeFileSync(path, `${process.pid}\n`);
   }
+}
+
+/** FLEECE_NBD_UNIX_SNDBUF: SO_SNDBUF in bytes for unix-socket NBD connections, 0 for the kernel's
+ * default (the server bench measures both); unset, the server's UNIX_SEND_BUFFER_BYTES. */
+function unixSendBufferFromEnv(): number | undefined {
+  const v = process.env.FLEECE_NBD_UNIX_SNDBUF;
+  if (v === undefined || v === '') return undefined;
+  if (!/^\d+$/.test(v) || Number(v) > 2 ** 30) {
+    throw new QmpError('GenericError', `FLEECE_NBD_UNIX_SNDBUF must be a byte count from 0 to 1073741824, got '${v}'`);
+  }
+  return Number(v);
 }
