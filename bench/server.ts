@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sendBufferTuning } from '../reference/src/nbd/sockopt.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -26,16 +27,25 @@ interface Target {
   start(img: string, sock: string): ChildProcess;
 }
 
+/** `fleece serve` on the image, with extra environment. */
+function startReference(env: Record<string, string>): Target['start'] {
+  return (img, sock) =>
+    spawn(process.execPath, [
+      path.join(REPO, 'bin/fleece.mjs'), 'serve',
+      '--blockdev', `driver=file,node-name=disk,filename=${img}`,
+      '--nbd-server', `addr.type=unix,addr.path=${sock}`,
+      '--export', 'type=nbd,id=e,node-name=disk,name=disk,writable=on',
+    ], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL, ...env } });
+}
+
 const TARGETS: Target[] = [
+  { name: 'reference', start: startReference({}) },
   {
-    name: 'reference',
-    start: (img, sock) =>
-      spawn(process.execPath, [
-        path.join(REPO, 'bin/fleece.mjs'), 'serve',
-        '--blockdev', `driver=file,node-name=disk,filename=${img}`,
-        '--nbd-server', `addr.type=unix,addr.path=${sock}`,
-        '--export', 'type=nbd,id=e,node-name=disk,name=disk,writable=on',
-      ], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL } }),
+    // The same server with the kernel's default send buffer on its unix sockets (208 KiB), in
+    // the sequential-read phase only: what SO_SNDBUF is worth there (UNIX_SEND_BUFFER_BYTES).
+    name: 'ref-sndbuf0',
+    seqOnly: true,
+    start: startReference({ FLEECE_NBD_UNIX_SNDBUF: '0' }),
   },
   {
     name: 'qemu-nbd',
@@ -242,7 +252,8 @@ export async function run(argv: string[]): Promise<number> {
       imageMiB: sizeMiB, fioSeconds: seconds, seqRounds, fioRounds: rounds,
       statistic: 'per server: median over rounds (CPU: mean); ratios: median of per-round paired speed ratios (reference vs peer in the same round), with min, max and the number of rounds the reference was faster',
       cpu: 'server user+system CPU from /proc/PID/stat over each nbdcopy run, all threads',
-      loadAverage: os.loadavg(), referenceEnv: { UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL }, blockSize: 4096, iodepth: 16, transport: 'unix',
+      loadAverage: os.loadavg(), referenceEnv: { UV_THREADPOOL_SIZE: REFERENCE_THREADPOOL },
+      referenceUnixSendBuffer: sendBufferTuning.available ? (process.env.FLEECE_NBD_UNIX_SNDBUF ?? 'UNIX_SEND_BUFFER_BYTES') : `kernel default: ${sendBufferTuning.reason}`, blockSize: 4096, iodepth: 16, transport: 'unix',
     },
     results,
     ratios,
@@ -259,6 +270,8 @@ export async function run(argv: string[]): Promise<number> {
     ...Object.entries(results).map(([n, r]) => `${n.padEnd(14)} ${f(r.seqReadMiBps)} ${f(r.seqReadCpuMsPerGiB)} ${f(r.randReadIops)} ${f(r.randWriteIops).padStart(11)}`),
     ...Object.entries(ratios).map(([p, r]) => `${`ref/${p}`.padEnd(14)} ${f(r.seqRead, 2)} ${''.padStart(10)} ${f(r.randRead, 2)} ${f(r.randWrite, 2).padStart(11)}`),
     `seq read ref/qemu-nbd: median ${seqQ.median.toFixed(3)} over ${seqQ.rounds.length} paired rounds (range ${seqQ.min.toFixed(2)}-${seqQ.max.toFixed(2)}, reference faster in ${seqQ.fasterIn})`,
+    ...(sendBufferTuning.available ? [] : [`WARNING: the reference ran with the kernel's send buffer: ${sendBufferTuning.reason}`]),
+    `seq read ref/ref-sndbuf0 (SO_SNDBUF 1 MiB vs the kernel default): median ${ratioDetail['ref-sndbuf0']!.seqRead.median.toFixed(3)} (faster in ${ratioDetail['ref-sndbuf0']!.seqRead.fasterIn})`,
     `seq read nbdkit-t1/qemu-nbd: median ${ceiling.median.toFixed(3)} (faster in ${ceiling.fasterIn}): a thread per connection with blocking pread and send, which a Node server cannot be`,
     ...Object.entries(targets).map(([k, ok]) => `target ${k}: ${ok ? 'met' : 'NOT met'}`),
     `written to reports/bench/server.json`,
