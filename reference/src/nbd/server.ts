@@ -105,8 +105,7 @@ export class NbdServer implements ExportLookup {
 
   // ------------------------------------------------------------------ listening
   async listen(addr: ListenAddress): Promise<BoundAddress> {
-    // A unix listener's address() is its path (also for an inherited fd that is a unix socket).
-    const srv = net.createServer({ noDelay: true } as net.ServerOpts, (s) => this.accept(s, typeof srv.address() === 'string'));
+    const srv = net.createServer({ noDelay: true } as net.ServerOpts, (s) => this.accept(s));
     srv.on('error', (e) => this.opts.log?.(`nbd: listener error: ${e.message}`));
     await new Promise<void>((resolve, reject) => {
       const onErr = (e: Error) => reject(new NbdServerError(`cannot listen on ${describe(addr)}: ${e.message}`));
@@ -137,7 +136,7 @@ export class NbdServer implements ExportLookup {
     return this.listeners.length > 0;
   }
 
-  private accept(socket: net.Socket, unix: boolean): void {
+  private accept(socket: net.Socket): void {
     const max = this.opts.maxConnections ?? 0;
     if (max > 0 && this.conns.size >= max) {
       // QEMU stops accepting at the limit; we close at once so the client sees EOF, not a hang.
@@ -146,7 +145,9 @@ export class NbdServer implements ExportLookup {
       return;
     }
     socket.setNoDelay(true);
-    if (unix) this.tuneSendBuffer(socket);
+    // A unix connection has no port (its address() is {}), whether we bound the path or
+    // inherited the listener by socket activation.
+    if (typeof (socket.address() as Partial<net.AddressInfo>).port !== 'number') this.tuneSendBuffer(socket);
     let conn: Conn;
     // A client that does not read its replies must not make us queue without bound: past the
     // cap the session holds (stops taking requests). Lifting the hold only on 'drain' (queue
