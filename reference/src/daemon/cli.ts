@@ -4,6 +4,7 @@
 import type { Subcommand } from '../../../cli/main.ts';
 import { isBlockError } from '../block/errors.ts';
 import { NbdServerError } from '../nbd/server.ts';
+import { sendBufferTuning } from '../nbd/sockopt.ts';
 import { QmpError } from '../qmp/dispatcher.ts';
 import { USAGE, UsageError, parseArgs } from './args.ts';
 import { Daemon } from './daemon.ts';
@@ -38,6 +39,10 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
   }
   const verbose = process.env.FLEECE_SERVE_DEBUG === '1';
   const daemon = new Daemon({ log: verbose ? (m) => io.stderr.write(`fleece serve: ${m}\n`) : undefined });
+  // Not fatal (the server runs with the kernel's default), but slower for unix clients: say so.
+  if (!sendBufferTuning.available && io.env.FLEECE_NBD_UNIX_SNDBUF !== '0') {
+    io.stderr.write(`fleece serve: warning: unix connections keep the kernel's send buffer: ${sendBufferTuning.reason}\n`);
+  }
   try {
     if (config.activationFds.length > 0) {
       // sd_listen_fds(3): the first handed-over fd is the NBD listening socket.
