@@ -3,9 +3,10 @@
  * sockets, SO_SNDBUF (Node has setSendBufferSize for dgram sockets only).
  *
  * Why: a unix socket's send buffer defaults to net.core.wmem_default (208 KiB here), less than
- * one 256 KiB READ reply, and a unix socket only turns writable again once 3/4 of it has drained
- * (unix_writable). An event-loop server is woken later than the client takes to read the last
- * quarter, so the client waits on every reply. With 1 MiB the client finds data waiting.
+ * one 256 KiB READ reply, and a unix socket only turns writable again once 3/4 of it has
+ * drained (unix_writable, Linux net/unix/af_unix.c). An event-loop server is woken later than
+ * the client takes to read the last quarter, so the client waits on every reply. With 1 MiB
+ * the client finds data waiting.
  * Measured: reference/src/daemon/README.md.
  *
  * Built by scripts/build-native.sh with the C compiler and Node's own headers; Node-API only,
