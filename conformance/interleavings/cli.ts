@@ -23,7 +23,8 @@ const USAGE = `usage: fleece interleave [--target T]... [--scenario ID]... [--in
   --no-reduction  drive every path of the fused model, not one per trace and symmetry class
   targets:   ${Object.keys(INTERLEAVING_TARGETS).join(', ')} (default: reference)
   scenarios: ${DEFAULT_SCENARIOS.map((s) => s.id).join(', ')} (default: all)
-  schemes:   the target's own (reference s4, reference-legacy s3, reference-racy s1), or any of
+  schemes:   the target's own (reference s4, reference-legacy s3, reference-racy s1,
+             reference-hbitmap-status s4-qemu-7.2-hbitmap-status), or any of
              ${SCHEMES.map((s) => s.name).join(', ')} to check the checker`;
 
 export async function main(argv: readonly string[]): Promise<number> {

@@ -1,8 +1,8 @@
 // The interleavings suite (issue 7) in `fleece conform`: one case per default scenario. A case
 // runs every model interleaving of the scenario against the fleecing graph the target names
-// (reference, reference-legacy, reference-racy: breakpoints; qemu, qemu-legacy and
-// qemu-storage-daemon: submission orders) and records the counts, coverage, disagreements with
-// both traces side by side and replay commands in the shared reports.
+// (reference, reference-legacy, reference-racy, reference-hbitmap-status: breakpoints; qemu,
+// qemu-legacy and qemu-storage-daemon: submission orders) and records the counts, coverage,
+// disagreements with both traces side by side and replay commands in the shared reports.
 import type { CaseDef, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
 import { listTargets, registerTarget } from '../targets/registry.ts';
@@ -31,7 +31,7 @@ const cases: CaseDef<InterleavingsEnv>[] = DEFAULT_SCENARIOS.map((sc) => ({
   level: 'MUST',
   title: sc.title,
   description:
-    'Every interleaving of the scenario that the spec model of the target\'s scheme allows (S4 for copy-before-write, S3 for serialised legacy, S1 for the unsafe legacy option), ' +
+    'Every interleaving of the scenario that the spec model of the target\'s scheme allows (S4 for copy-before-write, S3 for serialised legacy, S1 for the unsafe legacy option, s4-qemu-7.2-hbitmap-status for the unsafe cbw option), ' +
     'driven over real NBD connections by holding and releasing breakpoints through QMP in the model\'s order (targets without breakpoints: every order of submission and pipelining, with a delay under the source); ' +
     'every reply compared with the model\'s prediction.',
   expectation: 'The implementation agrees with the model on every interleaving, and no snapshot read returns post-snapshot data.',
@@ -68,7 +68,7 @@ export const interleavingsSuite: Suite<InterleavingsEnv> = {
   cases,
   async setup(target) {
     const t = interleavingTargetOf(target.name);
-    return t ? { target: t } : { target: undefined, reason: `target ${target.name} has no fleecing graph (use reference, reference-legacy, reference-racy, qemu, qemu-legacy)` };
+    return t ? { target: t } : { target: undefined, reason: `target ${target.name} has no fleecing graph (use ${Object.keys(INTERLEAVING_TARGETS).join(', ')})` };
   },
   describeEnv: (env) => (env.target ? { interleavings: `${env.target}: ${INTERLEAVING_TARGETS[env.target].summary}, model ${INTERLEAVING_TARGETS[env.target].scheme}` } : {}),
 };

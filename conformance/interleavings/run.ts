@@ -6,7 +6,7 @@
 import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
-import { S1, S3, S4, type Scheme } from '../../spec/models/fleecing/scheme.ts';
+import { S1, S3, S4, S4_QEMU_HBITMAP_STATUS, type Scheme } from '../../spec/models/fleecing/scheme.ts';
 import { DEFAULT_SCENARIOS, predict, scenarioModel, snapshotBytes, writeBytes, writeData, type FleecingScenario, type ScenarioModel } from '../../spec/scenarios/fleecing.ts';
 import type { NbdConnection } from '../nbd/client.ts';
 import { Cmd, errnoName } from '../nbd/constants.ts';
@@ -16,7 +16,8 @@ import type { WireLog } from '../nbd/wirelog.ts';
 import { DEFAULT_MAPPING, HitWatcher, driveInterleaving, type InterleavingResult, type Mapping } from './drive.ts';
 import { INTERLEAVING_TARGETS, startSetup, type InterleavingTargetName, type Setup } from './setup.ts';
 
-export const SCHEMES_BY_NAME: Readonly<Record<string, Scheme>> = { s1: S1, s3: S3, s4: S4 };
+// Each target's scheme by name; a known-bad target refines the model variant with its bug.
+export const SCHEMES_BY_NAME: Readonly<Record<string, Scheme>> = { s1: S1, s3: S3, s4: S4, [S4_QEMU_HBITMAP_STATUS.name]: S4_QEMU_HBITMAP_STATUS };
 
 export interface ScenarioCounts {
   /** Maximal paths of the scenario in the scheme's model (offset-restricted, nothing reduced). */

@@ -15,13 +15,14 @@ import { ManagedProcess, requirePeer, waitListening } from '../targets/process.t
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-export type InterleavingTargetName = 'reference' | 'reference-legacy' | 'reference-racy' | 'qemu' | 'qemu-legacy';
+export type InterleavingTargetName = 'reference' | 'reference-legacy' | 'reference-racy' | 'reference-hbitmap-status' | 'qemu' | 'qemu-legacy';
 
 export interface InterleavingTarget {
   readonly name: InterleavingTargetName;
   readonly summary: string;
-  /** The model scheme whose interleavings the target must refine. */
-  readonly scheme: 's1' | 's3' | 's4';
+  /** The model scheme whose interleavings the target must refine (a known-bad target: the
+   * model variant with the same bug, spec/models/fleecing/scheme.ts). */
+  readonly scheme: 's1' | 's3' | 's4' | 's4-qemu-7.2-hbitmap-status';
   readonly graph: 'modern' | 'legacy';
   /** The implementation has x-breakpoint-* QMP commands. */
   readonly breakpoints: boolean;
@@ -32,6 +33,7 @@ export const INTERLEAVING_TARGETS: Readonly<Record<InterleavingTargetName, Inter
   reference: { name: 'reference', summary: 'fleece serve, copy-before-write + snapshot-access', scheme: 's4', graph: 'modern', breakpoints: true, peers: [] },
   'reference-legacy': { name: 'reference-legacy', summary: 'fleece serve, backup sync=none into an overlay backed by the source (serialised target writes)', scheme: 's3', graph: 'legacy', breakpoints: true, peers: [] },
   'reference-racy': { name: 'reference-racy', summary: 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (known bad)', scheme: 's1', graph: 'legacy', breakpoints: true, peers: [] },
+  'reference-hbitmap-status': { name: 'reference-hbitmap-status', summary: "fleece serve, copy-before-write with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3; known bad)", scheme: 's4-qemu-7.2-hbitmap-status', graph: 'modern', breakpoints: true, peers: [] },
   qemu: { name: 'qemu', summary: 'qemu-storage-daemon, copy-before-write + snapshot-access', scheme: 's4', graph: 'modern', breakpoints: false, peers: ['qemu-storage-daemon', 'qemu-img'] },
   'qemu-legacy': { name: 'qemu-legacy', summary: 'qemu-storage-daemon, blockdev-backup sync=none into a qcow2 temp backed by the source', scheme: 's3', graph: 'legacy', breakpoints: false, peers: ['qemu-storage-daemon', 'qemu-img'] },
 };
@@ -106,7 +108,10 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       fs.writeFileSync(tmp, '');
       fs.truncateSync(tmp, o.size);
       bd(`driver=file,node-name=temp,filename=${tmp}`);
-      bd('driver=copy-before-write,node-name=fl-cbw,file=source,target=temp');
+      // reference-hbitmap-status: QEMU 7.2's hbitmap_status bug (util/hbitmap.c) on purpose, so a
+      // read straddling done and not-done clusters reads the done prefix from the source.
+      const bug = target.name === 'reference-hbitmap-status' ? ',x-hbitmap-status-bug=on' : '';
+      bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${bug}`);
       bd('driver=snapshot-access,node-name=fl-access,file=fl-cbw');
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');

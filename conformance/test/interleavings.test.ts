@@ -1,13 +1,15 @@
 // The interleavings suite against live servers (issue 7, "How it will be judged"): every model
 // interleaving of the default scenarios driven through `fleece serve` with QMP breakpoints over
-// NBD; the racy target breaks the invariant on exactly the interleavings where S1 does; a broken
+// NBD; the racy target breaks the invariant on exactly the interleavings where S1 does, and
+// reference-hbitmap-status (QEMU 7.2's hbitmap_status) on the straddling read exactly where
+// s4-qemu-7.2-hbitmap-status does; a broken
 // breakpoint placement and a model/implementation mismatch are disagreements with both traces;
 // qemu-storage-daemon reports the model interleavings its submission orders reached.
 import { describe, expect, it } from 'vitest';
-import { KNOWN_BAD, S1 } from '../../spec/models/fleecing/scheme.ts';
-import { DEFAULT_SCENARIOS } from '../../spec/scenarios/fleecing.ts';
+import { KNOWN_BAD, S1, S4_QEMU_HBITMAP_STATUS } from '../../spec/models/fleecing/scheme.ts';
+import { DEFAULT_SCENARIOS, predict, scenarioModel, type ScenarioExecution } from '../../spec/scenarios/fleecing.ts';
 import { DEFAULT_MAPPING } from '../interleavings/drive.ts';
-import { runInterleavings, type ScenarioReport } from '../interleavings/run.ts';
+import { originKey, runInterleavings, type ScenarioReport } from '../interleavings/run.ts';
 import { requirePeer } from '../targets/process.ts';
 
 const byId = (id: string) => DEFAULT_SCENARIOS.filter((s) => s.id === id);
@@ -30,6 +32,37 @@ describe('interleavings against fleece serve (breakpoints over QMP, requests ove
     expect(violations).toBe(53); // 1 + 5 + 34 + 8 + 5: the S1 model's count
     expect(rs.find((r) => r.id === '2w1r-straddle-read')!.skipped).toMatch(/per cluster/);
   }, 90_000);
+
+  it('reference-hbitmap-status (QEMU 7.2 hbitmap_status, F1/F3): on the straddling read it agrees with s4-qemu-7.2-hbitmap-status everywhere and returns post-snapshot data exactly where that model violates the invariant; reference agrees with s4 there, with none', async () => {
+    // 2w1r-straddle-read: W0 writes [40K, 48K) of cluster 0, W1 [80K, 88K) of cluster 1, R0 reads
+    // [32K, 96K) of the snapshot. cbw_snapshot_read_lock asks the done bitmap about both clusters;
+    // with cluster 0 done and cluster 1 not, 7.2's hbitmap_status says "not done" for cluster 0,
+    // so R0 reads it from the source, where W0 may already have landed.
+    const sc = byId('2w1r-straddle-read');
+    const [bug] = await runInterleavings({ target: 'reference-hbitmap-status', scenarios: sc });
+    noErrors([bug!]);
+    expect(bug!.scheme).toBe(S4_QEMU_HBITMAP_STATUS.name);
+    expect(bug!.counts, bug!.interleavings.find((i) => !i.agree)?.disagreement).toMatchObject({ enumerated: 7, executed: 7, agreeing: 7, disagreeing: 0, modelViolations: 2, implViolations: 2 });
+    for (const i of bug!.interleavings) expect(i.implViolation !== undefined, `#${i.index} ${i.order}`).toBe(i.modelViolation !== undefined);
+    const v = bug!.interleavings.find((i) => i.implViolation)!;
+    expect(v.implViolation).toMatch(/snapshot read R0 returned post-snapshot data: \[\d+, \d+\) snapshot, \[\d+, \d+\) W0, \[\d+, \d+\) snapshot$/);
+    expect(v.modelTrace.join('\n')).toMatch(/W0\.write\(\)[\s\S]*R0\.lock\(cluster=0\)[\s\S]*R0\.read\(cluster=0, from=source\)/);
+    // A read that locks with cluster 0 done but W0 not yet landed takes the same wrong branch and
+    // still reads snapshot data: the bug is seen only when the write came first, as predicted.
+    expect(bug!.interleavings.some((i) => !i.modelViolation && /R0\.lock\(cluster=0\)[\s\S]*R0\.read\(cluster=0, from=source\)[\s\S]*W0\.write/.test(i.modelTrace.join('\n')))).toBe(true);
+    // The reduction loses no outcome of the 553 fused paths (28 of them violate): the driven 7 predict
+    // the same set of replies, post-snapshot ones included.
+    const m = scenarioModel(S4_QEMU_HBITMAP_STATUS, sc[0]!);
+    const outcome = (ex: ScenarioExecution) => `${ex.violation !== undefined}|${predict(m, ex).origins.map(originKey).join(';')}`;
+    const full = m.executions({ por: false, symmetry: false });
+    expect([full.length, full.filter((e) => e.violation).length]).toEqual([553, 28]);
+    expect([...new Set(m.executions().map(outcome))].sort()).toEqual([...new Set(full.map(outcome))].sort());
+
+    const [ok] = await runInterleavings({ target: 'reference', scenarios: sc });
+    noErrors([ok!]);
+    expect(ok!.scheme).toBe('s4');
+    expect(ok!.counts).toMatchObject({ enumerated: 5, executed: 5, agreeing: 5, disagreeing: 0, modelViolations: 0, implViolations: 0 });
+  }, 60_000);
 
   it('without reduction (every path of the fused model, 126 interleavings) reference-racy still breaks the snapshot exactly where S1 does, and reference agrees everywhere', async () => {
     const [racy] = await runInterleavings({ target: 'reference-racy', scenarios: byId('2w1r-subcluster'), reduction: 'none' });
