@@ -41,16 +41,21 @@ static int arg_int(napi_env env, napi_callback_info info, size_t want, int32_t *
   return 0;
 }
 
-/* getSendBuffer(fd): the socket's SO_SNDBUF as the kernel reports it (Linux doubles what was set). */
-static napi_value get_send_buffer(napi_env env, napi_callback_info info) {
-  int32_t a[1];
-  if (arg_int(env, info, 1, a)) return NULL;
+/* The socket's SO_SNDBUF as the kernel reports it (Linux doubles what was set). */
+static napi_value send_buffer_of(napi_env env, int fd) {
   int v = 0;
   socklen_t len = sizeof v;
-  if (getsockopt(a[0], SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return throw_errno(env, "getsockopt(SO_SNDBUF)", a[0]);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return throw_errno(env, "getsockopt(SO_SNDBUF)", fd);
   napi_value r;
   napi_create_int32(env, v, &r);
   return r;
+}
+
+/* getSendBuffer(fd) */
+static napi_value get_send_buffer(napi_env env, napi_callback_info info) {
+  int32_t a[1];
+  if (arg_int(env, info, 1, a)) return NULL;
+  return send_buffer_of(env, a[0]);
 }
 
 /* setSendBuffer(fd, bytes): sets SO_SNDBUF (capped by net.core.wmem_max), returns getSendBuffer(fd). */
@@ -59,11 +64,7 @@ static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
   if (arg_int(env, info, 2, a)) return NULL;
   int v = a[1];
   if (setsockopt(a[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0) return throw_errno(env, "setsockopt(SO_SNDBUF)", a[0]);
-  socklen_t len = sizeof v;
-  if (getsockopt(a[0], SOL_SOCKET, SO_SNDBUF, &v, &len) != 0) return throw_errno(env, "getsockopt(SO_SNDBUF)", a[0]);
-  napi_value r;
-  napi_create_int32(env, v, &r);
-  return r;
+  return send_buffer_of(env, a[0]);
 }
 
 static napi_value init(napi_env env, napi_value exports) {
