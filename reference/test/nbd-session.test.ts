@@ -1,9 +1,11 @@
 // Session-level behaviour: flow control (bounded requests in flight), multi-conn visibility,
 // max-connections, and qemu:dirty-bitmap contexts as nbdinfo sees them.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, UNIX_SEND_BUFFER_BYTES } from '../src/nbd/server.ts';
-import { sendBufferTuning } from '../src/nbd/sockopt.ts';
+import { getSendBuffer, nativeSockopt, sendBufferTuning, setSendBuffer } from '../src/nbd/sockopt.ts';
 import { NbdSession, type ExportLookup, type NbdExport } from '../src/nbd/session.ts';
 import { MemoryBackend, RawClient, handshake, metaData, openExport, opt, readOptReplies, readReply, request, runOk, tmpDir } from './nbd-helpers.ts';
 
@@ -225,16 +227,13 @@ describe('NBD server: the send buffer of unix-socket connections (SO_SNDBUF)', (
     expect(await sendBufferOf('inet')).not.toBe(2 * UNIX_SEND_BUFFER_BYTES);
   });
 
-  it('setSendBuffer/getSendBuffer name the descriptor and errno when the kernel refuses, and skip a closed socket', async () => {
-    const { getSendBuffer, setSendBuffer } = await import('../src/nbd/sockopt.ts');
-    const net = await import('node:net');
+  it('setSendBuffer/getSendBuffer name the descriptor and errno when the kernel refuses, and skip a closed socket', () => {
     const closed = new net.Socket();
     expect(setSendBuffer(closed, 1 << 20)).toBeUndefined();
     expect(getSendBuffer(closed)).toBeUndefined();
     // A descriptor that is not a socket: a regular file.
-    const { createRequire } = await import('node:module');
-    const fs = await import('node:fs');
-    const mod = createRequire(import.meta.url)('../native/build/sockopt.node') as { getSendBuffer(fd: number): number; setSendBuffer(fd: number, b: number): number };
+    const mod = nativeSockopt!;
+    expect(mod, sendBufferTuning.reason).toBeDefined();
     const t = tmpDir();
     const fd = fs.openSync(path.join(t.dir, 'f'), 'w');
     try {

@@ -4,7 +4,7 @@
 import { createRequire } from 'node:module';
 import type * as net from 'node:net';
 
-interface SockoptModule {
+export interface SockoptModule {
   getSendBuffer(fd: number): number;
   setSendBuffer(fd: number, bytes: number): number;
 }
@@ -20,6 +20,9 @@ function load(): { mod?: SockoptModule; reason?: string } {
 }
 
 const loaded = load();
+
+/** The native module itself (fd-level calls, for tests of its error reporting), if it loaded. */
+export const nativeSockopt: SockoptModule | undefined = loaded.mod;
 
 /** Whether send buffers can be set here, and if not, why (for logs and the test suite). */
 export const sendBufferTuning: { readonly available: boolean; readonly reason?: string } = loaded.mod
