@@ -72,129 +72,234 @@ export type ClientMessage =
   | Request;
 
 /**
+ * Bytes received but not yet parsed, kept as the socket delivered them: appending never copies,
+ * so a frame that arrives in many pieces costs one copy of each byte, not one per piece.
+ */
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0; // bytes of chunks[0] already taken
+  private size = 0;
+
+  get length(): number {
+    return this.size;
+  }
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.size += b.length;
+  }
+
+  /** The first `n` bytes (n <= length) as one buffer, without taking them. A view where they lie
+   * in one chunk; a copy of just those `n` where they span chunks (headers are 4-28 bytes). */
+  peek(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length - this.head >= n) return first.subarray(this.head, this.head + n);
+    const out = Buffer.allocUnsafe(n);
+    this.copyTo(out, 0, n, false);
+    return out;
+  }
+
+  /** Takes `n` bytes (n <= length) into a buffer of their own. */
+  take(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    this.copyTo(out, 0, n, true);
+    return out;
+  }
+
+  /** Copies up to `n` bytes to `target` at `at`, taking them; returns how many were copied. */
+  takeInto(target: Buffer, at: number, n: number): number {
+    const k = Math.min(n, this.size);
+    this.copyTo(target, at, k, true);
+    return k;
+  }
+
+  /** Drops up to `n` bytes; returns how many were dropped. */
+  skip(n: number): number {
+    const k = Math.min(n, this.size);
+    let left = k;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      const here = Math.min(c.length - this.head, left);
+      left -= here;
+      this.advance(here);
+    }
+    return k;
+  }
+
+  clear(): void {
+    this.chunks = [];
+    this.head = 0;
+    this.size = 0;
+  }
+
+  private copyTo(target: Buffer, at: number, n: number, consume: boolean): void {
+    let i = 0;
+    let off = this.head;
+    let done = 0;
+    while (done < n) {
+      const c = this.chunks[i]!;
+      const here = Math.min(c.length - off, n - done);
+      c.copy(target, at + done, off, off + here);
+      done += here;
+      if (consume) this.advance(here);
+      else if (off + here === c.length) {
+        i++;
+        off = 0;
+      } else off += here;
+    }
+  }
+
+  private advance(n: number): void {
+    this.head += n;
+    this.size -= n;
+    if (this.head === this.chunks[0]!.length) {
+      this.chunks.shift();
+      this.head = 0;
+    }
+  }
+}
+
+/** A WRITE whose header has been parsed and whose payload is still arriving into `data`. */
+interface PendingWrite {
+  readonly req: Request & { readonly data: Buffer };
+  filled: number;
+}
+
+/**
  * Turns a byte stream into client messages. Feed it whatever the socket delivers (partial
  * frames, many pipelined frames in one chunk); it calls `emit` once per complete message.
  * The session switches the phase from inside `emit` (after GO, transmission requests may follow
  * in the same chunk), which is why the phase is re-read for every message.
+ *
+ * Cost is linear in the bytes received: pieces are queued, not concatenated, and a WRITE payload
+ * is copied once, straight into a buffer of its own length as its pieces arrive.
  */
 export class Parser {
   phase: Phase = 'client-flags';
   /** Set by the session to stop taking messages (flow control): the rest stays buffered until the
    * next parse() call after it is cleared. */
   held = false;
-  private buf: Buffer = Buffer.alloc(0);
-  private consumed = 0; // stream offset of buf[0]
-  private skip = 0; // bytes of an oversized option still to discard
+  private readonly queue = new ByteQueue();
+  private consumed = 0; // stream offset of the queue's first byte
+  private skipLeft = 0; // bytes of an oversized option still to discard
   private pendingTooBig: { option: number; length: number; streamOffset: number } | undefined;
+  private pendingWrite: PendingWrite | undefined;
 
   /** Total bytes taken from the stream so far. */
   get streamOffset(): number {
     return this.consumed;
   }
-  /** Bytes buffered but not yet a complete message (a partial frame). */
+  /** Bytes received but not yet emitted as a message (a partial frame, or frames held back). */
   get buffered(): number {
-    return this.buf.length;
+    return this.queue.length + (this.pendingWrite?.filled ?? 0);
   }
 
   parse(chunk: Buffer, emit: (msg: ClientMessage) => void): void {
     if (this.phase === 'closed') return;
-    if (this.skip > 0) {
-      const n = Math.min(this.skip, chunk.length);
-      this.skip -= n;
-      this.consumed += n;
-      chunk = chunk.subarray(n);
-      if (this.skip === 0 && this.pendingTooBig) {
-        const m = this.pendingTooBig;
+    this.queue.push(chunk);
+    const q = this.queue;
+    for (;;) {
+      if (this.skipLeft > 0) {
+        const n = q.skip(this.skipLeft);
+        this.skipLeft -= n;
+        this.consumed += n;
+        if (this.skipLeft > 0) return;
+        const m = this.pendingTooBig!;
         this.pendingTooBig = undefined;
         emit({ kind: 'option-too-big', ...m });
+        continue;
       }
-      if (chunk.length === 0) return;
-    }
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-    let pos = 0;
-    const buf = this.buf;
-    for (;;) {
-      if (this.held) break;
+      const pw = this.pendingWrite;
+      if (pw) {
+        const n = q.takeInto(pw.req.data, pw.filled, pw.req.length - pw.filled);
+        pw.filled += n;
+        this.consumed += n;
+        if (pw.filled < pw.req.length || this.held) return;
+        this.pendingWrite = undefined;
+        emit(pw.req);
+        continue;
+      }
+      if (this.held) return;
       const phase = this.phase as Phase;
-      const avail = buf.length - pos;
-      const at = this.consumed + pos;
+      const avail = q.length;
+      const at = this.consumed;
       if (phase === 'closed') {
-        pos = buf.length;
-        break;
+        q.clear();
+        return;
       }
       if (phase === 'client-flags') {
-        if (avail < 4) break;
-        const flags = buf.readUInt32BE(pos);
-        pos += 4;
+        if (avail < 4) return;
+        const flags = q.peek(4).readUInt32BE(0);
+        this.take(4);
         emit({ kind: 'client-flags', flags, streamOffset: at });
         continue;
       }
       if (phase === 'options') {
-        if (avail < 16) break;
-        const magic = buf.readBigUInt64BE(pos);
+        if (avail < 16) return;
+        const h = q.peek(16);
+        const magic = h.readBigUInt64BE(0);
         if (magic !== IHAVEOPT) {
           this.phase = 'closed';
-          throw new NbdProtocolError('option request without IHAVEOPT magic', at, buf.subarray(pos, pos + 16));
+          throw new NbdProtocolError('option request without IHAVEOPT magic', at, Buffer.from(h));
         }
-        const option = buf.readUInt32BE(pos + 8);
-        const length = buf.readUInt32BE(pos + 12);
+        const option = h.readUInt32BE(8);
+        const length = h.readUInt32BE(12);
         if (length > MAX_OPTION_PAYLOAD) {
           // Drain rather than buffer: the length lets us stay in sync without holding the bytes
           // (nbd-protocol.md §1.2 "the length lets a server skip any option it does not know").
-          pos += 16;
-          const here = Math.min(length, buf.length - pos);
-          pos += here;
-          if (here === length) {
-            emit({ kind: 'option-too-big', option, length, streamOffset: at });
-            continue;
-          }
-          this.skip = length - here;
+          this.take(16);
+          this.skipLeft = length;
           this.pendingTooBig = { option, length, streamOffset: at };
-          break;
+          continue;
         }
-        if (avail < 16 + length) break;
-        const data = Buffer.from(buf.subarray(pos + 16, pos + 16 + length));
-        pos += 16 + length;
+        if (avail < 16 + length) return;
+        this.take(16);
+        const data = q.take(length);
+        this.consumed += length;
         emit({ kind: 'option', option, data, streamOffset: at });
         continue;
       }
       // transmission
-      if (avail < 28) break;
-      const magic = buf.readUInt32BE(pos);
+      if (avail < 28) return;
+      const h = q.peek(28);
+      const magic = h.readUInt32BE(0);
       if (magic !== REQUEST_MAGIC) {
         this.phase = 'closed';
-        throw new NbdProtocolError('request without NBD_REQUEST_MAGIC', at, buf.subarray(pos, pos + 28));
+        throw new NbdProtocolError('request without NBD_REQUEST_MAGIC', at, Buffer.from(h));
       }
-      const flags = buf.readUInt16BE(pos + 4);
-      const type = buf.readUInt16BE(pos + 6);
-      const hi = buf.readUInt32BE(pos + 16);
-      const lo = buf.readUInt32BE(pos + 20);
-      const length = buf.readUInt32BE(pos + 24);
-      if (type === CMD.WRITE) {
-        if (length > MAX_PAYLOAD) {
-          // §1.8: a payload above 32 MiB MAY be treated as a denial of service; we cannot skip
-          // it without reading it, so we hard-disconnect (as QEMU does).
-          this.phase = 'closed';
-          throw new NbdProtocolError(`WRITE payload of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte cap`, at, buf.subarray(pos, pos + 28));
-        }
-        if (avail < 28 + length) break;
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const length = h.readUInt32BE(24);
+      if (type === CMD.WRITE && length > MAX_PAYLOAD) {
+        // §1.8: a payload above 32 MiB MAY be treated as a denial of service; we cannot skip
+        // it without reading it, so we hard-disconnect (as QEMU does).
+        this.phase = 'closed';
+        throw new NbdProtocolError(`WRITE payload of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte cap`, at, Buffer.from(h));
       }
-      const cookie = Buffer.from(buf.subarray(pos + 8, pos + 16));
       const req: Request = {
         kind: 'request',
         flags,
         type,
-        cookie,
-        offset: hi * 0x1_0000_0000 + lo,
+        cookie: Buffer.from(h.subarray(8, 16)),
+        offset: h.readUInt32BE(16) * 0x1_0000_0000 + h.readUInt32BE(20),
         length,
         streamOffset: at,
       };
-      if (type === CMD.WRITE) (req as { data?: Buffer }).data = Buffer.from(buf.subarray(pos + 28, pos + 28 + length));
-      pos += 28 + (type === CMD.WRITE ? length : 0);
+      this.take(28);
+      if (type === CMD.WRITE) {
+        // The payload lands in place as it arrives; the request is emitted once it is whole.
+        (req as { data?: Buffer }).data = Buffer.allocUnsafe(length);
+        this.pendingWrite = { req: req as PendingWrite['req'], filled: 0 };
+        continue;
+      }
       emit(req);
     }
-    this.consumed += pos;
-    this.buf = pos >= buf.length ? Buffer.alloc(0) : buf.subarray(pos);
+  }
+
+  private take(n: number): void {
+    this.queue.skip(n);
+    this.consumed += n;
   }
 }
 
