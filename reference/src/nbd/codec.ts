@@ -142,8 +142,10 @@ export class ByteQueue {
       const here = Math.min(c.length - off, n - done);
       c.copy(target, at + done, off, off + here);
       done += here;
-      if (consume) this.advance(here);
-      else if (off + here === c.length) {
+      if (consume) {
+        this.advance(here);
+        off = this.head;
+      } else if (off + here === c.length) {
         i++;
         off = 0;
       } else off += here;

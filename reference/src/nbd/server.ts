@@ -35,6 +35,10 @@ export const MAX_QUEUED_REPLY_BYTES = 4 * 1024 * 1024;
  * SO_SNDBUF would turn that off. */
 export const UNIX_SEND_BUFFER_BYTES = 1024 * 1024;
 
+/** How long a connection we ended (ABORT, DISC, client EOF) may take to deliver its last replies
+ * before it is dropped. */
+export const SOFT_CLOSE_GRACE_MS = 10_000;
+
 export class NbdServerError extends Error {
   override readonly name = 'NbdServerError';
 }
@@ -106,7 +110,9 @@ export class NbdServer implements ExportLookup {
 
   // ------------------------------------------------------------------ listening
   async listen(addr: ListenAddress): Promise<BoundAddress> {
-    const srv = net.createServer({ noDelay: true } as net.ServerOpts, (s) => this.accept(s));
+    // allowHalfOpen: a client that shuts down its sending side after its last request still
+    // reads the replies; Node would otherwise end our side at once and drop them.
+    const srv = net.createServer({ noDelay: true, allowHalfOpen: true } as net.ServerOpts, (s) => this.accept(s));
     srv.on('error', (e) => this.opts.log?.(`nbd: listener error: ${e.message}`));
     await new Promise<void>((resolve, reject) => {
       const onErr = (e: Error) => reject(new NbdServerError(`cannot listen on ${describe(addr)}: ${e.message}`));
@@ -187,7 +193,11 @@ export class NbdServer implements ExportLookup {
           // A hard disconnect after a violation drops the link at once; a soft one (ABORT, DISC)
           // lets written replies reach the client first.
           if (error) socket.destroy();
-          else socket.end();
+          else {
+            socket.end();
+            // A client that never reads would keep a soft-closed connection open for ever.
+            setTimeout(() => socket.destroy(), SOFT_CLOSE_GRACE_MS).unref();
+          }
         },
         pause: () => socket.pause(),
         resume: () => socket.resume(),
@@ -198,6 +208,7 @@ export class NbdServer implements ExportLookup {
     conn = { socket, session };
     this.conns.add(conn);
     socket.on('data', (chunk: Buffer) => session.feed(chunk));
+    socket.on('end', () => session.clientEnded());
     socket.on('error', (e) => this.opts.log?.(`nbd: connection error: ${e.message}`));
     socket.on('close', () => {
       session.clientGone();

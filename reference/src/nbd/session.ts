@@ -144,6 +144,8 @@ export class NbdSession {
    * bytes it has and the socket is not read. */
   private readonly holds = new Set<string>();
   private disconnecting = false;
+  /** The client shut down its sending side: nothing more will arrive. */
+  private eof = false;
   private closed = false;
   private readonly maxInFlight: number;
   private readonly maxInFlightBytes: number;
@@ -184,7 +186,27 @@ export class NbdSession {
     }
   }
 
-  /** The client went away (EOF or socket error). In-flight replies are dropped. */
+  /**
+   * The client shut down its sending side (EOF, or shutdown(SHUT_WR)). It can still read: every
+   * request already received is answered, requests held back by flow control included, and only
+   * then is the connection closed (as for NBD_CMD_DISC, proto.md "Terminating the transmission
+   * phase"). A partial frame left in the parser can never complete and is dropped.
+   */
+  clientEnded(): void {
+    if (this.closed || this.eof) return;
+    this.eof = true;
+    if (this.parser.buffered > 0 && this.holds.size === 0) this.out.log?.(`nbd: client closed with ${this.parser.buffered} bytes of a partial message`);
+    this.finishAfterEof();
+  }
+
+  private finishAfterEof(): void {
+    // While a hold is set, received requests are still waiting in the parser: release() comes
+    // back here once they have been parsed.
+    if (!this.eof || this.closed || this.holds.size > 0) return;
+    this.whenDrained(() => this.terminate('client closed its side of the connection'));
+  }
+
+  /** The connection is gone (both directions, or a socket error). In-flight replies are dropped. */
   clientGone(): void {
     this.closed = true;
     this.parser.phase = 'closed';
@@ -422,6 +444,7 @@ export class NbdSession {
     if (this.closed) return;
     this.out.resume();
     if (this.parser.buffered > 0) this.feed(Buffer.alloc(0));
+    this.finishAfterEof();
   }
 
   private whenDrained(f: () => void): void {
