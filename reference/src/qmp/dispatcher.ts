@@ -89,7 +89,7 @@ export class QmpDispatcher {
    * Runs one request for a session. `session.negotiated` is the capabilities state: before
    * qmp_capabilities only that command is accepted (CommandNotFound otherwise, as QEMU).
    */
-  async dispatch(request: unknown, session: { negotiated: boolean }): Promise<QmpReply> {
+  async dispatch(request: unknown, session: { negotiated: boolean; oob?: boolean }): Promise<QmpReply> {
     if (typeof request !== 'object' || request === null || Array.isArray(request)) {
       return { error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } };
     }
@@ -100,22 +100,37 @@ export class QmpDispatcher {
     for (const k of Object.keys(r)) {
       if (k !== 'execute' && k !== 'exec-oob' && k !== 'arguments' && k !== 'id') return err('GenericError', `QMP input member '${k}' is unexpected`);
     }
+    // qmp-dispatch.c: exec-oob exists only once the client has enabled the 'oob' capability.
+    if ('exec-oob' in r && !session.oob) return err('GenericError', "QMP input member 'exec-oob' is unexpected");
+    if ('exec-oob' in r && 'execute' in r) return err('GenericError', "QMP input must not contain both 'execute' and 'exec-oob'");
+    const oob = 'exec-oob' in r;
     const name = r.execute ?? r['exec-oob'];
     if (name === undefined) return err('GenericError', "QMP input lacks member 'execute'");
-    if (typeof name !== 'string') return err('GenericError', "QMP input member 'execute' must be a string");
+    if (typeof name !== 'string') return err('GenericError', `QMP input member '${oob ? 'exec-oob' : 'execute'}' must be a string`);
     const args = r.arguments ?? {};
     if (typeof args !== 'object' || args === null || Array.isArray(args)) return err('GenericError', "QMP input member 'arguments' must be an object");
     if (name === 'qmp_capabilities') {
       if (session.negotiated) return err('CommandNotFound', 'Capabilities negotiation is already complete, command ignored');
-      const a = new QmpArgs(args as Record<string, unknown>);
-      const enable = a.optList('enable');
-      if (enable && enable.length) return err('GenericError', `Capability '${String(enable[0])}' not available`);
-      session.negotiated = true;
-      return withId({ return: {} });
+      try {
+        const a = new QmpArgs(args as Record<string, unknown>);
+        const enable = a.optList('enable') ?? [];
+        a.finish();
+        enable.forEach((c, i) => {
+          if (typeof c !== 'string') throw new QmpError('GenericError', `Invalid parameter type for 'enable[${i}]', expected: string`);
+          // QEMU 7.2's own wording for a value outside the QMPCapability enum.
+          if (c !== 'oob') throw new QmpError('GenericError', `Parameter 'null' does not accept value '${c}'`);
+        });
+        session.negotiated = true;
+        session.oob = enable.length > 0;
+        return withId({ return: {} });
+      } catch (e) {
+        return err('GenericError', e instanceof Error ? e.message : String(e));
+      }
     }
     if (!session.negotiated) return err('CommandNotFound', "Expecting capabilities negotiation with 'qmp_capabilities'");
     const handler = this.commands.get(name);
     if (!handler) return err('CommandNotFound', `The command ${name} has not been found`);
+    if (oob) return err('GenericError', `The command ${name} does not support OOB`);
     try {
       const a = new QmpArgs(args as Record<string, unknown>);
       const value = await handler(a);
