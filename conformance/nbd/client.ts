@@ -337,6 +337,13 @@ export class NbdConnection {
 
   // ---------------------------------------------------------------- transmission
 
+  /** Shuts down our sending side (shutdown(SHUT_WR)): the server sees EOF, and we keep reading. */
+  shutdownWrite(note = 'shutdown(SHUT_WR)'): void {
+    if (this.closedErr) throw new NbdClientError('closed', `cannot shut down: ${this.closedErr.message}`);
+    this.log.note(this.id, note);
+    this.socket.end();
+  }
+
   static randomCookie(): bigint {
     return randomBytes(8).readBigUInt64BE(0);
   }

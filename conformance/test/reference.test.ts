@@ -20,7 +20,12 @@ describe('reference target', () => {
     });
     const ms = performance.now() - first!;
     expect(res.targets[0]?.error).toBeUndefined();
-    expect(res.results.filter((r) => ['fail', 'non-strict', 'error'].includes(r.verdict)).map((r) => `${r.id}: ${r.reason}`)).toEqual([]);
+    // The large-write case is graded on ratios measured in the run: a loaded machine may push it
+    // to non-strict, so either is accepted here (knownbad.test.ts shows it failing on known-bad fakes).
+    const measured = 'nbd/write/large-write-scaling';
+    expect(['pass', 'non-strict']).toContain(res.results.find((r) => r.id === measured)?.verdict);
+    expect(res.results.filter((r) => r.id !== measured && ['fail', 'non-strict', 'error'].includes(r.verdict)).map((r) => `${r.id}: ${r.reason}`)).toEqual([]);
+    expect(res.results.find((r) => r.id === 'nbd/transmission/half-close')?.verdict).toBe('pass');
     expect(res.counts.pass).toBeGreaterThan(55);
     // The disconnect case passes here: the reference answers READs in flight before DISC.
     expect(res.results.find((r) => r.id === 'nbd/transmission/disconnect')?.verdict).toBe('pass');

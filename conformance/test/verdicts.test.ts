@@ -23,9 +23,14 @@ function expectVerdicts(verdict: (id: string) => Verdict | undefined, expected: 
   expect(got).toEqual(expected);
 }
 
+/** Cases graded on ratios measured in the run (SHOULD): on a loaded machine any server may miss
+ * them, so the matrix accepts pass or non-strict; knownbad.test.ts shows them failing. */
+const MEASURED = ['nbd/write/large-write-scaling'];
+
 /** Every case not named in `exceptions` passes, is info, or is skipped: no other fail, no harness error. */
 function expectNoOtherFailures(res: RunResult, exceptions: readonly string[]): void {
-  const bad = res.results.filter((r) => !exceptions.includes(r.id) && (r.verdict === 'fail' || r.verdict === 'error' || r.verdict === 'non-strict'));
+  for (const id of MEASURED) expect(['pass', 'non-strict', 'skipped']).toContain(res.results.find((r) => r.id === id)?.verdict);
+  const bad = res.results.filter((r) => ![...exceptions, ...MEASURED].includes(r.id) && (r.verdict === 'fail' || r.verdict === 'error' || r.verdict === 'non-strict'));
   expect(bad.map((r) => `${r.id}: ${r.verdict} ${r.reason}`)).toEqual([]);
 }
 
@@ -44,7 +49,7 @@ describe('verdict matrix against the real servers (research §3)', () => {
       'nbd/handshake/info-go-consistent': 'fail', // INFO says size 0, GO says the real size
       'nbd/handshake/abort': 'fail', // closes without NBD_REP_ACK
     } as const;
-    expectVerdicts(verdict, { ...fails, ...LEGIT_DIFFERENCES, 'nbd/transmission/structured-read': 'skipped', 'nbd/bounds/write-past-end': 'pass', 'nbd/write/read-only-export': 'pass' });
+    expectVerdicts(verdict, { ...fails, ...LEGIT_DIFFERENCES, 'nbd/transmission/structured-read': 'skipped', 'nbd/bounds/write-past-end': 'pass', 'nbd/write/read-only-export': 'pass', 'nbd/transmission/half-close': 'pass' });
     expect(res.results.find((r) => r.id === 'nbd/handshake/list-with-data')!.reason).toMatch(/option stream is out of sync|echoes NBD_OPT_LIST/);
     expect(res.results.find((r) => r.id === 'nbd/transmission/structured-read')!.reason).toMatch(/structured replies not supported/);
     expectNoOtherFailures(res, Object.keys(fails));
@@ -61,6 +66,9 @@ describe('verdict matrix against the real servers (research §3)', () => {
         'nbd/bounds/write-zeroes-past-end': 'non-strict',
         'nbd/write/read-only-export': 'non-strict',
         'nbd/transmission/disconnect': 'fail',
+        // Replies to requests that complete after the client's EOF (a FUA WRITE, a 1 MiB READ)
+        // are dropped, nearly always; a FLUSH is answered.
+        'nbd/transmission/half-close': 'non-strict',
       } as const;
       expectVerdicts(verdict, {
         ...deviations,
@@ -74,6 +82,7 @@ describe('verdict matrix against the real servers (research §3)', () => {
         'nbd/handshake/info-bad-name-length': 'pass',
       });
       expect(res.results.find((r) => r.id === 'nbd/write/read-only-export')!.reason).toMatch(/EPERM - observed: EINVAL/);
+      expect(res.results.find((r) => r.id === 'nbd/transmission/half-close')!.reason).toMatch(/half-close is delivered - observed: [0-9] of 10 delivered/);
       expect(res.results.find((r) => r.id === 'nbd/structured-read/holes')!.reason).toMatch(/OFFSET_HOLE/);
       // write-too-large: qemu may reply EINVAL and hang up (allowed above 32 MiB): pass either way.
       expectNoOtherFailures(res, Object.keys(deviations));
@@ -90,6 +99,7 @@ describe('verdict matrix against the real servers (research §3)', () => {
       'nbd/handshake/info-unknown-export': 'info',
       'nbd/bounds/write-past-end': 'pass',
       'nbd/write/read-only-export': 'pass',
+      'nbd/transmission/half-close': 'pass',
       // nbdkit 1.32 aborts on an assertion (backend_zero: c->can_fast_zero == 1) instead of EINVAL;
       // the runner notices the dead server, says so, and restarts it for the next cases.
       'nbd/write/fast-zero-unadvertised': 'non-strict',

@@ -17,6 +17,7 @@ import {
 } from './env.ts';
 
 const TX = 'proto.md "Transmission"';
+type NbdConnectionLike = Awaited<ReturnType<typeof session>>['conn'];
 const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
 
 export const transmissionCases: NbdCase[] = [
@@ -132,6 +133,53 @@ export const transmissionCases: NbdCase[] = [
         if (!ok || !closed) return;
       }
       ctx.observe(`${ATTEMPTS} attempts, every READ answered`);
+    },
+  }),
+  nbdCase({
+    id: 'nbd/transmission/half-close',
+    section: sec(`${TX}; "Terminating the transmission phase"`, 'B37'),
+    level: 'SHOULD',
+    title: 'A client that half-closes after its last request still gets every reply',
+    description:
+      'Sends one FLUSH, FUA WRITE of 64 KiB or READ of 1 MiB, then shuts down its sending side (shutdown(SHUT_WR)) and keeps reading; 10 trials of each, since the reply is lost only when it completes after the EOF is seen.',
+    expectation:
+      'Every reply arrives before the server closes. The spec defines only NBD_CMD_DISC and dropping the connection; a half-closed client has done neither, so the server SHOULD answer what it received (nbdkit does; simple clients and scripts end this way).',
+    exclusive: true,
+    async run(ctx) {
+      const TRIALS = 10;
+      const writable = (ctx.env.rw.transmissionFlags & TF.READ_ONLY) === 0;
+      const fua = (ctx.env.rw.transmissionFlags & TF.SEND_FUA) !== 0;
+      const readLen = Math.min(1 << 20, ctx.env.rw.blockSize?.maximum ?? 1 << 20, Number(ctx.env.rw.size));
+      const kinds: { name: string; input: () => Parameters<NbdConnectionLike['prepare']>[0] }[] = [
+        { name: 'FLUSH', input: () => ({ type: Cmd.FLUSH }) },
+        ...(writable ? [{ name: `${fua ? 'FUA ' : ''}WRITE of 64 KiB`, input: () => ({ type: Cmd.WRITE, flags: fua ? CF.FUA : 0, offset: ctx.env.scratch(65536), payload: Buffer.alloc(65536, 0x5a) }) }] : []),
+        { name: `READ of ${readLen} bytes`, input: () => ({ type: Cmd.READ, offset: 0, length: readLen }) },
+      ];
+      if ((ctx.env.rw.transmissionFlags & TF.SEND_FLUSH) === 0) kinds.shift();
+      const lost: string[] = [];
+      const refused: string[] = [];
+      for (const k of kinds) {
+        let delivered = 0;
+        for (let i = 0; i < TRIALS; i++) {
+          const { conn } = await session(ctx);
+          const p = conn.prepare(k.input());
+          conn.sendRaw(p.bytes, `${k.name}, then shutdown(SHUT_WR)`);
+          conn.shutdownWrite();
+          const r = await p.reply.then((x) => x, (e: Error) => e);
+          if (r instanceof Error) {
+            if (lost.length < 3) lost.push(`${k.name}, trial ${i + 1}: ${r.message}`);
+          } else {
+            delivered++;
+            // A reply that refuses (ESHUTDOWN: "the server is shutting down") is still a reply.
+            if (r.error !== 0) refused.push(`${k.name}, trial ${i + 1}: ${describeReply(r)}`);
+          }
+          await conn.waitClosed(2000);
+          conn.close();
+        }
+        ctx.should(delivered === TRIALS, `the reply to a ${k.name} sent just before a half-close is delivered`, `${delivered} of ${TRIALS} delivered${lost.length ? `; ${lost[0]}` : ''}`);
+        ctx.observe(`${k.name}: ${delivered} of ${TRIALS} replies delivered after the half-close`);
+      }
+      if (refused.length) ctx.observe(`${refused.length} delivered replies were errors, e.g. ${refused[0]}`);
     },
   }),
   nbdCase({

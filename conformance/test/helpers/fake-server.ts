@@ -53,6 +53,9 @@ export const FAULTS = {
   'zero-on-data': 'ZERO flag on extents that hold data',
   'reserved-bits': 'status bit 2 set',
   'double-done': 'a second DONE chunk after a READ',
+  'half-close-drops': 'answers a tick later, and closes at once when the client shuts down its sending side',
+  'quadratic-writes': 're-copies everything received so far on every socket read while a WRITE payload arrives',
+  'reads-wait-for-writes': 'holds every other request until no WRITE payload is arriving on any connection',
 } as const;
 export type Fault = keyof typeof FAULTS;
 
@@ -73,11 +76,16 @@ export function startFakeServer(faults: ReadonlySet<Fault> = new Set(), size = D
   const disk = Buffer.alloc(size);
   for (const r of DEFAULT_LAYOUT.data) expectedContent(DEFAULT_LAYOUT, r.offset, r.length).copy(disk, r.offset);
   const conns = new Set<net.Socket>();
+  const turns: Turns = { writing: new Set(), waiting: [] };
   const server = net.createServer((s) => {
     conns.add(s);
-    s.on('close', () => conns.delete(s));
+    s.on('close', () => {
+      conns.delete(s);
+      for (const w of turns.writing) if (w.socket === s) doneWriting(turns, w);
+      turns.waiting = turns.waiting.filter((w) => w.socket !== s);
+    });
     s.on('error', () => undefined);
-    serve(s, disk, faults);
+    serve(s, disk, faults, turns);
   });
   return new Promise((resolve) => {
     server.listen(sock, () =>
@@ -110,9 +118,27 @@ export function fakeTarget(faults: Fault[], name = `fake(${faults.join(',') || '
   };
 }
 
+/** 'reads-wait-for-writes': connections receiving a WRITE payload, and those whose next request
+ * waits for them to finish. */
+interface Turn {
+  readonly socket: net.Socket;
+  readonly go: () => void;
+}
+interface Turns {
+  writing: Set<Turn>;
+  waiting: Turn[];
+}
+function doneWriting(t: Turns, turn: Turn): void {
+  if (!t.writing.delete(turn) || t.writing.size > 0) return;
+  for (const w of t.waiting.splice(0)) {
+    w.socket.resume();
+    w.go();
+  }
+}
+
 const TF_FLAGS = 1 | 4 | 8 | 32 | 64 | 128 | 256; // HAS_FLAGS FLUSH FUA TRIM WRITE_ZEROES DF MULTI_CONN
 
-function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void {
+function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>, turns: Turns): void {
   const f = (x: Fault) => faults.has(x);
   const disk = f('multi-conn-private') ? Buffer.from(shared) : shared;
   let buf = Buffer.alloc(0);
@@ -125,6 +151,16 @@ function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void 
   hs.writeUInt16BE(f('greeting-flags') ? 7 : 3);
   s.write(Buffer.concat([MAGIC, Buffer.from('IHAVEOPT'), hs]));
   const flagsNow = () => (TF_FLAGS & ~(sr || f('df-without-sr') ? 0 : 128)) >>> 0;
+  if (f('half-close-drops')) {
+    // Replies leave a tick later, as from an asynchronous backend, and EOF drops them.
+    const write = s.write.bind(s) as (b: Buffer) => boolean;
+    (s as { write: (b: Buffer) => boolean }).write = (b: Buffer) => {
+      if (phase !== 'transmission') return write(b);
+      setTimeout(() => !s.destroyed && write(b), 5);
+      return true;
+    };
+    s.on('end', () => s.destroy());
+  }
 
   const optReply = (opt: number, type: number, data: Buffer = Buffer.alloc(0)) => {
     const h = Buffer.alloc(20);
@@ -172,7 +208,8 @@ function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void 
       b.writeUInt16BE(3, 0);
       b.writeUInt32BE(f('bad-block-size') ? 3 : 1, 2);
       b.writeUInt32BE(4096, 6);
-      b.writeUInt32BE(MAX_PAYLOAD, 10);
+      // 16 MiB keeps the quadratic fault's test short (its cost already grows ~16x from 4 to 16 MiB).
+      b.writeUInt32BE(f('quadratic-writes') ? 16 << 20 : MAX_PAYLOAD, 10);
       optReply(opt, 3, b);
     }
   };
@@ -334,10 +371,21 @@ function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void 
   let parts: Buffer[] = [];
   let pending = 0;
   let need = 0;
+  const turn: Turn = { socket: s, go: () => process() };
   s.on('data', (d: Buffer) => {
-    // Accumulate without quadratic copying while a large WRITE payload arrives.
     parts.push(d);
     pending += d.length;
+    process();
+  });
+  const process = (): void => {
+    if (f('quadratic-writes') && pending > 0) {
+      // Known bad: concatenate on every read, so an N-byte payload costs O(N^2) copying.
+      buf = Buffer.concat([buf, ...parts]);
+      parts = [];
+      pending = 0;
+      if (buf.length < need) return;
+    }
+    // Accumulate without quadratic copying while a large WRITE payload arrives.
     if (buf.length + pending < need) return;
     buf = Buffer.concat([buf, ...parts]);
     parts = [];
@@ -376,9 +424,15 @@ function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void 
         const offset = buf.readBigUInt64BE(16);
         const length = buf.readUInt32BE(24);
         const plen = type === 1 ? length : 0;
+        if (f('reads-wait-for-writes') && type !== 1 && turns.writing.size > 0 && !turns.writing.has(turn)) {
+          if (!turns.waiting.includes(turn)) turns.waiting.push(turn);
+          s.pause();
+          return;
+        }
         if (plen > 64 << 20) return void s.destroy();
         if (buf.length < 28 + plen) {
           need = 28 + plen;
+          if (f('reads-wait-for-writes') && plen >= 1 << 20) turns.writing.add(turn);
           return;
         }
         const payload = Buffer.from(buf.subarray(28, 28 + plen));
@@ -389,7 +443,8 @@ function serve(s: net.Socket, shared: Buffer, faults: ReadonlySet<Fault>): void 
           return;
         }
         request(flags, type, cookie, offset, length, payload, batchHasDisc);
+        if (type === 1) doneWriting(turns, turn);
       }
     }
-  });
+  };
 }
