@@ -6,3 +6,4 @@ import './cases/nbd/index.ts';
 import './fleecing/index.ts';
 import './permissions/index.ts';
 import './interleavings/index.ts';
+import './monitor/index.ts';
