@@ -9,6 +9,7 @@ interface BenchPart {
 
 const PARTS: BenchPart[] = [
   { name: 'server', load: () => import('./server.ts') },
+  { name: 'writes', load: () => import('./writes.ts') },
   { name: 'explorer', load: () => import('./explorer.ts') },
   { name: 'breakpoints', load: () => import('./breakpoints.ts') },
 ];
