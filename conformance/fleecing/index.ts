@@ -27,6 +27,10 @@ export const fleecingSuite: Suite<FleeceEnv> = {
   description: 'Snapshot consistency of image fleecing over NBD (research/qemu-fleecing.md §4-§6, nbd-protocol.md §2 I)',
   roles: [],
   cases: fleecingCases,
+  appliesTo: (target) =>
+    target.extra?.fleecing instanceof FleeceLab || findFlavor(target.name)
+      ? undefined
+      : `it needs a fleecing graph: a fleecing target (${FLAVORS.map((f) => f.name).join(', ')}) or --live URI --snapshot URI`,
   async setup(target) {
     const { lab, own } = labFor(target);
     return { lab, ...(own ? { ownDir: own } : {}) };

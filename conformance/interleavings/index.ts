@@ -66,6 +66,8 @@ export const interleavingsSuite: Suite<InterleavingsEnv> = {
   description: 'Every model interleaving of small fleecing scenarios, replayed on the implementation over NBD (issue 7)',
   roles: [],
   cases,
+  appliesTo: (target) =>
+    interleavingTargetOf(target.name) ? undefined : `it drives a fleecing graph it starts itself, for ${Object.keys(INTERLEAVING_TARGETS).join(', ')}; ${target.name} is none of them`,
   async setup(target) {
     const t = interleavingTargetOf(target.name);
     return t ? { target: t } : { target: undefined, reason: `target ${target.name} has no fleecing graph (use ${Object.keys(INTERLEAVING_TARGETS).join(', ')})` };

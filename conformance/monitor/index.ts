@@ -270,19 +270,29 @@ const unreadReplies: CaseDef<MonitorEnv> = {
 
 export const monitorCases: readonly CaseDef<MonitorEnv>[] = [...ROWS.map((r) => rowCase(r)), unreadReplies];
 
-function flavorFor(target: RunningTarget): MonitorFlavor {
+function findMonitorFlavor(target: RunningTarget): MonitorFlavor | undefined {
   const own = target.extra?.monitor as MonitorFlavor | undefined;
   if (own && typeof own.spawn === 'function') return own;
-  const f = target.name.startsWith('qemu') ? FLAVORS[1]! : target.name.startsWith('reference') ? FLAVORS[0]! : undefined;
-  if (!f) throw new HarnessError(`the monitor suite starts its own daemon with a QMP monitor: it runs for the reference... and qemu... targets, not ${target.name}`);
+  // qemu-nbd has no monitor; every other qemu... target is qemu-storage-daemon.
+  if (target.name.startsWith('qemu') && target.name !== 'qemu-nbd') return FLAVORS[1]!;
+  return target.name.startsWith('reference') ? FLAVORS[0]! : undefined;
+}
+
+function flavorFor(target: RunningTarget): MonitorFlavor {
+  const f = findMonitorFlavor(target);
+  if (!f) throw new HarnessError(notMonitorTarget(target));
   return f;
 }
+
+const notMonitorTarget = (target: RunningTarget) =>
+  `it starts its own daemon with a QMP monitor, for the reference... and qemu... targets; ${target.name} has no monitor it can start`;
 
 export const monitorSuite: Suite<MonitorEnv> = {
   name: 'monitor',
   description: 'QMP monitor robustness: malformed input, limits, capabilities negotiation (QEMU json-lexer.c/json-streamer.c, qmp-spec.rst)',
   roles: [],
   cases: monitorCases,
+  appliesTo: (target) => (findMonitorFlavor(target) ? undefined : notMonitorTarget(target)),
   async setup(target, opts) {
     const flavor = flavorFor(target);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-monitor-'));

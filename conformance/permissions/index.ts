@@ -11,15 +11,21 @@ import { OBSERVED, PERM_CASES, permissionCases, setupPerm, type PermEnv } from '
 import { PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
 import { evaluate } from '../../spec/models/permissions/index.ts';
 
+/** A target registered by another module: `reference...` is fleece serve, `qemu...` QEMU. */
+const flavorName = (n: string) => (n.startsWith('qemu') ? 'qemu' : n.startsWith('reference') ? 'reference' : n);
+
 export const permissionsSuite: Suite<PermEnv> = {
   name: 'permissions',
   description: 'Block-graph permissions over QMP against the spec permission model (research/qemu-fleecing.md §1)',
   roles: [],
   cases: permissionCases,
+  appliesTo: (target) =>
+    target.extra?.permissions instanceof PermLab || (target.name !== 'qemu-nbd' && findPermFlavor(flavorName(target.name)))
+      ? undefined
+      : `it builds block graphs over QMP in a daemon it starts itself, for the reference... and qemu... targets; ${target.name} has none`,
   async setup(target) {
     if (target.extra?.permissions instanceof PermLab) return setupPerm(target);
-    // A target registered by another module: `reference...` is fleece serve, `qemu...` QEMU.
-    const flavor = findPermFlavor(target.name.startsWith('qemu') ? 'qemu' : target.name.startsWith('reference') ? 'reference' : target.name);
+    const flavor = findPermFlavor(flavorName(target.name));
     if (!flavor) return setupPerm(target);
     const ownDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-permissions-'));
     return { lab: new PermLab(flavor, ownDir, 20_000), ownDir };

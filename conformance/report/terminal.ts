@@ -16,6 +16,8 @@ export function progressLine(e: ProgressEvent, color: boolean): string | undefin
       return `== ${e.target}: ${e.cases} case(s)`;
     case 'target-error':
       return `!! ${e.target}: ${e.error}`;
+    case 'not-applicable':
+      return `-- ${e.target}: suite ${e.suite} does not apply: ${e.reason}`;
     case 'case': {
       const r = e.result;
       return `[${String(e.index).padStart(3)}/${e.total}] ${paint(r.verdict, MARK[r.verdict], color)} ${r.id} (${r.durationMs} ms)${r.verdict !== 'pass' && r.reason ? `\n          ${r.reason.slice(0, 300)}` : ''}`;
@@ -46,6 +48,7 @@ export function renderSummary(run: RunResult, color: boolean, extra: readonly st
     }
     const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
     out.push(`  -- ${n('pass')} pass, ${n('fail')} fail, ${n('non-strict')} non-strict, ${n('info')} info, ${n('skipped')} skipped, ${n('error')} error`);
+    for (const x of t.notApplicable ?? []) out.push(`  -- not applicable: suite ${x.suite}: ${x.reason}`);
   }
   out.push(`seed ${run.seed}${run.strict ? ', strict (SHOULD failures fail the run)' : ''}`);
   out.push(...extra);

@@ -61,6 +61,10 @@ export interface Suite<Env> {
   readonly cases: readonly CaseDef<Env>[];
   /** Export roles the suite needs from a target ('rw', 'live', ...). */
   readonly roles: readonly string[];
+  /** Why the suite does not apply to this target (a suite that starts its own daemon, or needs a
+   * fleecing graph), or undefined when it does. A suite that does not apply is listed once with
+   * the reason, never run and never an error. */
+  appliesTo?(target: RunningTarget): string | undefined;
   /** Per-target preparation (capability probe...). Throwing here is a harness error for every case. */
   setup(target: RunningTarget, opts: { timeoutMs: number; seed: number }): Promise<Env>;
   teardown?(env: Env): Promise<void>;
@@ -93,6 +97,8 @@ export interface TargetSummary {
   facts: Record<string, unknown>;
   /** Set when the target could not be started or prepared. */
   error?: string;
+  /** Selected suites that do not apply to this target, with the reason. */
+  notApplicable?: { suite: string; reason: string }[];
 }
 
 export interface RunResult {

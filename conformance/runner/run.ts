@@ -40,6 +40,7 @@ export interface RunOptions {
 export type ProgressEvent =
   | { kind: 'target-start'; target: string; cases: number }
   | { kind: 'target-error'; target: string; error: string }
+  | { kind: 'not-applicable'; target: string; suite: string; reason: string }
   | { kind: 'case'; result: CaseResult; index: number; total: number };
 
 export function selectCases<Env>(suite: Suite<Env>, filter: readonly string[] = []): CaseDef<Env>[] {
@@ -243,13 +244,21 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       return target;
     };
     let index = 0;
+    let targetTotal = total;
     const emit = (r: CaseResult) => {
       results.push(r);
-      opts.onProgress?.({ kind: 'case', result: r, index: ++index, total });
+      opts.onProgress?.({ kind: 'case', result: r, index: ++index, total: targetTotal });
     };
     try {
       await start();
       for (const { suite, cases } of selected) {
+        const na = suite.appliesTo?.(target!);
+        if (na !== undefined) {
+          (summary.notApplicable ??= []).push({ suite: suite.name, reason: na });
+          opts.onProgress?.({ kind: 'not-applicable', target: def.name, suite: suite.name, reason: na });
+          targetTotal -= cases.length;
+          continue;
+        }
         const missing = suite.roles.filter((r) => !target!.exports[r]);
         if (missing.length) {
           harnessResults(cases, suite.name, def.name, `target has no '${missing.join("', '")}' export for suite ${suite.name}`, 'skipped').forEach(emit);
@@ -324,7 +333,8 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       summary.error = msg;
       opts.onProgress?.({ kind: 'target-error', target: def.name, error: msg });
       const done = new Set(results.filter((r) => r.target === def.name).map((r) => r.id));
-      for (const { suite, cases } of selected) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `target ${def.name} could not be started: ${msg}`).forEach(emit);
+      const na = new Set((summary.notApplicable ?? []).map((x) => x.suite));
+      for (const { suite, cases } of selected) if (!na.has(suite.name)) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `target ${def.name} could not be started: ${msg}`).forEach(emit);
     } finally {
       await target?.stop().catch(() => undefined);
       for (const d of workDirs) fs.rmSync(d, { recursive: true, force: true });

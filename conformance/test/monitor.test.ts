@@ -12,6 +12,7 @@ import { ManagedProcess } from '../targets/process.ts';
 import { resolveTarget } from '../targets/registry.ts';
 import type { TargetDef } from '../targets/types.ts';
 import type { QmpFault } from './helpers/fake-qmp.ts';
+import { fakeTarget } from './helpers/fake-server.ts';
 
 const FAKE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'helpers/fake-qmp.ts');
 
@@ -47,6 +48,13 @@ describe('monitor suite', () => {
     const rs = await verdicts(fakeMonitorTarget([]));
     expect(rs.filter((r) => !['pass', 'info'].includes(r.verdict)).map((r) => `${r.id}: ${r.verdict} ${r.reason}`)).toEqual([]);
   }, 60_000);
+
+  it('a target without a monitor: the suite is listed once as not applicable, with the reason, and runs nothing', async () => {
+    const res = await run({ targets: [fakeTarget([])], suites: [monitorSuite], seed: 5, timeoutMs: 2000 });
+    expect(res.results).toEqual([]);
+    expect(res.targets[0]?.error).toBeUndefined();
+    expect(res.targets[0]?.notApplicable).toEqual([{ suite: 'monitor', reason: expect.stringMatching(/starts its own daemon with a QMP monitor/) }]);
+  });
 
   const table: [QmpFault, string, Verdict, RegExp][] = [
     ['crash-on-deep-nesting', 'monitor/limits/nesting-5000', 'fail', /the daemon is still running - observed: it exited: exit code 70/],
