@@ -17,6 +17,9 @@ import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
+/** Colour on a terminal, unless NO_COLOR is set and not empty (no-color.org). */
+const colorByDefault = (): boolean => process.stdout.isTTY === true && !process.env.NO_COLOR;
+
 const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PREFIX]... [--strict]
                       [--list] [--seed N] [--json] [--out DIR] [--timeout MS] [--no-color]
 
@@ -55,7 +58,7 @@ interface Args {
 }
 
 export function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { targets: [], suites: [], filter: [], strict: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: process.stdout.isTTY === true, help: false };
+  const a: Args = { targets: [], suites: [], filter: [], strict: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');

@@ -43,7 +43,7 @@ describe('fleece serve', () => {
   it('a bad configuration exits non-zero as a process', async () => {
     const r = await runServe(['--blockdev', 'driver=qcow2,node-name=x,file=y']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^fleece serve: Unknown driver 'qcow2'/);
+    expect(r.stderr).toMatch(/^fleece serve: --blockdev driver=qcow2,node-name=x,file=y: Unknown driver 'qcow2'/);
   });
 
   it.each([
@@ -54,11 +54,62 @@ describe('fleece serve', () => {
     [['--bogus'], 2, /unknown option '--bogus'/],
     [['--monitor', 'chardev=nope'], 2, /chardev 'nope' not found/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M', '--blockdev', 'driver=memory,node-name=m,size=1M'], 1, /Duplicate nodes with node-name='m'/],
+    // The option first, then the cause in qemu-storage-daemon's words (libuv says EACCES here).
+    [['--nbd-server', 'addr.type=unix,addr.path=/nonexistent-dir/n.sock'], 1, /^fleece serve: --nbd-server addr\.type=unix,addr\.path=\/nonexistent-dir\/n\.sock: Failed to bind socket to \/nonexistent-dir\/n\.sock: No such file or directory\n$/],
+    [['--chardev', 'socket,id=m,path=/nonexistent-dir/q.sock,server=on,wait=off', '--monitor', 'chardev=m'], 1, /^fleece serve: --monitor chardev=m: Failed to bind socket to \/nonexistent-dir\/q\.sock: No such file or directory\n$/],
+    [['--pidfile', '/nonexistent-dir/p.pid'], 1, /^fleece serve: cannot create PID file: Could not create '\/nonexistent-dir\/p\.pid': No such file or directory\n$/],
   ])('%j exits %i with a clear error (in-process)', async (args, code, re) => {
     let err = '';
     const rc = await serve(args, { stdout: { write: () => true }, stderr: { write: (s: string) => (err += s) }, env: {}, pid: 1 });
     expect(rc).toBe(code);
     expect(err).toMatch(re);
+  });
+
+  it('with nothing to serve it keeps running, as qemu-storage-daemon does, until SIGTERM; its pid file is removed at exit', async () => {
+    const t = tmpDir('fleece-idle-');
+    try {
+      const pid = path.join(t.dir, 'd.pid');
+      // startDaemon waits for the pid file, written once the (empty) configuration is applied.
+      const d = await startDaemon('fleece', ['--pidfile', pid], pid);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(d.proc.exitCode).toBeNull();
+      expect(fs.readFileSync(pid, 'utf8').trim()).toBe(String(d.proc.pid));
+      await d.kill();
+      expect(await d.exited).toBe(0);
+      expect(fs.existsSync(pid)).toBe(false);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('quit with an NBD client still connected: the daemon exits at once, closing the client', async () => {
+    const t = tmpDir('fleece-quit-');
+    try {
+      const img = path.join(t.dir, 'a.raw');
+      fs.writeFileSync(img, Buffer.alloc(1 << 20));
+      const qmp = path.join(t.dir, 'qmp.sock');
+      const nbd = path.join(t.dir, 'nbd.sock');
+      const d = await startDaemon('fleece', [
+        '--blockdev', `driver=file,node-name=f,filename=${img}`,
+        '--nbd-server', `addr.type=unix,addr.path=${nbd}`,
+        '--export', 'type=nbd,id=e,node-name=f,name=disk',
+        '--chardev', `socket,id=m,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=m',
+      ], qmp);
+      const client = net.connect(nbd);
+      client.on('error', () => undefined);
+      client.resume(); // flowing, so its EOF is seen
+      const clientClosed = new Promise((r) => client.once('close', r));
+      await new Promise((r) => client.once('connect', r));
+      const q = await QmpClient.connect(qmp);
+      void q.execute('quit');
+      // Before, nbd-server close waited for every client to leave: a client that stayed kept the
+      // daemon alive. Exiting is bounded by the test's own timeout, not asserted in time.
+      expect(await d.exited).toBe(0);
+      await clientClosed;
+      q.close();
+    } finally {
+      t.cleanup();
+    }
   });
 
   it('QMP: exports over TCP and unix, errors for duplicates, read-only nodes and unknown bitmaps', async () => {

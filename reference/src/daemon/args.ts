@@ -32,12 +32,17 @@ export interface ChardevOptions {
   readonly path: string;
 }
 
-export type Action =
+export type Action = (
   | { readonly kind: 'blockdev'; readonly options: KeyvalObject }
   | { readonly kind: 'nbd-server'; readonly options: NbdServerOptions }
   | { readonly kind: 'export'; readonly options: ExportOptions }
   | { readonly kind: 'chardev'; readonly options: ChardevOptions }
-  | { readonly kind: 'monitor'; readonly chardev: string; readonly pretty: boolean };
+  | { readonly kind: 'monitor'; readonly chardev: string; readonly pretty: boolean }
+) & {
+  /** The option as given (`--nbd-server addr.type=unix,...`): errors while acting on it start
+   * with it, as qemu-storage-daemon's do. */
+  readonly source?: string;
+};
 
 export interface DaemonConfig {
   readonly actions: Action[];
@@ -216,12 +221,14 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       inline = arg.slice(eq + 1);
       arg = arg.slice(0, eq);
     }
+    let given: string | undefined;
     const value = (): string => {
-      if (inline !== undefined) return inline;
+      if (inline !== undefined) return (given = inline);
       const v = argv[++i];
       if (v === undefined) throw new UsageError(`option '${arg}' requires an argument`);
-      return v;
+      return (given = v);
     };
+    const before = actions.length;
     const kv = (implied?: string): KeyvalObject => {
       try {
         return parseKeyval(value(), implied);
@@ -276,6 +283,7 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
         if (arg.startsWith('-')) throw new UsageError(`unknown option '${arg}'`);
         throw new UsageError(`unexpected argument '${arg}'`);
     }
+    if (actions.length > before) actions[before] = { ...actions[before]!, source: `${arg} ${given ?? ''}`.trim() };
   }
   // sd_listen_fds(3): honour the fds only when they were meant for this process.
   let activationFds: number[] = [];

@@ -52,7 +52,13 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
       await daemon.startNbdServer({ addr: { type: 'fd', fd: config.activationFds[0]! }, maxConnections: 0 });
     }
     for (const action of config.actions) {
-      await daemon.apply(action);
+      try {
+        await daemon.apply(action);
+      } catch (e) {
+        // qemu-storage-daemon: "--nbd-server addr.type=unix,addr.path=P: Failed to bind socket ...".
+        if (e instanceof Error && action.source && !e.message.startsWith(action.source.split(' ')[0]!)) e.message = `${action.source}: ${e.message}`;
+        throw e;
+      }
       // A kernel-chosen TCP port is only useful if the user learns it.
       if (action.kind === 'nbd-server' && action.options.addr.type === 'inet' && action.options.addr.port === 0) {
         const a = daemon.nbdServerAddress;
@@ -64,15 +70,21 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
     const known = e instanceof UsageError || e instanceof QmpError || e instanceof NbdServerError || isBlockError(e);
     io.stderr.write(`fleece serve: ${known ? (e as Error).message : String((e as Error).stack ?? e)}\n`);
     await daemon.close().catch(() => {});
-    return e instanceof UsageError ? 2 : 1;
+    // A pid file that could not be written is a failed start (1), as in qemu-storage-daemon.
+    return e instanceof UsageError && !/^cannot create PID file/.test(e.message) ? 2 : 1;
   }
+  // With nothing to serve the daemon still runs until quit or a signal, as qemu-storage-daemon
+  // does (Node would otherwise exit with 13, an unsettled top-level await).
+  const keepAlive = setInterval(() => {}, 1 << 30);
   const signalled = new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());
     process.once('SIGINT', () => resolve());
     process.once('SIGHUP', () => resolve());
   });
   await Promise.race([daemon.quitting, signalled]);
+  clearInterval(keepAlive);
   await daemon.close().catch((e) => process.stderr.write(`fleece serve: while closing: ${String(e)}\n`));
+  if (config.pidfile) Daemon.removePidfile(config.pidfile);
   // Lingering sockets or timers must not keep a quit daemon alive.
   setImmediate(() => process.exit(0));
   return 0;

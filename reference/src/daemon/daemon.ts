@@ -352,9 +352,22 @@ export class Daemon {
     await this.graph.close();
   }
 
-  /** Writes the pid file (qemu-storage-daemon --pidfile). */
+  /** Writes the pid file (qemu-storage-daemon --pidfile), in QEMU's words when it cannot. */
   static writePidfile(path: string): void {
-    fs.writeFileSync(path, `${process.pid}\n`);
+    try {
+      fs.writeFileSync(path, `${process.pid}\n`);
+    } catch (e) {
+      throw new UsageError(`cannot create PID file: Could not create '${path}': ${errnoText(e)}`);
+    }
+  }
+
+  /** Removes our pid file at exit, as QEMU does; one that now holds another pid is left alone. */
+  static removePidfile(path: string): void {
+    try {
+      if (fs.readFileSync(path, 'utf8').trim() === String(process.pid)) fs.unlinkSync(path);
+    } catch {
+      /* already gone */
+    }
   }
 }
 
@@ -367,4 +380,11 @@ function unixSendBufferFromEnv(): number | undefined {
     throw new QmpError('GenericError', `FLEECE_NBD_UNIX_SNDBUF must be a byte count from 0 to 1073741824, got '${v}'`);
   }
   return Number(v);
+}
+
+/** strerror-style text for a Node system error ('No such file or directory'). */
+export function errnoText(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const text: Record<string, string> = { ENOENT: 'No such file or directory', EACCES: 'Permission denied', ENOTDIR: 'Not a directory', EISDIR: 'Is a directory', EROFS: 'Read-only file system', EEXIST: 'File exists' };
+  return (code && text[code]) ?? (e as Error)?.message ?? String(e);
 }

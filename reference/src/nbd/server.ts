@@ -2,6 +2,7 @@
 // per connection, and the export table. Nothing here parses or encodes protocol bytes.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import { NbdSession, type ExportLookup, type NbdExport, type SessionLimits } from './session.ts';
 import { getSendBuffer, sendBufferTuning, setSendBuffer } from './sockopt.ts';
 
@@ -122,6 +123,11 @@ export class NbdServer implements ExportLookup {
         resolve();
       };
       if (addr.type === 'unix') {
+        // libuv reports a missing directory as EACCES; say what it is, in QEMU's words.
+        if (!fs.existsSync(path.dirname(path.resolve(addr.path)))) {
+          reject(new NbdServerError(`Failed to bind socket to ${addr.path}: No such file or directory`));
+          return;
+        }
         // A stale socket file from an earlier run would make bind fail; QEMU unlinks it too.
         try {
           if (fs.statSync(addr.path).isSocket()) fs.unlinkSync(addr.path);
@@ -244,12 +250,15 @@ export class NbdServer implements ExportLookup {
   async close(): Promise<void> {
     this.stopping = true;
     const ls = this.listeners.splice(0);
-    await Promise.all(ls.map((l) => new Promise<void>((r) => l.close(() => r()))));
+    // net.Server.close() calls back only once every connection is gone: end them first, or a
+    // client that stays connected would hold up nbd-server-stop and quit for as long as it likes.
+    const closed = ls.map((l) => new Promise<void>((r) => l.close(() => r())));
     for (const c of [...this.conns]) {
       c.session.terminate('server stopping');
       c.socket.destroy();
     }
     this.conns.clear();
+    await Promise.all(closed);
     this.exportsByName.clear();
     this.stopping = false;
   }

@@ -3,8 +3,9 @@
 // every session that finished capabilities negotiation.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as nodePath from 'node:path';
 import { JsonStreamParser, encode, errorMsg, eventMsg, greeting, type Decoded } from './codec.ts';
-import type { QmpDispatcher } from './dispatcher.ts';
+import { QmpError, type QmpDispatcher } from './dispatcher.ts';
 
 interface Session {
   readonly socket: net.Socket;
@@ -35,9 +36,11 @@ export class QmpMonitor {
     } catch {
       /* absent */
     }
+    // libuv reports a missing directory as EACCES; say what it is, in QEMU's words.
+    if (!fs.existsSync(nodePath.dirname(nodePath.resolve(path)))) throw new QmpError('GenericError', `Failed to bind socket to ${path}: No such file or directory`);
     const srv = net.createServer((s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
-      srv.once('error', (e) => reject(new Error(`cannot listen on QMP socket ${path}: ${e.message}`)));
+      srv.once('error', (e) => reject(new QmpError('GenericError', `Failed to bind socket to ${path}: ${e.message}`)));
       srv.listen(path, () => resolve());
     });
     srv.on('error', (e) => this.opts.log?.(`qmp: ${e.message}`));
@@ -134,11 +137,17 @@ export class QmpMonitor {
   }
 
   async close(): Promise<void> {
-    for (const s of this.sessions) s.socket.end();
-    this.sessions.clear();
     const srv = this.server;
     this.server = undefined;
-    if (srv) await new Promise<void>((r) => srv.close(() => r()));
+    // server.close() waits for every connection: end ours (the last reply, e.g. to quit, still
+    // goes out) and drop any the client keeps open.
+    const closed = srv ? new Promise<void>((r) => srv.close(() => r())) : Promise.resolve();
+    for (const s of this.sessions) {
+      s.socket.end();
+      setTimeout(() => s.socket.destroy(), 200).unref();
+    }
+    this.sessions.clear();
+    await closed;
   }
 }
 
