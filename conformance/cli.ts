@@ -26,7 +26,9 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
   --target T      a built-in target (${'%TARGETS%'})
                   or an NBD URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH
                   (repeatable; default: reference)
-  --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite)
+  --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite); it writes
+                  guest data into the live export, so it needs --allow-writes
+  --allow-writes  let the fleecing suite write to the --live export (a scratch setup)
   --suite S       suite to run (repeatable; default: every suite: %SUITES%)
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
   --strict        SHOULD violations (non-strict) fail the run too
@@ -44,6 +46,7 @@ class UsageError extends Error {}
 interface Args {
   live?: string;
   snapshot?: string;
+  allowWrites: boolean;
   targets: string[];
   suites: string[];
   filter: string[];
@@ -58,7 +61,7 @@ interface Args {
 }
 
 export function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { targets: [], suites: [], filter: [], strict: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
+  const a: Args = { targets: [], suites: [], filter: [], strict: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -82,6 +85,9 @@ export function parseArgs(argv: readonly string[]): Args {
         break;
       case '--snapshot':
         a.snapshot = value();
+        break;
+      case '--allow-writes':
+        a.allowWrites = true;
         break;
       case '--filter':
         a.filter.push(value());
@@ -158,7 +164,13 @@ const command: Subcommand = {
         return 0;
       }
       if ((args.live === undefined) !== (args.snapshot === undefined)) throw new UsageError('--live and --snapshot go together');
+      // A user's own export is never written unless they say so: the fleecing cases write guest
+      // data over what the live export holds.
+      if (args.live && !args.allowWrites) {
+        throw new UsageError(`--live ${args.live}: the fleecing suite writes guest data into the live export, over what it holds; run it on a scratch setup and pass --allow-writes`);
+      }
       const external = args.live && args.snapshot ? [fleeceTargetDef(externalFlavor(args.live, args.snapshot))] : [];
+      if (args.live) (args.json ? process.stderr : process.stdout).write(`fleece conform: the fleecing suite will write to the live export ${args.live} (--allow-writes)\n`);
       const targets = [...(args.targets.length || !external.length ? (args.targets.length ? args.targets : ['reference']).map(resolveTarget) : []), ...external];
       const log = args.json ? process.stderr : process.stdout;
       const result = await run({

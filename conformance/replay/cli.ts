@@ -8,18 +8,20 @@ import { externalFlavor, findFlavor, FLAVORS, type FleeceFlavor } from '../fleec
 import { replay } from '../fleecing/replay.ts';
 import { readTrace, TraceError, type ReplayResult } from '../fleecing/trace.ts';
 
-const USAGE = `usage: fleece replay TRACE.json [--target T | --live URI --snapshot URI] [--attempts N] [--json]
+const USAGE = `usage: fleece replay TRACE.json [--target T | --live URI --snapshot URI --allow-writes] [--attempts N] [--json]
 
 Replays a fleecing wire trace written by a failing 'fleece conform --suite fleecing' run and
 judges it again. T defaults to the trace's own target; targets: ${FLAVORS.map((f) => f.name).join(', ')}.
 A race needs the right timing: the replay keeps the trace's send offsets and tries up to N times
-(default 3). Exit 0: passed; 1: the violation reproduced; 2: usage or harness error.`;
+(default 3). A trace's guest writes go to the live export: a --live export of your own is written
+only with --allow-writes. Exit 0: passed; 1: the violation reproduced; 2: usage or harness error.`;
 
 export interface ReplayArgs {
   trace: string;
   target?: string;
   live?: string;
   snapshot?: string;
+  allowWrites?: boolean;
   attempts: number;
   json: boolean;
 }
@@ -39,6 +41,9 @@ export function parseReplayArgs(argv: readonly string[]): ReplayArgs | string {
       case '--snapshot':
         a.snapshot = value();
         break;
+      case '--allow-writes':
+        a.allowWrites = true;
+        break;
       case '--attempts': {
         const n = Number(value());
         if (!Number.isInteger(n) || n < 1) return '--attempts needs a positive integer';
@@ -57,6 +62,7 @@ export function parseReplayArgs(argv: readonly string[]): ReplayArgs | string {
   if (!a.trace) return 'no trace file given';
   if ((a.live === undefined) !== (a.snapshot === undefined)) return '--live and --snapshot go together';
   if (a.live && a.target) return 'give either --target or --live/--snapshot';
+  if (a.live && !a.allowWrites) return `--live ${a.live}: the replay writes the trace's guest data into the live export, over what it holds; use a scratch setup and pass --allow-writes`;
   return a as ReplayArgs;
 }
 

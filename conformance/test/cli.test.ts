@@ -1,5 +1,5 @@
 // `fleece conform` as a user runs it: exit codes 0/1/2, --list, --json, reports under --out.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -67,6 +67,27 @@ describe('fleece conform', () => {
     expect(fleece('--target', 'nbd+unix:///disk').stderr).toMatch(/nbd\+unix needs \?socket=PATH/);
     expect(fleece('--filter', 'nbd/nothing-here').code).toBe(2);
     expect(fleece('--suite', 'nope').stderr).toMatch(/unknown suite 'nope'/);
+  });
+
+  it('a --live export of the user is never written without --allow-writes (the image is checked)', async () => {
+    const img = path.join(out, 'users-disk.raw');
+    const content = Buffer.alloc(4 << 20, 0x6b);
+    fs.writeFileSync(img, content);
+    const sock = path.join(out, 'users-disk.sock');
+    const nbdkit = spawn('nbdkit', ['-f', '-U', sock, 'file', img], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+      const uri = `nbd+unix:///?socket=${sock}`;
+      const r = fleece('--live', uri, '--snapshot', uri, '--suite', 'fleecing', '--out', path.join(out, 'live'));
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/--live nbd\+unix:.*writes guest data into the live export.*pass --allow-writes/);
+      expect(fs.readFileSync(img).equals(content)).toBe(true);
+      const replay = spawnSync(process.execPath, [path.join(REPO, 'bin/fleece.mjs'), 'replay', path.join(out, 'none.json'), '--live', uri, '--snapshot', uri], { encoding: 'utf8' });
+      expect(replay.status).toBe(2);
+      expect(replay.stderr).toMatch(/--allow-writes/);
+    } finally {
+      nbdkit.kill();
+    }
   });
 
   it('exit 2 on a harness error: a URI where nothing listens', () => {
