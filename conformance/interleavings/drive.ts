@@ -37,6 +37,10 @@ export interface Mapping {
   /** The blocking check's event for a guest write the model has wait for frozen reads: the
    * first event after that wait (the write is about to reach the source). */
   readonly writerPastWait: string;
+  /** Snapshot discard parked with access dropped, before it waits for reads of the target range
+   * (model discarder pc waiting), and the event past that wait. */
+  readonly discardBeforeWait: string;
+  readonly discardPastWait: string;
 }
 
 export const DEFAULT_MAPPING: Mapping = {
@@ -46,6 +50,8 @@ export const DEFAULT_MAPPING: Mapping = {
   readerBeforeRead: { legacy: 'overlay-lookup-done', cbw: 'snapshot-read-lock' },
   writerBeforeWaitBroken: 'cbw-wait-readers',
   writerPastWait: 'cbw-source-write',
+  discardBeforeWait: 'snapshot-discard-wait',
+  discardPastWait: 'snapshot-discard-target',
 };
 
 /** How long a request the model has waiting gets, once let go, to reach its next event. A bound,
@@ -172,6 +178,7 @@ type Plan = { arm?: string; await: 'hit' | 'reply' | 'none'; inject?: 'EIO' };
 export function planStep(kind: 'legacy' | 'cbw', st: ScenarioStep, mapping: Mapping): Plan {
   const last = st.parts[st.parts.length - 1]!;
   const s: FleecingState = st.after;
+  if (st.actor.startsWith('D')) return s.discarder?.pc === 'waiting' ? { arm: mapping.discardBeforeWait, await: 'hit' } : { await: 'reply' };
   if (st.actor.startsWith('W')) {
     const w = Number(st.actor.slice(1));
     const pc = s.writers[w]!.pc;
@@ -229,7 +236,8 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
   const actions: string[] = [];
   const prediction = predict(m, ex, region);
   const rangeOf = (actor: string) => {
-    const r = actor.startsWith('W') ? sc.writes[Number(actor.slice(1))]! : sc.reads[Number(actor.slice(1))]!;
+    const k = Number(actor.slice(1));
+    const r = actor.startsWith('W') ? sc.writes[k]! : actor.startsWith('D') ? sc.discards![k]! : sc.reads[k]!;
     return { offset: base + r.offset, length: r.length };
   };
   const qmpOk = async (cmd: string, args: Record<string, unknown>) => {
@@ -248,6 +256,9 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
         run.reply = conn.request({ type: Cmd.WRITE, offset, payload: writeBytes(k, length) });
         log(actor, `NBD_CMD_WRITE offset ${offset} length ${length} (live export)`);
       }
+    } else if (actor.startsWith('D')) {
+      run.reply = conn.request({ type: Cmd.TRIM, offset, length });
+      log(actor, `NBD_CMD_TRIM offset ${offset} length ${length} (fleecing export: snapshot discard)`);
     } else {
       run.reply = conn.request({ type: Cmd.READ, offset, length });
       log(actor, `NBD_CMD_READ offset ${offset} length ${length} (fleecing export)`);
@@ -338,9 +349,10 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       }
       if (ahead) { skip('ahead-of-model'); continue; }
       if (b.blockerWaiting) { skip('blocker-waiting'); continue; }
-      if (b.action.kind !== 'write' || !run.parked) { skip('unsubmitted'); continue; }
-      const event = ctx.mapping.writerPastWait;
-      const path = run.parkedEvent === ctx.mapping.writerBeforeWaitBroken ? [event] : [ctx.mapping.writerBeforeWaitBroken, event];
+      const isDiscard = b.action.kind === 'discard';
+      if ((b.action.kind !== 'write' && !isDiscard) || !run.parked) { skip('unsubmitted'); continue; }
+      const event = isDiscard ? ctx.mapping.discardPastWait : ctx.mapping.writerPastWait;
+      const path = isDiscard || run.parkedEvent === ctx.mapping.writerBeforeWaitBroken ? [event] : [ctx.mapping.writerBeforeWaitBroken, event];
       const mine = clustersOf(b.actor);
       const clash = [...armedBy.values()].some((x) => {
         if (x.actor === b.actor || !path.includes(x.event)) return false;
@@ -443,7 +455,9 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       const r = await within(run.reply!, `${stepName}: no reply from ${st.actor} within ${ctx.stepTimeoutMs} ms (the implementation blocks where the model lets the request finish)`);
       log(st.actor, `reply: ${describeReply(r)}`);
       replied.add(st.actor);
-      if (st.actor.startsWith('W')) {
+      if (st.actor.startsWith('D')) {
+        if (r.error !== 0) throw new StepFailure(`${stepName}: snapshot discard ${st.actor} failed with ${errnoName(r.error)}; the model completes it`);
+      } else if (st.actor.startsWith('W')) {
         const k = Number(st.actor.slice(1));
         if (prediction.writeFails[k]) {
           if (r.error === 0) throw new StepFailure(`${stepName}: guest write ${st.actor} succeeded; the model fails it (its copy-before-write failed, on-cbw-error=break-guest-write)`);
@@ -528,6 +542,7 @@ const WAIT_TEXT: Readonly<Record<BlockedStep['wait'], string>> = {
   'serialising-target-write': 'the serialising copy into the temp image waits for overlapping tracked reads: bdrv_wait_serialising_requests, qemu-fleecing.md §2.1 rule a',
   'serialising-read': 'a read on the temp image waits for an overlapping serialising copy: qemu-fleecing.md §2.1 rule b',
   'cow-request': 'an overlapping copy-on-write request',
+  'target-reads': "the snapshot discard frees the target range only once no snapshot read reads it from there (the reference's cbw snapshotDiscard; QEMU's cbw_co_pdiscard_snapshot does not wait)",
 };
 
 function snapshotOf(region: number, sc: FleecingScenario): Buffer {

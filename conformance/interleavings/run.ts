@@ -26,6 +26,9 @@ export interface ScenarioCounts {
   fusedPaths: number;
   /** After partial-order and symmetry reduction: the interleavings to drive. */
   enumerated: number;
+  /** Interleavings driven on top, each through a waiting state no reduced one visits (for the
+   * blocking check; ScenarioModel.blockingExecutions). */
+  blockingExtra: number;
   executed: number;
   agreeing: number;
   disagreeing: number;
@@ -121,14 +124,21 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
       ? sc.note ?? `not for ${scheme.kind} graphs`
       : sc.failingCopies?.length && mode !== 'breakpoints'
         ? 'failing copies are injected at a breakpoint (x-breakpoint-resume errno), which this target does not have'
-        : undefined;
+        : sc.discards?.length && !target.name.startsWith('reference')
+          ? "the scenario's snapshot discard follows the reference's, which waits for reads of the target range (QEMU's cbw_co_pdiscard_snapshot does not)"
+          : undefined;
     if (skipWhy) {
       out.push({ ...base, counts: zeroCounts(), coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: 0, skipped: skipWhy });
       continue;
     }
     const m = scenarioModel(scheme, sc);
-    const all = o.reduction === 'none' ? m.executions({ por: false, symmetry: false }) : m.executions();
-    const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
+    const reduced = o.reduction === 'none' ? m.executions({ por: false, symmetry: false }) : m.executions();
+    // The blocking check also needs the waiting states the reduction skips (see
+    // blockingExecutions): a few more interleavings, each through one of them.
+    const blockingOn = mode === 'breakpoints' && (o.blockedGraceMs ?? BLOCKED_GRACE_MS) > 0;
+    const extra = blockingOn ? m.blockingExecutions(reduced) : [];
+    const all = [...reduced, ...extra];
+    const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: reduced.length, blockingExtra: extra.length, modelViolations: all.filter((e) => e.violation).length };
     if (o.only && mode === 'breakpoints') counts.modelViolations = all.filter((e) => o.only!.includes(e.index) && e.violation).length;
     try {
       if (mode === 'breakpoints') {
@@ -187,7 +197,7 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
 }
 
 function zeroCounts(): ScenarioCounts {
-  return { modelPaths: 0, fusedPaths: 0, enumerated: 0, executed: 0, agreeing: 0, disagreeing: 0, modelViolations: 0, implViolations: 0, blockedTried: 0, blockedHeld: 0, blockedRechecked: 0, blockedSkipped: {} };
+  return { modelPaths: 0, fusedPaths: 0, enumerated: 0, blockingExtra: 0, executed: 0, agreeing: 0, disagreeing: 0, modelViolations: 0, implViolations: 0, blockedTried: 0, blockedHeld: 0, blockedRechecked: 0, blockedSkipped: {} };
 }
 
 function coverageOf(m: ScenarioModel, results: readonly InterleavingResult[]): Coverage {
@@ -216,10 +226,11 @@ async function withSetup<T>(
   let setup: Setup | undefined;
   const conns = new Map<string, NbdConnection>();
   try {
-    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...(sc.onCbwError ? { onCbwError: sc.onCbwError } : {}), ...(extra.sourceReadDelayMs ? { sourceReadDelayMs: extra.sourceReadDelayMs } : {}) }, parent);
+    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...(sc.onCbwError ? { onCbwError: sc.onCbwError } : {}), ...(sc.discards?.length ? { snapshotDiscard: true } : {}), ...(extra.sourceReadDelayMs ? { sourceReadDelayMs: extra.sourceReadDelayMs } : {}) }, parent);
     const log = extra.wire ? { log: extra.wire } : {};
     for (let i = 0; i < sc.writes.length; i++) conns.set(`W${i}`, (await open(setup.nbd, { exportName: 'live', timeoutMs: 60_000, ...log })).conn);
     for (let i = 0; i < sc.reads.length; i++) conns.set(`R${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000, ...log })).conn);
+    for (let i = 0; i < (sc.discards ?? []).length; i++) conns.set(`D${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000, ...log })).conn);
     return await f(setup, conns);
   } finally {
     for (const c of conns.values()) c.close();

@@ -49,6 +49,9 @@ export interface SetupOptions {
   readonly sourceReadDelayMs?: number;
   /** copy-before-write's on-cbw-error (modern graphs; default: QEMU's, break-guest-write). */
   readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
+  /** discard=unmap on the snapshot-access node and a writable snapshot export (§5.1), for
+   * snapshot discards (NBD_CMD_TRIM on the fleecing export). */
+  readonly snapshotDiscard?: boolean;
   readonly startTimeoutMs?: number;
 }
 
@@ -117,10 +120,10 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       const bug = target.name === 'reference-hbitmap-status' ? ',x-hbitmap-status-bug=on' : target.name === 'reference-no-read-wait' ? ',x-no-frozen-read-wait=on' : '';
       const onErr = o.onCbwError ? `,on-cbw-error=${o.onCbwError}` : '';
       bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${onErr}${bug}`);
-      bd('driver=snapshot-access,node-name=fl-access,file=fl-cbw');
+      bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${o.snapshotDiscard ? ',discard=unmap' : ''}`);
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
-      args.push('--export', 'type=nbd,id=exp-fleece,node-name=fl-access,name=fleece');
+      args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${o.snapshotDiscard ? ',writable=on' : ''}`);
     } else if (reference) {
       const tmp = path.join(dir, 'tmp.raw');
       fs.writeFileSync(tmp, '');

@@ -20,6 +20,7 @@
 // claimed, where a read chunk was read from) over real buffers.
 import type { ActionLabel } from '../explorer/behaviour.ts';
 import { SpecError } from '../explorer/errors.ts';
+import { formatLabel } from '../explorer/label.ts';
 import { fleecingModel, type FleecingAction, type FleecingBehaviour } from '../models/fleecing/model.ts';
 import type { Scheme } from '../models/fleecing/scheme.ts';
 import { rangeMask, type FleecingState } from '../models/fleecing/state.ts';
@@ -52,6 +53,10 @@ export interface FleecingScenario {
   readonly failingCopies?: readonly number[];
   /** copy-before-write's on-cbw-error (default break-guest-write, as in QEMU). */
   readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
+  /** At most one snapshot discard D0 (NBD_CMD_TRIM on the fleecing export), whole clusters.
+   * It follows the reference's discard, which frees the target range only once no snapshot read
+   * is reading it from there (model parameter discardWaitsTargetReads; QEMU frees it at once). */
+  readonly discards?: readonly ScenarioRequest[];
 }
 
 export const CLUSTER = 65536;
@@ -134,6 +139,17 @@ export const DEFAULT_SCENARIOS: readonly FleecingScenario[] = [
     kinds: ['cbw'],
     note: 'copy-before-write graphs only: on-cbw-error and its failure paths are copy-before-write\'s (the failure is injected at the block-copy target write through a breakpoint)',
   },
+  {
+    id: '1w1r1d-discard',
+    title: 'a snapshot discard of the cluster a guest write copies and a snapshot read may be reading from the target (the discard frees the target only after that read)',
+    clusterSize: CLUSTER,
+    clusters: 1,
+    writes: [{ offset: 0, length: CLUSTER }],
+    reads: [{ offset: 0, length: CLUSTER }],
+    discards: [{ offset: 0, length: CLUSTER }],
+    kinds: ['cbw'],
+    note: 'copy-before-write graphs only: snapshot discard is the snapshot-access API\'s',
+  },
 ];
 
 /** Which clusters [first, last) a request touches. */
@@ -175,7 +191,7 @@ export interface BlockedStep {
   /** The actors it waits for, each with its own next action: `R0.read`, `W1.copyWrite`. */
   readonly waitsFor: readonly string[];
   /** Which wait, in the implementation's terms. */
-  readonly wait: 'block-copy-inflight' | 'frozen-reads' | 'serialising-target-write' | 'serialising-read' | 'cow-request';
+  readonly wait: 'block-copy-inflight' | 'frozen-reads' | 'serialising-target-write' | 'serialising-read' | 'cow-request' | 'target-reads';
   /** S3 only: the serialising request the actor waits for is itself waiting, which
    * bdrv_find_conflicting_request skips (§2.1 rule c) and the model does not: the model is
    * stricter than the implementation here, so such a step proves nothing. */
@@ -199,6 +215,18 @@ export interface ScenarioModel {
   /** Executions to drive: fused, partial-order and symmetry reduced (each reduction can be
    * turned off), in a deterministic order. */
   executions(options?: { limit?: number; por?: boolean; symmetry?: boolean }): ScenarioExecution[];
+  /** Extra executions for the blocking check: partial-order reduction keeps every trace but not
+   * every state, so a state where an actor waits may be on no driven interleaving (the orders
+   * that pass through it are equivalent to one that does not). For each waiting situation
+   * (actor, wait, its pending step, what it waits for) reachable in the fused model and met by
+   * none of `driven`, one execution through it: the shortest prefix to it, then the first
+   * enabled step of each state. Indexes continue after `driven`. */
+  blockingExecutions(driven: readonly ScenarioExecution[]): ScenarioExecution[];
+}
+
+/** What makes two blocked steps the same situation for the blocking check. */
+export function blockedSituation(b: BlockedStep): string {
+  return `${b.actor} ${b.wait} ${formatLabel(b.label)} for ${[...b.waitsFor].sort().join(',')}`;
 }
 
 const actorOf = (a: FleecingAction): string => {
@@ -207,6 +235,7 @@ const actorOf = (a: FleecingAction): string => {
   switch (a.kind as string) {
     case 'submit': case 'serialise': case 'copyWrite': case 'copyFail': case 'write': return `W${(a as { w: number }).w}`;
     case 'start': case 'lookup': case 'lock': case 'read': return `R${(a as { r: number }).r}`;
+    case 'discard': return 'D0';
     default: return `other:${a.kind}`;
   }
 };
@@ -223,12 +252,17 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
   }
   for (const x of [...ws, ...rs]) if (x.first + x.count > sc.clusters) throw new SpecError(`scenario ${sc.id}: a request leaves the region`, scheme.name);
   const failing = new Set(sc.failingCopies ?? []);
+  const ds = (sc.discards ?? []).map((d) => clusterSpan(d, sc.clusterSize));
+  if (ds.length > 1) throw new SpecError(`scenario ${sc.id}: at most one snapshot discard`, scheme.name);
+  if (ds.length && (kind !== 'cbw' || ds[0]!.count !== 1 || sc.discards![0]!.offset % sc.clusterSize || sc.discards![0]!.length !== sc.clusterSize)) {
+    throw new SpecError(`scenario ${sc.id}: a snapshot discard is one whole cluster of a copy-before-write graph`, scheme.name);
+  }
   if (failing.size && kind !== 'cbw') throw new SpecError(`scenario ${sc.id}: failing copies need a copy-before-write graph`, scheme.name);
   const base = fleecingModel(scheme, {
     clusters: sc.clusters, writers: sc.writes.length, readers: sc.reads.length, writeSize, readSize,
-    bitmap: false, discard: false, cbwFailures: failing.size, onCbwError: sc.onCbwError ?? 'break-guest-write',
+    bitmap: false, discard: ds.length > 0, discardWaitsTargetReads: ds.length > 0, cbwFailures: failing.size, onCbwError: sc.onCbwError ?? 'break-guest-write',
   });
-  const actors = [...sc.writes.map((_, i) => `W${i}`), ...sc.reads.map((_, i) => `R${i}`)];
+  const actors = [...sc.writes.map((_, i) => `W${i}`), ...sc.reads.map((_, i) => `R${i}`), ...ds.map((_, i) => `D${i}`)];
 
   /** The model's enabled actions restricted to the scenario's clusters, per actor. */
   const restricted = (s: FleecingState): Map<string, FleecingAction> => {
@@ -240,6 +274,7 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
       // never fail.
       if (a.kind === 'copyFail' && !failing.has(a.w)) continue;
       if (a.kind === 'copyWrite' && failing.has(a.w)) continue;
+      if (a.kind === 'discard' && !a.punch && a.off !== ds[0]!.first) continue;
       const who = actorOf(a);
       if (out.has(who)) throw new SpecError(`internal: actor ${who} has two enabled actions`, scheme.name);
       out.set(who, a);
@@ -318,6 +353,12 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
         out.push({ actor, action, label: base.label(action), waitsFor: s.writers.flatMap((w, j) => (inflightOf(w) & m ? [next(`W${j}`)] : [])), wait: 'cow-request' });
       }
     });
+    const d = s.discarder;
+    if (d?.pc === 'waiting' && !en.has('D0')) {
+      const action: FleecingAction = { kind: 'discard', off: d.off, punch: true };
+      const waitsFor = s.readers.flatMap((r, j) => (r.pc === 'read' && r.fromTarget && d.off >= r.pos && d.off < r.pos + r.n ? [next(`R${j}`)] : []));
+      out.push({ actor: 'D0', action, label: base.label(action), waitsFor, wait: 'target-reads' });
+    }
     return out;
   };
 
@@ -339,6 +380,7 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
   const classOf = new Map<string, string>();
   sc.writes.forEach((w, i) => classOf.set(`W${i}`, `W:${w.offset}:${w.length}:${w.zeroes ? 'z' : 'd'}`));
   sc.reads.forEach((r, i) => classOf.set(`R${i}`, `R:${r.offset}:${r.length}`));
+  ds.forEach((_, i) => classOf.set(`D${i}`, `D${i}`));
   const canonical = (seq: readonly string[]): string => {
     const rename = new Map<string, string>();
     const used = new Map<string, number>();
@@ -354,6 +396,59 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
       return n;
     }).join(' ');
   };
+
+  function execution(index: number, path: readonly ScenarioStep[], final: FleecingState): ScenarioExecution {
+    let violation: string | undefined;
+    const violated = new Set<string>();
+    for (const st of path) {
+      for (const inv of base.invariants) {
+        const msg = inv.check(st.after);
+        if (!msg) continue;
+        violated.add(inv.name);
+        violation ??= `${inv.name}: ${msg}`;
+      }
+    }
+    return { index, steps: [...path], final, deadlocked: base.pending(final), violation, violated: [...violated] };
+  }
+
+  function blockingExecutions(driven: readonly ScenarioExecution[]): ScenarioExecution[] {
+    const covered = new Set<string>();
+    for (const ex of driven) for (const st of ex.steps) for (const b of blocked(st.before)) covered.add(blockedSituation(b));
+    // Breadth first over the fused model's states: the first path to each situation is a
+    // shortest one.
+    const key = (s: FleecingState) => base.key(s, false);
+    const start = base.initial()[0]!;
+    const prefix = new Map<string, readonly ScenarioStep[]>([[key(start), []]]);
+    const targets: { situation: string; state: FleecingState; path: readonly ScenarioStep[] }[] = [];
+    for (let frontier = [start]; frontier.length; ) {
+      const next: FleecingState[] = [];
+      for (const s of frontier) {
+        const path = prefix.get(key(s))!;
+        for (const b of blocked(s)) {
+          const situation = blockedSituation(b);
+          if (covered.has(situation)) continue;
+          covered.add(situation);
+          targets.push({ situation, state: s, path });
+        }
+        for (const st of steps(s)) {
+          const k = key(st.after);
+          if (prefix.has(k)) continue;
+          prefix.set(k, [...path, st]);
+          next.push(st.after);
+        }
+      }
+      frontier = next;
+    }
+    return targets.map((t, i) => {
+      const path = [...t.path];
+      let s = t.state;
+      for (let en = steps(s); en.length; en = steps(s)) {
+        path.push(en[0]!);
+        s = en[0]!.after;
+      }
+      return execution(driven.length + i, path, s);
+    });
+  }
 
   function executions(options: { limit?: number; por?: boolean; symmetry?: boolean } = {}): ScenarioExecution[] {
     const limit = options.limit ?? 20_000;
@@ -377,17 +472,7 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
         if (seen.has(c)) return;
         seen.add(c);
         if (out.length >= limit) throw new SpecError(`scenario ${sc.id}: more than ${limit} interleavings; make it smaller`, scheme.name);
-        let violation: string | undefined;
-        const violated = new Set<string>();
-        for (const st of path) {
-          for (const inv of base.invariants) {
-            const msg = inv.check(st.after);
-            if (!msg) continue;
-            violated.add(inv.name);
-            violation ??= `${inv.name}: ${msg}`;
-          }
-        }
-        out.push({ index: out.length, steps: [...path], final: s, deadlocked: base.pending(s), violation, violated: [...violated] });
+        out.push(execution(out.length, path, s));
         return;
       }
       const done: ScenarioStep[] = [];
@@ -414,6 +499,7 @@ export function scenarioModel(scheme: Scheme, sc: FleecingScenario): ScenarioMod
     countModelPaths: () => countPaths((s) => [...restricted(s).values()].map((a) => base.step(s, a))),
     countFusedPaths: () => countPaths((s) => steps(s).map((x) => x.after)),
     executions,
+    blockingExecutions,
   };
 }
 

@@ -29,6 +29,10 @@ export const BREAKPOINT_EVENTS = [
   'snapshot-read-lock',
   /** snapshot read: data read, about to release the lock. */
   'snapshot-read-unlock',
+  /** snapshot discard: access and copy bits dropped, about to wait for reads of the target range. */
+  'snapshot-discard-wait',
+  /** snapshot discard: no read of the range left on the target, about to free it. */
+  'snapshot-discard-target',
 ] as const;
 export type BreakpointEvent = (typeof BREAKPOINT_EVENTS)[number];
 

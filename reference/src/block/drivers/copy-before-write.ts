@@ -287,7 +287,10 @@ export class CopyBeforeWriteNode extends BlockNode {
     if (end <= start) return;
     this.accessBitmap.setRange(start, end - start, false);
     this.bcs.reset(start, end - start);
+    const bp = this.breakpoints;
+    if (bp.armed) await bp.reach('snapshot-discard-wait', this.nodeName, start, end - start);
     await this.targetReadReqs.waitAll(start, end - start);
+    if (bp.armed) await bp.reach('snapshot-discard-target', this.nodeName, start, end - start);
     await this.target.discard(start, end - start);
   }
 
