@@ -13,6 +13,10 @@
 // Since only X moves, the implementation is deterministic between steps, and the order of the
 // model is the order of the implementation. Replies are then compared byte for byte with the
 // model's prediction.
+// The blocking check (checkBlocked): before each step, each request the model has wait
+// (ScenarioModel.blocked) is let go towards the first event past its wait and must not reach it
+// within BLOCKED_GRACE_MS; it then stays let go, is re-checked at later states, and is picked up
+// at that event once the model gives it its step.
 import type { FleecingState } from '../../spec/models/fleecing/state.ts';
 import { formatLabel } from '../../spec/explorer/label.ts';
 import { predict, snapshotBytes, writeBytes, type BlockedStep, type FleecingScenario, type ScenarioExecution, type ScenarioModel, type ScenarioStep } from '../../spec/scenarios/fleecing.ts';
