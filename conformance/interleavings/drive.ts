@@ -282,11 +282,15 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
   const skip = (why: BlockedSkip) => void (blocking.skipped[why] = (blocking.skipped[why] ?? 0) + 1);
   /** Tags armed and not hit yet, by actor and event. */
   const armedBy = new Map<string, { actor: string; event: string }>();
-  const clustersOf = (actor: string) => {
+  /** The range a request's hits at `event` carry: its own bytes for copy-before-write's request
+   * events, its clusters for block-copy's tasks and everything else. */
+  const hitRange = (actor: string, event: string) => {
     const { offset, length } = rangeOf(actor);
+    if (REQUEST_EVENTS.has(event)) return { lo: offset, hi: offset + length };
     const cs = sc.clusterSize;
     return { lo: Math.floor(offset / cs) * cs, hi: Math.ceil((offset + length) / cs) * cs };
   };
+  const overlapping = (a: { lo: number; hi: number }, b: { lo: number; hi: number }) => a.lo < b.hi && b.lo < a.hi;
   const arm = async (actor: string, event: string, tag: string) => {
     const { offset, length } = rangeOf(actor);
     // Writers: block-copy works on whole clusters; the filter is the writer's own range,
@@ -317,12 +321,44 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
   };
   const throughWait = (where: string, actor: string, what: string, b: BlockedStep) =>
     new StepFailure(`${where}: ${actor} reached ${what} while the model has it waiting for ${b.waitsFor.join(' and ') || '(nobody)'} (${WAIT_TEXT[b.wait]})`);
+  /** A guest write not submitted yet that waits for another's in-flight copy of its clusters
+   * (block_copy_wait_one): sent with the event that ends its submit step armed. It may go only
+   * when nothing can confuse the breakpoints: it claims nothing once let go (so it crosses no
+   * block-copy task event), the copy it waits for cannot fail (then it would copy itself), and no
+   * other unfinished writer's byte range overlaps its own (every writer arms that event). */
+  const trySubmit = async (b: BlockedStep, run: ActorRun, where: string, s: FleecingState) => {
+    const event = ctx.mapping.writerBeforeWrite;
+    const w = Number(b.actor.slice(1));
+    const claims = m.base.step(s, b.action).writers[w]!.claim !== 0;
+    const failing = new Set(sc.failingCopies ?? []);
+    const blockerMayFail = b.waitsFor.some((x) => x.startsWith('W') && failing.has(Number(x.slice(1, x.indexOf('.')))));
+    if (run.submitted || b.wait !== 'block-copy-inflight' || claims || blockerMayFail) { skip('unsubmitted'); return; }
+    const mine = hitRange(b.actor, event);
+    const shared = s.writers.some((o, j) => `W${j}` !== b.actor && o.pc !== 'done' && o.pc !== 'failed' && overlapping(hitRange(`W${j}`, event), mine));
+    if (shared) { skip('shared-event'); return; }
+    const tag = `${b.actor}-${++tagSeq}`;
+    await arm(b.actor, event, tag);
+    submit(b.actor, run);
+    log(b.actor, `(blocking check: the model has ${b.actor} waiting for ${b.waitsFor.join(' and ')})`);
+    blocking.tried++;
+    const got = await graceWait(tag, run);
+    if (got) {
+      log(b.actor, `reached ${got}`);
+      throw throughWait(where, b.actor, got, b);
+    }
+    blocking.held++;
+    run.held = { tag, event, why: b.waitsFor.join(' and ') };
+    log(b.actor, `held: not at ${event} ${ctx.blockedGraceMs} ms after it was sent`);
+  };
   const checkBlocked = async (s: FleecingState, where: string) => {
     if (ctx.blockedGraceMs <= 0) return;
     const enabled = new Set(m.steps(s).map((x) => x.actor));
     const blockedNow = m.blocked(s);
+    // A copy released towards its park point may be ahead of the model: what it lets go on in
+    // the implementation, the model may not have let go yet.
+    const ahead = [...runs].some(([a, r]) => r.running !== undefined && enabled.has(a));
     // Requests let go earlier and still waiting in the model: not at their event yet.
-    for (const b of blockedNow) {
+    for (const b of ahead ? [] : blockedNow) {
       const run = runs.get(b.actor)!;
       const tag = run.held?.tag ?? (run.watched ? run.running?.tag : undefined);
       if (!tag) continue;
@@ -333,7 +369,6 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       }
       blocking.rechecked++;
     }
-    const ahead = [...runs].some(([a, r]) => r.running !== undefined && enabled.has(a));
     for (const b of blockedNow) {
       const run = runs.get(b.actor)!;
       if (run.held || run.watched) continue;
@@ -353,16 +388,15 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       }
       if (ahead) { skip('ahead-of-model'); continue; }
       if (b.blockerWaiting) { skip('blocker-waiting'); continue; }
+      if (b.action.kind === 'submit') {
+        await trySubmit(b, run, where, s);
+        continue;
+      }
       const isDiscard = b.action.kind === 'discard';
       if ((b.action.kind !== 'write' && !isDiscard) || !run.parked) { skip('unsubmitted'); continue; }
       const event = isDiscard ? ctx.mapping.discardPastWait : ctx.mapping.writerPastWait;
       const path = isDiscard || run.parkedEvent === ctx.mapping.writerBeforeWaitBroken ? [event] : [ctx.mapping.writerBeforeWaitBroken, event];
-      const mine = clustersOf(b.actor);
-      const clash = [...armedBy.values()].some((x) => {
-        if (x.actor === b.actor || !path.includes(x.event)) return false;
-        const o = clustersOf(x.actor);
-        return o.lo < mine.hi && mine.lo < o.hi;
-      });
+      const clash = [...armedBy.values()].some((x) => x.actor !== b.actor && path.includes(x.event) && overlapping(hitRange(x.actor, x.event), hitRange(b.actor, x.event)));
       if (clash) { skip('shared-event'); continue; }
       const tag = `${b.actor}-${++tagSeq}`;
       await arm(b.actor, event, tag);
@@ -408,6 +442,8 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
           throw new StepFailure(`${stepName}: ${st.actor} finished (${what}) without parking at ${held.event}`);
         }
         onHit(st.actor, run, held.tag, first.hit);
+        // Its step ends exactly where it was held (a submit let go towards cbw-done-set).
+        if (plan.await === 'hit' && plan.arm === held.event) continue;
       }
       let tag: string | undefined;
       if (run.running && plan.arm === run.running.event) {
@@ -538,6 +574,9 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
 }
 
 class StepFailure extends Error {}
+
+/** Events whose hits carry the guest request's own byte range (copy-before-write.ts). */
+const REQUEST_EVENTS: ReadonlySet<string> = new Set(['cbw-done-set', 'cbw-wait-readers', 'cbw-source-write']);
 
 /** Each wait of the model, in the implementation's terms. */
 const WAIT_TEXT: Readonly<Record<BlockedStep['wait'], string>> = {

@@ -18,7 +18,8 @@ export const BREAKPOINT_EVENTS = [
   'cbw-source-read',
   /** block-copy: about to write the old data to the target. */
   'cbw-target-write',
-  /** copy-before-write: done bits set for the range. */
+  /** copy-before-write: done bits set for the clusters of a guest request (the hit carries the
+   * request's own range, as do cbw-wait-readers and cbw-source-write). */
   'cbw-done-set',
   /** copy-before-write: about to wait for snapshot readers of the range (after the copy, or at
    * once when the snapshot is already broken). */

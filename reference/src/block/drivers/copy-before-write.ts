@@ -143,7 +143,7 @@ export class CopyBeforeWriteNode extends BlockNode {
       // be reading these clusters from the source: without this wait it returns the data this
       // write is about to land (post-snapshot data from a successful read). Waiting costs
       // nothing once no reader is left (later reads fail with EACCES at lock time).
-      if (this.breakpoints.armed) await this.breakpoints.reach('cbw-wait-readers', this.nodeName, start, end - start);
+      if (this.breakpoints.armed) await this.breakpoints.reach('cbw-wait-readers', this.nodeName, offset, bytes);
       await this.waitFrozenReads(start, end);
       return;
     }
@@ -163,8 +163,10 @@ export class CopyBeforeWriteNode extends BlockNode {
     if (!failed) this.doneBitmap.setRange(start, end - start, true);
     const bp = this.breakpoints;
     if (bp.armed) {
-      if (!failed) await bp.reach('cbw-done-set', this.nodeName, start, end - start);
-      await bp.reach('cbw-wait-readers', this.nodeName, start, end - start);
+      // The guest request's own range (not its clusters'), so a breakpoint filter tells apart two
+      // requests into one cluster (block-copy's task events are per cluster).
+      if (!failed) await bp.reach('cbw-done-set', this.nodeName, offset, bytes);
+      await bp.reach('cbw-wait-readers', this.nodeName, offset, bytes);
     }
     await this.waitFrozenReads(start, end);
   }
