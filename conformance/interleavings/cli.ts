@@ -2,7 +2,7 @@
 // per-interleaving report (the `fleece conform --suite interleavings` cases carry the summary):
 //   fleece interleave [--target T]... [--scenario ID]... [--interleaving N]...
 //        [--scheme s1|s3|s4|KNOWN-BAD] [--mode breakpoints|submission-orders] [--delay MS]
-//        [--step-timeout MS] [--no-reduction] [--json] [--out DIR] [--list]
+//        [--step-timeout MS] [--blocked-grace MS] [--no-reduction] [--json] [--out DIR] [--list]
 // Writes DIR/interleavings/<target>.json (default DIR: reports/). Exit 0 when every interleaving
 // agrees and no snapshot read returned post-snapshot data, 1 otherwise, 2 on a usage or harness
 // error.
@@ -19,12 +19,14 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 const USAGE = `usage: fleece interleave [--target T]... [--scenario ID]... [--interleaving N]...
          [--scheme S] [--mode breakpoints|submission-orders] [--delay MS] [--step-timeout MS]
-         [--no-reduction] [--json] [--out DIR] [--list]
+         [--blocked-grace MS] [--no-reduction] [--json] [--out DIR] [--list]
   --no-reduction  drive every path of the fused model, not one per trace and symmetry class
+  --blocked-grace how long a request the model has wait is given to get past its wait (default
+                  100 ms, a bound: a waiting implementation never gets there); 0: no blocking check
   targets:   ${Object.keys(INTERLEAVING_TARGETS).join(', ')} (default: reference)
   scenarios: ${DEFAULT_SCENARIOS.map((s) => s.id).join(', ')} (default: all)
   schemes:   the target's own (reference s4, reference-legacy s3, reference-racy s1,
-             reference-hbitmap-status s4-qemu-7.2-hbitmap-status), or any of
+             reference-hbitmap-status s4-qemu-7.2-hbitmap-status, reference-no-read-wait s4), or any of
              ${SCHEMES.map((s) => s.name).join(', ')} to check the checker`;
 
 export async function main(argv: readonly string[]): Promise<number> {
@@ -35,6 +37,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   let mode: 'breakpoints' | 'submission-orders' | undefined;
   let delay: number | undefined;
   let stepTimeoutMs: number | undefined;
+  let blockedGraceMs: number | undefined;
   let json = false;
   let noReduction = false;
   let list = false;
@@ -79,6 +82,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         }
         case '--delay': delay = num(); break;
         case '--step-timeout': stepTimeoutMs = num(); break;
+        case '--blocked-grace': blockedGraceMs = num(); break;
         case '--json': json = true; break;
         case '--no-reduction': noReduction = true; break;
         case '--list': list = true; break;
@@ -111,6 +115,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         ...(only.length ? { only } : {}),
         ...(delay !== undefined ? { sourceReadDelayMs: delay } : {}),
         ...(stepTimeoutMs !== undefined ? { stepTimeoutMs } : {}),
+        ...(blockedGraceMs !== undefined ? { blockedGraceMs } : {}),
         ...(noReduction ? { reduction: 'none' as const } : {}),
       });
     } catch (e) {
@@ -130,8 +135,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     log.write(`report: ${path.relative(process.cwd(), file)}\n`);
   }
   const total = Object.values(all).flat();
-  const sum = (k: keyof ScenarioReport['counts']) => total.reduce((a, r) => a + r.counts[k], 0);
+  type NumericCount = Exclude<keyof ScenarioReport['counts'], 'blockedSkipped'>;
+  const sum = (k: NumericCount) => total.reduce((a, r) => a + r.counts[k], 0);
   log.write(`${sum('enumerated')} interleavings enumerated, ${sum('executed')} executed, ${sum('agreeing')} agreeing, ${sum('disagreeing')} disagreeing, ${sum('implViolations')} with post-snapshot data\n`);
+  log.write(`blocking check: ${sum('blockedTried')} blocked steps let go, ${sum('blockedHeld')} held (${sum('blockedRechecked')} later re-checks)\n`);
   const cov: Record<string, number> = {};
   for (const r of total) for (const [k, n] of Object.entries(r.coverage.actions)) cov[k] = (cov[k] ?? 0) + n;
   const never = Object.entries(cov).filter(([, n]) => n === 0).map(([k]) => k);

@@ -12,9 +12,17 @@ export function countsLine(r: ScenarioReport): string {
   if (r.skipped) return `${r.id}: skipped (${r.skipped})`;
   const head =
     r.mode === 'breakpoints'
-      ? `${c.modelPaths} model paths, ${c.fusedPaths} after fusing atomic steps, ${c.enumerated} enumerated ${r.reduction === 'none' ? '(no further reduction)' : 'after partial-order and symmetry reduction'}; ${c.executed} executed, ${c.agreeing} agreeing, ${c.disagreeing} disagreeing`
+      ? `${c.modelPaths} model paths, ${c.fusedPaths} after fusing atomic steps, ${c.enumerated} enumerated ${r.reduction === 'none' ? '(no further reduction)' : 'after partial-order and symmetry reduction'}${c.blockingExtra ? ` + ${c.blockingExtra} through waiting states the reduction skips` : ''}; ${c.executed} executed, ${c.agreeing} agreeing, ${c.disagreeing} disagreeing`
       : `${c.enumerated} model interleavings (${c.modelPaths} paths); ${c.executed} runs, ${c.agreeing} explained by the model, ${c.disagreeing} not`;
-  return `${r.id} [${r.target} vs ${r.scheme}]: ${head}; model violates the invariant on ${c.modelViolations}, the implementation returned post-snapshot data on ${c.implViolations}`;
+  return `${r.id} [${r.target} vs ${r.scheme}]: ${head}; model violates the invariant on ${c.modelViolations}, the implementation returned post-snapshot data on ${c.implViolations}${r.mode === 'breakpoints' ? `; ${blockingLine(r)}` : ''}`;
+}
+
+/** The blocking check's counts: "blocking check: 12 blocked steps let go, 12 held (3 re-checks);
+ * not tried: 4 unsubmitted". */
+export function blockingLine(r: ScenarioReport): string {
+  const c = r.counts;
+  const skipped = Object.entries(c.blockedSkipped).map(([k, n]) => `${n} ${k}`).join(', ');
+  return `blocking check: ${c.blockedTried} blocked steps let go, ${c.blockedHeld} held (${c.blockedRechecked} later re-checks)${skipped ? `; not tried: ${skipped}` : ''}`;
 }
 
 export function coverageLine(r: ScenarioReport): string {

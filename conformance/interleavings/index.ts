@@ -1,6 +1,7 @@
 // The interleavings suite (issue 7) in `fleece conform`: one case per default scenario. A case
 // runs every model interleaving of the scenario against the fleecing graph the target names
-// (reference, reference-legacy, reference-racy, reference-hbitmap-status: breakpoints; qemu,
+// (reference, reference-legacy, reference-racy, reference-hbitmap-status, reference-no-read-wait:
+// breakpoints, with the blocking check; qemu,
 // qemu-legacy and qemu-storage-daemon: submission orders) and records the counts, coverage,
 // disagreements with both traces side by side and replay commands in the shared reports.
 import type { CaseDef, Suite } from '../runner/model.ts';
@@ -33,8 +34,8 @@ const cases: CaseDef<InterleavingsEnv>[] = DEFAULT_SCENARIOS.map((sc) => ({
   description:
     'Every interleaving of the scenario that the spec model of the target\'s scheme allows (S4 for copy-before-write, S3 for serialised legacy, S1 for the unsafe legacy option, s4-qemu-7.2-hbitmap-status for the unsafe cbw option), ' +
     'driven over real NBD connections by holding and releasing breakpoints through QMP in the model\'s order (targets without breakpoints: every order of submission and pipelining, with a delay under the source); ' +
-    'every reply compared with the model\'s prediction.',
-  expectation: 'The implementation agrees with the model on every interleaving, and no snapshot read returns post-snapshot data.',
+    'every reply compared with the model\'s prediction. With breakpoints, every request the model has wait at a state (for a frozen read, a serialising copy, a read of the target range) is also let go and must not get past its wait until the model lets it (the blocking check; counts of blocked steps let go and held in the observations).',
+  expectation: 'The implementation agrees with the model on every interleaving, takes no step the model has wait, and no snapshot read returns post-snapshot data.',
   async run(ctx) {
     const target = ctx.env.target;
     if (!target) return ctx.skip(ctx.env.reason ?? `no fleecing graph for target ${ctx.target.name}`);

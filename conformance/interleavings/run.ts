@@ -13,7 +13,7 @@ import { Cmd, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
 import { open } from '../nbd/session.ts';
 import type { WireLog } from '../nbd/wirelog.ts';
-import { DEFAULT_MAPPING, HitWatcher, driveInterleaving, type InterleavingResult, type Mapping } from './drive.ts';
+import { BLOCKED_GRACE_MS, DEFAULT_MAPPING, HitWatcher, driveInterleaving, type BlockedSkip, type InterleavingResult, type Mapping } from './drive.ts';
 import { INTERLEAVING_TARGETS, startSetup, type InterleavingTargetName, type Setup } from './setup.ts';
 
 // Each target's scheme by name; a known-bad target refines the model variant with its bug.
@@ -26,6 +26,9 @@ export interface ScenarioCounts {
   fusedPaths: number;
   /** After partial-order and symmetry reduction: the interleavings to drive. */
   enumerated: number;
+  /** Interleavings driven on top, each through a waiting state no reduced one visits (for the
+   * blocking check; ScenarioModel.blockingExecutions). */
+  blockingExtra: number;
   executed: number;
   agreeing: number;
   disagreeing: number;
@@ -33,6 +36,13 @@ export interface ScenarioCounts {
   modelViolations: number;
   /** Interleavings where the implementation returned post-snapshot data. */
   implViolations: number;
+  /** The blocking check, summed over the executed interleavings: steps the model forbids that
+   * were let go on the implementation, how many of them held (did not reach their event), how
+   * many later states re-checked an already let-go request, and the ones not tried, by reason. */
+  blockedTried: number;
+  blockedHeld: number;
+  blockedRechecked: number;
+  blockedSkipped: Partial<Record<BlockedSkip, number>>;
 }
 
 export interface Coverage {
@@ -77,6 +87,8 @@ export interface RunInterleavingsOptions {
   /** Only these interleaving indexes (replay). */
   only?: readonly number[];
   stepTimeoutMs?: number;
+  /** The blocking check's grace period (default BLOCKED_GRACE_MS); 0: no blocking check. */
+  blockedGraceMs?: number;
   /** Submission-orders mode: read delay under the source, ms (default 20). */
   sourceReadDelayMs?: number;
   /** Default: breakpoints when the target has them, else submission orders. */
@@ -108,42 +120,66 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
       reduction: o.reduction ?? 'por',
       replay: replayCommand(target.name, sc.id, o.scheme ? scheme.name : undefined, o.reduction === 'none'),
     };
-    if (sc.kinds && !sc.kinds.includes(scheme.kind)) {
-      out.push({ ...base, counts: zeroCounts(), coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: 0, skipped: sc.note ?? `not for ${scheme.kind} graphs` });
+    const skipWhy = sc.kinds && !sc.kinds.includes(scheme.kind)
+      ? sc.note ?? `not for ${scheme.kind} graphs`
+      : sc.failingCopies?.length && mode !== 'breakpoints'
+        ? 'failing copies are injected at a breakpoint (x-breakpoint-resume errno), which this target does not have'
+        : sc.discards?.length && !target.name.startsWith('reference')
+          ? "the scenario's snapshot discard follows the reference's, which waits for reads of the target range (QEMU's cbw_co_pdiscard_snapshot does not)"
+          : undefined;
+    if (skipWhy) {
+      out.push({ ...base, counts: zeroCounts(), coverage: { actions: {}, neverTaken: [], events: {} }, interleavings: [], durationMs: 0, skipped: skipWhy });
       continue;
     }
     const m = scenarioModel(scheme, sc);
-    const all = o.reduction === 'none' ? m.executions({ por: false, symmetry: false }) : m.executions();
-    const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: all.length, modelViolations: all.filter((e) => e.violation).length };
+    const reduced = o.reduction === 'none' ? m.executions({ por: false, symmetry: false }) : m.executions();
+    // The blocking check also needs the waiting states the reduction skips (see
+    // blockingExecutions): a few more interleavings, each through one of them.
+    const blockingOn = mode === 'breakpoints' && (o.blockedGraceMs ?? BLOCKED_GRACE_MS) > 0;
+    const extra = blockingOn ? m.blockingExecutions(reduced) : [];
+    const all = [...reduced, ...extra];
+    const counts: ScenarioCounts = { ...zeroCounts(), modelPaths: m.countModelPaths(), fusedPaths: m.countFusedPaths(), enumerated: reduced.length, blockingExtra: extra.length, modelViolations: all.filter((e) => e.violation).length };
     if (o.only && mode === 'breakpoints') counts.modelViolations = all.filter((e) => o.only!.includes(e.index) && e.violation).length;
     try {
       if (mode === 'breakpoints') {
         const chosen = o.only ? all.filter((e) => o.only!.includes(e.index)) : all;
-        const results = await withSetup(target.name, sc, chosen.length, { ...(o.wire ? { wire: o.wire } : {}) }, async (setup, conns) => {
-          const hits = new HitWatcher(setup.qmp);
-          const named = (await setup.qmp.ok('query-named-block-nodes', {})) as { 'node-name': string; drv: string }[];
-          const cbw = named.find((n) => n.drv === 'copy-before-write')?.['node-name'];
-          if (!cbw) throw new Error(`${target.name}: no copy-before-write node in the graph (${named.map((n) => `${n['node-name']}:${n.drv}`).join(', ')})`);
-          const nodes = { cbw, temp: 'temp' };
-          try {
-            const rs: InterleavingResult[] = [];
-            for (let i = 0; i < chosen.length; i++) {
-              const ex = chosen[i]!;
-              const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 5000, hits, nodes }, ex, i, i * sc.clusters * sc.clusterSize);
-              rs.push(r);
-              o.onProgress?.(`${target.name} ${sc.id} #${ex.index} ${r.agree ? 'agrees' : 'DISAGREES'}${r.implViolation ? ' (post-snapshot data)' : ''}`);
-              const dead = setup.exited();
-              if (dead) throw new Error(`${target.name} exited (${dead}) during interleaving ${ex.index}:\n${setup.logs()}`);
+        // A snapshot broken by a failed copy under break-snapshot is broken for the whole node
+        // (snapshot_error), not per region: such a scenario gets one server per interleaving.
+        const perServer = sc.onCbwError === 'break-snapshot' && sc.failingCopies?.length ? [...chosen.map((e) => [e])] : [chosen];
+        const results: InterleavingResult[] = [];
+        for (const batch of perServer) {
+          results.push(...(await withSetup(target.name, sc, batch.length, { ...(o.wire ? { wire: o.wire } : {}) }, async (setup, conns) => {
+            const hits = new HitWatcher(setup.qmp);
+            const named = (await setup.qmp.ok('query-named-block-nodes', {})) as { 'node-name': string; drv: string }[];
+            const cbw = named.find((n) => n.drv === 'copy-before-write')?.['node-name'];
+            if (!cbw) throw new Error(`${target.name}: no copy-before-write node in the graph (${named.map((n) => `${n['node-name']}:${n.drv}`).join(', ')})`);
+            const nodes = { cbw, temp: 'temp' };
+            try {
+              const rs: InterleavingResult[] = [];
+              for (let i = 0; i < batch.length; i++) {
+                const ex = batch[i]!;
+                const r = await driveInterleaving({ model: m, qmp: setup.qmp, conns, mapping, stepTimeoutMs: o.stepTimeoutMs ?? 5000, hits, nodes, blockedGraceMs: o.blockedGraceMs ?? BLOCKED_GRACE_MS }, ex, i, i * sc.clusters * sc.clusterSize);
+                rs.push(r);
+                o.onProgress?.(`${target.name} ${sc.id} #${ex.index} ${r.agree ? 'agrees' : 'DISAGREES'}${r.implViolation ? ' (post-snapshot data)' : ''}`);
+                const dead = setup.exited();
+                if (dead) throw new Error(`${target.name} exited (${dead}) during interleaving ${ex.index}:\n${setup.logs()}`);
+              }
+              return rs;
+            } finally {
+              hits.stop();
             }
-            return rs;
-          } finally {
-            hits.stop();
-          }
-        });
+          })));
+        }
         counts.executed = results.length;
         counts.agreeing = results.filter((r) => r.agree).length;
         counts.disagreeing = counts.executed - counts.agreeing;
         counts.implViolations = results.filter((r) => r.implViolation).length;
+        for (const r of results) {
+          counts.blockedTried += r.blocking.tried;
+          counts.blockedHeld += r.blocking.held;
+          counts.blockedRechecked += r.blocking.rechecked;
+          for (const [k, n] of Object.entries(r.blocking.skipped) as [BlockedSkip, number][]) counts.blockedSkipped[k] = (counts.blockedSkipped[k] ?? 0) + n;
+        }
         out.push({ ...base, counts, coverage: coverageOf(m, results), interleavings: results, durationMs: Math.round(performance.now() - t0) });
       } else {
         const exploration = await exploreSubmissionOrders(target.name, m, o.sourceReadDelayMs ?? 20, o.onProgress, o.wire);
@@ -161,11 +197,12 @@ export async function runInterleavings(o: RunInterleavingsOptions): Promise<Scen
 }
 
 function zeroCounts(): ScenarioCounts {
-  return { modelPaths: 0, fusedPaths: 0, enumerated: 0, executed: 0, agreeing: 0, disagreeing: 0, modelViolations: 0, implViolations: 0 };
+  return { modelPaths: 0, fusedPaths: 0, enumerated: 0, blockingExtra: 0, executed: 0, agreeing: 0, disagreeing: 0, modelViolations: 0, implViolations: 0, blockedTried: 0, blockedHeld: 0, blockedRechecked: 0, blockedSkipped: {} };
 }
 
 function coverageOf(m: ScenarioModel, results: readonly InterleavingResult[]): Coverage {
-  const actions: Record<string, number> = Object.fromEntries(m.base.actionNames.filter((n) => n !== 'copyFail').map((n) => [n, 0]));
+  // copyFail is in the model's actions only when the scenario fails copies.
+  const actions: Record<string, number> = Object.fromEntries(m.base.actionNames.map((n) => [n, 0]));
   const events: Record<string, number> = {};
   for (const r of results) {
     for (const a of r.actions) actions[a] = (actions[a] ?? 0) + 1;
@@ -189,10 +226,11 @@ async function withSetup<T>(
   let setup: Setup | undefined;
   const conns = new Map<string, NbdConnection>();
   try {
-    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...(extra.sourceReadDelayMs ? { sourceReadDelayMs: extra.sourceReadDelayMs } : {}) }, parent);
+    setup = await startSetup(INTERLEAVING_TARGETS[name], { size: content.length, content, ...(sc.onCbwError ? { onCbwError: sc.onCbwError } : {}), ...(sc.discards?.length ? { snapshotDiscard: true } : {}), ...(extra.sourceReadDelayMs ? { sourceReadDelayMs: extra.sourceReadDelayMs } : {}) }, parent);
     const log = extra.wire ? { log: extra.wire } : {};
     for (let i = 0; i < sc.writes.length; i++) conns.set(`W${i}`, (await open(setup.nbd, { exportName: 'live', timeoutMs: 60_000, ...log })).conn);
     for (let i = 0; i < sc.reads.length; i++) conns.set(`R${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000, ...log })).conn);
+    for (let i = 0; i < (sc.discards ?? []).length; i++) conns.set(`D${i}`, (await open(setup.nbd, { exportName: 'fleece', timeoutMs: 60_000, ...log })).conn);
     return await f(setup, conns);
   } finally {
     for (const c of conns.values()) c.close();

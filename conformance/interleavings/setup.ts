@@ -15,7 +15,7 @@ import { ManagedProcess, requirePeer, waitListening } from '../targets/process.t
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-export type InterleavingTargetName = 'reference' | 'reference-legacy' | 'reference-racy' | 'reference-hbitmap-status' | 'qemu' | 'qemu-legacy';
+export type InterleavingTargetName = 'reference' | 'reference-legacy' | 'reference-racy' | 'reference-hbitmap-status' | 'reference-no-read-wait' | 'qemu' | 'qemu-legacy';
 
 export interface InterleavingTarget {
   readonly name: InterleavingTargetName;
@@ -34,6 +34,7 @@ export const INTERLEAVING_TARGETS: Readonly<Record<InterleavingTargetName, Inter
   'reference-legacy': { name: 'reference-legacy', summary: 'fleece serve, backup sync=none into an overlay backed by the source (serialised target writes)', scheme: 's3', graph: 'legacy', breakpoints: true, peers: [] },
   'reference-racy': { name: 'reference-racy', summary: 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (known bad)', scheme: 's1', graph: 'legacy', breakpoints: true, peers: [] },
   'reference-hbitmap-status': { name: 'reference-hbitmap-status', summary: "fleece serve, copy-before-write with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3; known bad)", scheme: 's4-qemu-7.2-hbitmap-status', graph: 'modern', breakpoints: true, peers: [] },
+  'reference-no-read-wait': { name: 'reference-no-read-wait', summary: 'fleece serve, copy-before-write with the UNSAFE x-no-frozen-read-wait (guest writes do not wait for frozen snapshot reads; known bad: only the blocking check sees it)', scheme: 's4', graph: 'modern', breakpoints: true, peers: [] },
   qemu: { name: 'qemu', summary: 'qemu-storage-daemon, copy-before-write + snapshot-access', scheme: 's4', graph: 'modern', breakpoints: false, peers: ['qemu-storage-daemon', 'qemu-img'] },
   'qemu-legacy': { name: 'qemu-legacy', summary: 'qemu-storage-daemon, blockdev-backup sync=none into a qcow2 temp backed by the source', scheme: 's3', graph: 'legacy', breakpoints: false, peers: ['qemu-storage-daemon', 'qemu-img'] },
 };
@@ -46,6 +47,11 @@ export interface SetupOptions {
   /** Read delay under the source, to widen windows (reference: the delay driver; QEMU: the
    * source is an NBD client of nbdkit --filter=delay). */
   readonly sourceReadDelayMs?: number;
+  /** copy-before-write's on-cbw-error (modern graphs; default: QEMU's, break-guest-write). */
+  readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
+  /** discard=unmap on the snapshot-access node and a writable snapshot export (§5.1), for
+   * snapshot discards (NBD_CMD_TRIM on the fleecing export). */
+  readonly snapshotDiscard?: boolean;
   readonly startTimeoutMs?: number;
 }
 
@@ -110,12 +116,14 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       bd(`driver=file,node-name=temp,filename=${tmp}`);
       // reference-hbitmap-status: QEMU 7.2's hbitmap_status bug (util/hbitmap.c) on purpose, so a
       // read straddling done and not-done clusters reads the done prefix from the source.
-      const bug = target.name === 'reference-hbitmap-status' ? ',x-hbitmap-status-bug=on' : '';
-      bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${bug}`);
-      bd('driver=snapshot-access,node-name=fl-access,file=fl-cbw');
+      // reference-no-read-wait: guest writes skip their wait for frozen reads, on purpose.
+      const bug = target.name === 'reference-hbitmap-status' ? ',x-hbitmap-status-bug=on' : target.name === 'reference-no-read-wait' ? ',x-no-frozen-read-wait=on' : '';
+      const onErr = o.onCbwError ? `,on-cbw-error=${o.onCbwError}` : '';
+      bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${onErr}${bug}`);
+      bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${o.snapshotDiscard ? ',discard=unmap' : ''}`);
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
-      args.push('--export', 'type=nbd,id=exp-fleece,node-name=fl-access,name=fleece');
+      args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${o.snapshotDiscard ? ',writable=on' : ''}`);
     } else if (reference) {
       const tmp = path.join(dir, 'tmp.raw');
       fs.writeFileSync(tmp, '');

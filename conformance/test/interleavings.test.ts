@@ -6,7 +6,7 @@
 // breakpoint placement and a model/implementation mismatch are disagreements with both traces;
 // qemu-storage-daemon reports the model interleavings its submission orders reached.
 import { describe, expect, it } from 'vitest';
-import { KNOWN_BAD, S1, S4_QEMU_HBITMAP_STATUS } from '../../spec/models/fleecing/scheme.ts';
+import { KNOWN_BAD, S1, S3, S4_QEMU_HBITMAP_STATUS } from '../../spec/models/fleecing/scheme.ts';
 import { DEFAULT_SCENARIOS, predict, scenarioModel, type ScenarioExecution } from '../../spec/scenarios/fleecing.ts';
 import { DEFAULT_MAPPING } from '../interleavings/drive.ts';
 import { originKey, runInterleavings, type ScenarioReport } from '../interleavings/run.ts';
@@ -79,21 +79,79 @@ describe('interleavings against fleece serve (breakpoints over QMP, requests ove
       const rs = await runInterleavings({ target });
       noErrors(rs);
       for (const r of ran(rs)) {
-        expect(r.counts.executed, `${target} ${r.id}`).toBe(r.counts.enumerated);
+        expect(r.counts.executed, `${target} ${r.id}`).toBe(r.counts.enumerated + r.counts.blockingExtra);
         expect(r.counts.agreeing, `${target} ${r.id}: ${r.interleavings.find((i) => !i.agree)?.disagreement}`).toBe(r.counts.executed);
         expect(r.counts.modelViolations + r.counts.implViolations).toBe(0);
         expect(r.counts.modelPaths).toBeGreaterThanOrEqual(r.counts.fusedPaths);
         expect(r.counts.fusedPaths).toBeGreaterThanOrEqual(r.counts.enumerated);
       }
+      // The blocking check: every blocked step let go held (the implementation waits where the
+      // model does), and there were some, in every scenario with a wait.
+      for (const r of ran(rs)) {
+        expect(r.counts.blockedHeld, `${target} ${r.id}`).toBe(r.counts.blockedTried);
+        expect(r.counts.blockedTried, `${target} ${r.id}`).toBeGreaterThan(0);
+      }
       // Model-action coverage: every action of the scheme is taken somewhere.
       const taken = new Set(ran(rs).flatMap((r) => Object.entries(r.coverage.actions).filter(([, n]) => n > 0).map(([k]) => k)));
-      const names = target === 'reference' ? ['submit', 'copyWrite', 'write', 'start', 'lock', 'read'] : ['submit', 'serialise', 'copyWrite', 'write', 'start', 'lookup', 'read'];
+      const names = target === 'reference' ? ['submit', 'copyWrite', 'copyFail', 'write', 'start', 'lock', 'read', 'discard'] : ['submit', 'serialise', 'copyWrite', 'write', 'start', 'lookup', 'read'];
       expect([...taken].sort()).toEqual(names.sort());
       const events = new Set(ran(rs).flatMap((r) => Object.keys(r.coverage.events)));
       expect(events.size).toBeGreaterThanOrEqual(3);
     }
     expect(performance.now() - t0).toBeLessThan(120_000);
   }, 150_000);
+
+  it('the blocking check fails a known-bad option that removes a wait, and only the blocking check sees it: reference-no-read-wait (x-no-frozen-read-wait) lets a guest write through while the model has it wait for a frozen read; reference-racy (x-unserialized-target-writes) lets the copy into temp through while S3 has it wait for the temp read', async () => {
+    const sc = byId('1w1r-same-cluster');
+    // A generous grace period: a request that skips its wait gets to its event at once, so the
+    // known-bad targets fail however loaded the machine is (a held request costs the full period,
+    // and there are few here).
+    const blockedGraceMs = 2000;
+    const [bad] = await runInterleavings({ target: 'reference-no-read-wait', scenarios: sc, blockedGraceMs });
+    noErrors([bad!]);
+    expect(bad!.scheme).toBe('s4');
+    expect(bad!.counts).toMatchObject({ executed: 2, disagreeing: 1, blockedTried: 1, blockedHeld: 0, implViolations: 0 });
+    const d = bad!.interleavings.find((i) => !i.agree)!;
+    expect(d.disagreement).toMatch(/^before step 4 R0\.read\(cluster=0, from=source\): W0 reached cbw-source-write \(BREAKPOINT_HIT W0-\d+\) while the model has it waiting for R0\.read \(.*reqlist_wait_all on frozen_read_reqs/);
+    expect(d.modelTrace.join('\n')).toMatch(/R0\.lock\(cluster=0\)[\s\S]*W0\.copyWrite\(\)[\s\S]*R0\.read/);
+    expect(d.wireTrace.map((w) => w.text).join('\n')).toMatch(/x-breakpoint-add cbw-source-write[\s\S]*x-breakpoint-resume .*blocking check[\s\S]*reached cbw-source-write/);
+    // Without the blocking check the same option passes: the driver never asks for the step.
+    const [unchecked] = await runInterleavings({ target: 'reference-no-read-wait', scenarios: sc, blockedGraceMs: 0 });
+    expect(unchecked!.counts).toMatchObject({ executed: 2, agreeing: 2, blockedTried: 0 });
+    // The snapshot stays broken on the same option under break-snapshot: the failed copy's wait.
+    const [broken] = await runInterleavings({ target: 'reference-no-read-wait', scenarios: byId('2w1r-fail-break-snapshot'), blockedGraceMs });
+    noErrors([broken!]);
+    expect(broken!.interleavings.filter((i) => !i.agree).map((i) => i.disagreement).join('\n')).toMatch(/W0 reached cbw-source-write .* while the model has it waiting for R0\.read/);
+    // The discard's wait for reads of the target range is on an interleaving the reduction skips
+    // (added for the blocking check); reference holds there.
+    const [discard] = await runInterleavings({ target: 'reference', scenarios: byId('1w1r1d-discard') });
+    noErrors([discard!]);
+    expect(discard!.counts).toMatchObject({ enumerated: 7, blockingExtra: 1, executed: 8, agreeing: 8 });
+    expect(discard!.interleavings[7]!.wireTrace.map((w) => w.text).join('\n')).toMatch(/NBD_CMD_TRIM[\s\S]*BREAKPOINT_HIT \S+ snapshot-discard-wait[\s\S]*x-breakpoint-add snapshot-discard-target[\s\S]*held/);
+
+    const [racy] = await runInterleavings({ target: 'reference-racy', scenarios: sc, scheme: S3, blockedGraceMs });
+    noErrors([racy!]);
+    expect(racy!.counts.disagreeing).toBeGreaterThan(0);
+    expect(racy!.interleavings.find((i) => !i.agree)!.disagreement).toMatch(/W0 reached cbw-done-set \(BREAKPOINT_HIT W0-\d+\) while the model has it waiting for R0\.read \(the serialising copy into the temp image waits for overlapping tracked reads: bdrv_wait_serialising_requests/);
+  }, 90_000);
+
+  it('failing copies, injected at the block-copy target write (x-breakpoint-resume errno): under break-guest-write the write fails with the model and the rewrite copies again; under break-snapshot later reads fail', async () => {
+    const [rewrite] = await runInterleavings({ target: 'reference', scenarios: byId('2w1r-fail-rewrite') });
+    noErrors([rewrite!]);
+    expect(rewrite!.counts).toMatchObject({ executed: 6, agreeing: 6, implViolations: 0 });
+    expect(rewrite!.coverage.actions['copyFail']).toBeGreaterThan(0);
+    const failedWrite = rewrite!.interleavings.flatMap((i) => i.wireTrace).find((w) => w.actor === 'W0' && w.text.startsWith('reply: error'));
+    expect(failedWrite?.text).toMatch(/reply: error EIO/);
+    expect(rewrite!.interleavings.flatMap((i) => i.wireTrace).some((w) => /x-breakpoint-resume \S+ errno EIO/.test(w.text))).toBe(true);
+
+    const [broken] = await runInterleavings({ target: 'reference', scenarios: byId('2w1r-fail-break-snapshot') });
+    noErrors([broken!]);
+    expect(broken!.counts).toMatchObject({ executed: 6, agreeing: 6, implViolations: 0 });
+    expect(broken!.counts.blockedHeld).toBe(broken!.counts.blockedTried);
+    const r0 = broken!.interleavings.flatMap((i) => i.wireTrace).filter((w) => w.actor === 'R0' && w.text.startsWith('reply:'));
+    expect(r0.some((w) => /error/.test(w.text))).toBe(true);
+    expect(r0.some((w) => /OK, 131072 bytes/.test(w.text))).toBe(true);
+  }, 60_000);
 
   it('a broken breakpoint placement (writer parked at the done bit before its copy) is a disagreement with both traces and a replay command', async () => {
     const broken = { ...DEFAULT_MAPPING, name: 'broken: writerBeforeCopy=cbw-done-set', writerBeforeCopy: 'cbw-done-set' };
@@ -163,5 +221,6 @@ describe('interleavings in `fleece conform` (same results, JUnit and HTML as the
     expect(racy!.wire.some((w) => /NBD_CMD_READ/.test(w.note))).toBe(true);
     expect(ok!.target).toBe('reference');
     expect(ok!.verdict).toBe('pass');
+    expect(ok!.observations[0]).toMatch(/blocking check: 1 blocked steps let go, 1 held/);
   }, 60_000);
 });

@@ -63,6 +63,17 @@ describe('x-breakpoint-* over QMP', () => {
     await w1;
   });
 
+  it('resume with errno: the copy of a parked guest write fails there (break-guest-write: the write fails with it)', async () => {
+    const s = await modernGraph({ size: MiB, prefill });
+    const { q } = daemonOver(s.graph);
+    await q('x-breakpoint-add', { event: 'cbw-target-write', tag: 'W0' });
+    const write = s.live.write(0, pattern(0x22, 64 * KiB)).then(() => 'ok', (e: Error & { errno?: string }) => e.errno);
+    await q('x-breakpoint-wait', { tag: 'W0' });
+    expect(await q('x-breakpoint-resume', { tag: 'W0', errno: 'EIO' })).toEqual({ return: {} });
+    expect(await write).toBe('EIO');
+    expect((await s.fleece.read(0, 4))[0]).toBe(0x11);
+  });
+
   it('errors: unknown event, duplicate tag, unknown node, resume before hit, wait timeout, wait ended by remove', async () => {
     const s = await modernGraph({ size: MiB, prefill });
     const { q } = daemonOver(s.graph);
@@ -73,6 +84,7 @@ describe('x-breakpoint-* over QMP', () => {
     expect(await q('x-breakpoint-add', { event: 'cbw-done-set', tag: 'u', bytes: 5 })).toMatchObject({ error: { desc: "Parameter 'bytes' needs 'offset'" } });
     expect(await q('x-breakpoint-add', { event: 'cbw-done-set', tag: 'u', extra: 1 })).toMatchObject({ error: { desc: "Parameter 'extra' is unexpected" } });
     expect(await q('x-breakpoint-resume', { tag: 't' })).toMatchObject({ error: { desc: expect.stringMatching(/has not been hit/) } });
+    expect(await q('x-breakpoint-resume', { tag: 't', errno: 'EWHAT' })).toMatchObject({ error: { desc: "Parameter 'errno' must be one of EIO, ENOSPC, ETIMEDOUT, EPERM" } });
     expect(await q('x-breakpoint-wait', { tag: 't', 'timeout-ms': 30 })).toMatchObject({ error: { desc: "breakpoint 't' was not hit within 30 ms" } });
     const waiting = q('x-breakpoint-wait', { tag: 't' });
     expect(await q('x-breakpoint-remove', { tag: 't' })).toEqual({ return: {} });

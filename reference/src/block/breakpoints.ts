@@ -7,7 +7,7 @@
 // Unarmed breakpoints cost one property read at each event: call sites test `armed` before
 // awaiting anything, so an unarmed run takes no extra microtask.
 import { EventEmitter } from 'node:events';
-import { BlockError } from './errors.ts';
+import { BlockError, type Errno } from './errors.ts';
 
 export const BREAKPOINT_EVENTS = [
   /** overlay: allocation lookup finished for a range (the reader has decided where to read). */
@@ -18,9 +18,11 @@ export const BREAKPOINT_EVENTS = [
   'cbw-source-read',
   /** block-copy: about to write the old data to the target. */
   'cbw-target-write',
-  /** copy-before-write: done bits set for the range. */
+  /** copy-before-write: done bits set for the clusters of a guest request (the hit carries the
+   * request's own range, as do cbw-wait-readers and cbw-source-write). */
   'cbw-done-set',
-  /** copy-before-write: about to wait for snapshot readers of the range. */
+  /** copy-before-write: about to wait for snapshot readers of the range (after the copy, or at
+   * once when the snapshot is already broken). */
   'cbw-wait-readers',
   /** copy-before-write: about to forward the guest write to the source. */
   'cbw-source-write',
@@ -28,6 +30,10 @@ export const BREAKPOINT_EVENTS = [
   'snapshot-read-lock',
   /** snapshot read: data read, about to release the lock. */
   'snapshot-read-unlock',
+  /** snapshot discard: access and copy bits dropped, about to wait for reads of the target range. */
+  'snapshot-discard-wait',
+  /** snapshot discard: no read of the range left on the target, about to free it. */
+  'snapshot-discard-target',
 ] as const;
 export type BreakpointEvent = (typeof BREAKPOINT_EVENTS)[number];
 
@@ -54,7 +60,7 @@ interface Armed {
   readonly filter: BreakpointFilter;
   state: 'armed' | 'hit' | 'resumed';
   hit?: BreakpointHit;
-  resume?: () => void;
+  resume?: (error?: BlockError) => void;
   waiters: Array<(h: BreakpointHit) => void>;
 }
 
@@ -94,13 +100,15 @@ export class Breakpoints {
     return new Promise((r) => a.waiters.push(r));
   }
 
-  /** Lets the parked request go on; the breakpoint is then spent and removed. */
-  resume(tag: string): void {
+  /** Lets the parked request go on; the breakpoint is then spent and removed. With `errno`, the
+   * request fails at the event instead (blkdebug's inject-error, at a named point): e.g. a
+   * block-copy target write that fails, so copy-before-write takes its on-cbw-error path. */
+  resume(tag: string, errno?: Errno): void {
     const a = this.get_(tag);
     if (a.state !== 'hit') throw new BlockError('EINVAL', `breakpoint '${tag}' has not been hit (state ${a.state})`);
     a.state = 'resumed';
     this.byTag.delete(tag);
-    a.resume!();
+    a.resume!(errno === undefined ? undefined : new BlockError(errno, `error injected at breakpoint '${tag}' (${a.event})`, { offset: a.hit!.offset, bytes: a.hit!.bytes }));
   }
 
   /** Disarms a breakpoint that was never hit; resumes one that was. */
@@ -128,10 +136,11 @@ export class Breakpoints {
       this.armed--;
       const hit: BreakpointHit = { tag: a.tag, event, node, offset, bytes, seq: ++this.seq };
       a.hit = hit;
-      const resumed = new Promise<void>((r) => (a.resume = r));
+      const resumed = new Promise<BlockError | undefined>((r) => (a.resume = r));
       for (const w of a.waiters.splice(0)) w(hit);
       this.events.emit('hit', hit);
-      await resumed;
+      const error = await resumed;
+      if (error) throw error;
       return;
     }
   }

@@ -5,17 +5,21 @@
 //   x-breakpoint-add    {event, tag, node?, offset?, bytes?}   arm
 //   x-breakpoint-list   {}                                     [{tag, event, state, filter, hit?}]
 //   x-breakpoint-wait   {tag, timeout-ms?}                     the hit, once a request is parked
-//   x-breakpoint-resume {tag}                                  let the parked request go on
+//   x-breakpoint-resume {tag, errno?}                          let the parked request go on (with
+//                                                              errno: fail it there, e.g. "EIO")
 //   x-breakpoint-remove {tag}                                  disarm (resumes a parked request)
 // and the event BREAKPOINT_HIT {tag, event, node, offset, bytes, seq} whenever a request parks.
 //
 // x-breakpoint-wait awaits (QMP commands may), so it holds its monitor session until the hit;
 // `timeout-ms` bounds that (a GenericError afterwards), and removing a breakpoint ends every
 // wait on it with a GenericError instead of leaving the session stuck.
-import { BlockError } from '../block/errors.ts';
+import { BlockError, type Errno } from '../block/errors.ts';
 import type { BlockGraph } from '../block/graph.ts';
 import type { BreakpointHit } from '../block/breakpoints.ts';
 import { QmpError, type QmpArgs, type QmpDispatcher } from './dispatcher.ts';
+
+/** Errors a resumed request can be failed with (what a failing disk or a timeout gives). */
+const INJECTABLE: readonly Errno[] = ['EIO', 'ENOSPC', 'ETIMEDOUT', 'EPERM'];
 
 function asQmp(e: unknown): never {
   if (e instanceof BlockError) throw new QmpError('GenericError', e.message);
@@ -95,9 +99,13 @@ export function registerBreakpointCommands(d: QmpDispatcher, graph: BlockGraph, 
 
   d.register('x-breakpoint-resume', (a) => {
     const tag = tagOf(a);
+    const errno = a.optStr('errno');
     a.finish();
+    if (errno !== undefined && !INJECTABLE.includes(errno as Errno)) {
+      throw new QmpError('GenericError', `Parameter 'errno' must be one of ${INJECTABLE.join(', ')}`);
+    }
     try {
-      bp.resume(tag);
+      bp.resume(tag, errno as Errno | undefined);
     } catch (e) {
       asQmp(e);
     }

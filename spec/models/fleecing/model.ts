@@ -49,6 +49,11 @@ export interface FleecingParams {
   readonly onCbwError: 'break-guest-write' | 'break-snapshot';
   /** How many CBW copies the environment may fail (target write error or cbw-timeout). */
   readonly cbwFailures: number;
+  /** The reference's snapshot discard (not QEMU's, whose cbw_co_pdiscard_snapshot frees the
+   * target at once): drop access and copy bits at once, then free the target range only when no
+   * snapshot read is reading it from the target. Two steps, `discard` then `discard(punch)`.
+   * Unpacked only (the explorer's packed form does not have it). */
+  readonly discardWaitsTargetReads: boolean;
   /** Clients writing the temp/target image through a writable export on it (research §6 B6,
    * accepted by QEMU 7.2's permissions): each writes one request of writeSize clusters. */
   readonly tempWriters: number;
@@ -65,6 +70,7 @@ export const DEFAULT_FLEECING_PARAMS: FleecingParams = {
   onCbwError: 'break-guest-write',
   cbwFailures: 1,
   tempWriters: 0,
+  discardWaitsTargetReads: false,
 };
 
 export type FleecingAction =
@@ -77,7 +83,7 @@ export type FleecingAction =
   | { readonly kind: 'lookup'; readonly r: number; readonly c: number }
   | { readonly kind: 'lock'; readonly r: number; readonly c: number }
   | { readonly kind: 'read'; readonly r: number; readonly c: number; readonly n: number; readonly fromTarget: boolean }
-  | { readonly kind: 'discard'; readonly off: number }
+  | { readonly kind: 'discard'; readonly off: number; readonly punch?: boolean }
   | { readonly kind: 'tempWrite'; readonly t: number; readonly off: number };
 
 export type FleecingBehaviour = Behaviour<FleecingState, FleecingAction> & {
@@ -145,6 +151,8 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
   }
   const actDiscard: FleecingAction[] = [];
   for (let off = 0; off < N; off++) actDiscard.push({ kind: 'discard', off });
+  const actPunch: FleecingAction[] = [];
+  for (let off = 0; off < N; off++) actPunch.push({ kind: 'discard', off, punch: true });
   const actTempWrite: FleecingAction[] = [];
   for (let t = 0; t < p.tempWriters; t++) for (let off = 0; off < N; off++) actTempWrite.push({ kind: 'tempWrite', t, off });
 
@@ -233,6 +241,11 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     }
 
     if (s.discarder?.pc === 'idle') for (let off = 0; off < N; off++) out.push(actDiscard[off]!);
+    if (s.discarder?.pc === 'waiting') {
+      // The reference's discard: the target range is freed once no read reads it from there.
+      const c = s.discarder.off;
+      if (!readers.some((r) => r.pc === 'read' && r.fromTarget && c >= r.pos && c < r.pos + r.n)) out.push(actPunch[c]!);
+    }
     for (let t = 0; t < p.tempWriters; t++) {
       if (((s.tempDone >> t) & 1) === 0) for (let off = 0; off + ws <= N; off++) out.push(actTempWrite[t * N + off]!);
     }
@@ -349,6 +362,10 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
       }
       case 'discard': {
         const m = 1 << a.off;
+        if (p.discardWaitsTargetReads && !a.punch) {
+          // Access and copy bits dropped now; the target is freed by the punch step.
+          return mkState(s.source, s.target, s.copy & ~m, s.done, s.access & ~m, s.snapshotError, s.failuresLeft, s.writers, s.readers, { pc: 'waiting', off: a.off }, s.tempDone);
+        }
         const target = s.target.slice();
         target[a.off] = DISCARDED;
         let readers = s.readers;
@@ -389,7 +406,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
           args: { cluster: a.c, ...(a.n > 1 ? { count: a.n } : {}), from: a.fromTarget ? (cbw ? 'target' : 'temp') : cbw ? 'source' : 'backing' },
         };
       case 'discard':
-        return { actor: 'D', action: 'discard', args: { cluster: a.off } };
+        return { actor: 'D', action: 'discard', args: a.punch ? { cluster: a.off, target: 'free' } : { cluster: a.off } };
       case 'tempWrite':
         return { actor: `T${a.t}`, action: 'tempWrite', args: ws > 1 ? { cluster: a.off, count: ws } : { cluster: a.off } };
       default:
@@ -484,13 +501,14 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     actionName: (a) => a.kind,
     key: (s, symmetric) => keyOf(s, symmetric),
     writeKey: (s, symmetric, out) => writeKeyOf(s, symmetric, out),
-    packed: packedFleecing(scheme, p, initial.discarder !== undefined),
+    ...(p.discardWaitsTargetReads ? {} : { packed: packedFleecing(scheme, p, initial.discarder !== undefined) }),
     invariants,
     pending: (s) =>
       s.tempDone !== (1 << p.tempWriters) - 1 ||
       s.writers.some((w) => w.pc !== 'done' && w.pc !== 'failed') ||
       s.readers.some((r) => r.pc !== 'done' && r.pc !== 'failed') ||
-      s.discarder?.pc === 'idle',
+      s.discarder?.pc === 'idle' ||
+      s.discarder?.pc === 'waiting',
     actionNames,
     view: (s) => viewOf(s, cbw),
     annotate(message: string, trace: readonly TraceStep<FleecingState>[]) {
@@ -823,7 +841,7 @@ function encodePlain(s: FleecingState, k: Uint8Array): number {
   }
   const d = s.discarder;
   if (d !== undefined) {
-    k[n++] = d.pc === 'idle' ? 1 : 2;
+    k[n++] = d.pc === 'idle' ? 1 : d.pc === 'done' ? 2 : 3;
     k[n++] = d.off + 8;
   }
   k[n++] = s.tempDone;
@@ -886,7 +904,7 @@ function encode(s: FleecingState, order: readonly number[], symmetric: boolean, 
     k[n++] = r.badAt + 8;
   }
   if (s.discarder) {
-    k[n++] = s.discarder.pc === 'idle' ? 1 : 2;
+    k[n++] = s.discarder.pc === 'idle' ? 1 : s.discarder.pc === 'done' ? 2 : 3;
     k[n++] = s.discarder.off + 8;
   }
   k[n++] = s.tempDone;

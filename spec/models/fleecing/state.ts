@@ -68,7 +68,8 @@ export interface Reader {
 }
 
 export interface Discarder {
-  readonly pc: 'idle' | 'done';
+  /** waiting: the reference's discard has dropped access, the target is not freed yet. */
+  readonly pc: 'idle' | 'waiting' | 'done';
   readonly off: number;
 }
 

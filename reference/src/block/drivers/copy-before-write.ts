@@ -12,6 +12,11 @@
 // hbitmap_status bug (findings F1/F3, conformance/fleecing/README.md): the done prefix of a
 // snapshot read that reaches a not-done cluster is read from the source, which the guest may
 // already have overwritten.
+// `x-no-frozen-read-wait` (UNSAFE, for tests only) drops the guest write's wait for frozen
+// snapshot reads (reqlist_wait_all on frozen_read_reqs in cbw_do_copy_before_write) on every
+// path, the failed-copy and broken-snapshot ones included: a snapshot read still reading a
+// cluster from the source can then return the data the guest write lands. The interleavings
+// suite's blocking check shows it (target reference-no-read-wait).
 import { ClusterBitmap } from '../bitmap.ts';
 import { BlockCopyState } from '../block-copy.ts';
 import { BlockError } from '../errors.ts';
@@ -46,6 +51,8 @@ export class CopyBeforeWriteNode extends BlockNode {
   readonly targetReadReqs = new RangeList();
   /** UNSAFE `x-hbitmap-status-bug`: QEMU 7.2's done-bitmap query (see snapshotReadLock). */
   readonly hbitmapStatusBug: boolean;
+  /** UNSAFE `x-no-frozen-read-wait`: guest writes do not wait for frozen snapshot reads. */
+  readonly noFrozenReadWait: boolean;
   snapshotError: BlockError | undefined;
   /** Copies that timed out but still run (B5): close waits for them. */
   private readonly orphanedCopies = new Set<Promise<void>>();
@@ -59,6 +66,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     this.cbwTimeoutMs = o.number('cbw-timeout', 0) * 1000;
     const unserialized = o.bool('x-unserialized-target-writes', false);
     this.hbitmapStatusBug = o.bool('x-hbitmap-status-bug', false);
+    this.noFrozenReadWait = o.bool('x-no-frozen-read-wait', false);
     const clusterSize = Math.max(65536, this.target.node.clusterSize());
     const length = this.file.node.length();
     if (this.target.node.length() < length) {
@@ -135,7 +143,8 @@ export class CopyBeforeWriteNode extends BlockNode {
       // be reading these clusters from the source: without this wait it returns the data this
       // write is about to land (post-snapshot data from a successful read). Waiting costs
       // nothing once no reader is left (later reads fail with EACCES at lock time).
-      await this.frozenReadReqs.waitAll(start, end - start);
+      if (this.breakpoints.armed) await this.breakpoints.reach('cbw-wait-readers', this.nodeName, offset, bytes);
+      await this.waitFrozenReads(start, end);
       return;
     }
     let failed: BlockError | undefined;
@@ -154,9 +163,18 @@ export class CopyBeforeWriteNode extends BlockNode {
     if (!failed) this.doneBitmap.setRange(start, end - start, true);
     const bp = this.breakpoints;
     if (bp.armed) {
-      if (!failed) await bp.reach('cbw-done-set', this.nodeName, start, end - start);
-      await bp.reach('cbw-wait-readers', this.nodeName, start, end - start);
+      // The guest request's own range (not its clusters'), so a breakpoint filter tells apart two
+      // requests into one cluster (block-copy's task events are per cluster).
+      if (!failed) await bp.reach('cbw-done-set', this.nodeName, offset, bytes);
+      await bp.reach('cbw-wait-readers', this.nodeName, offset, bytes);
     }
+    await this.waitFrozenReads(start, end);
+  }
+
+  /** reqlist_wait_all(&s->frozen_read_reqs, ...): the guest write goes on only once no snapshot
+   * read is reading [start, end) from the source. */
+  private async waitFrozenReads(start: number, end: number): Promise<void> {
+    if (this.noFrozenReadWait) return;
     await this.frozenReadReqs.waitAll(start, end - start);
   }
 
@@ -271,7 +289,10 @@ export class CopyBeforeWriteNode extends BlockNode {
     if (end <= start) return;
     this.accessBitmap.setRange(start, end - start, false);
     this.bcs.reset(start, end - start);
+    const bp = this.breakpoints;
+    if (bp.armed) await bp.reach('snapshot-discard-wait', this.nodeName, start, end - start);
     await this.targetReadReqs.waitAll(start, end - start);
+    if (bp.armed) await bp.reach('snapshot-discard-target', this.nodeName, start, end - start);
     await this.target.discard(start, end - start);
   }
 
