@@ -40,12 +40,13 @@ describe('fleece serve argv', () => {
   it('parses the §5.1 modern fleecing command line into ordered actions', () => {
     const c = parseArgs(modern);
     expect(c.actions.map((a) => a.kind)).toEqual(['blockdev', 'blockdev', 'blockdev', 'blockdev', 'nbd-server', 'export', 'export', 'chardev', 'monitor']);
-    expect(c.actions[2]).toEqual({ kind: 'blockdev', options: { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp' } });
-    expect(c.actions[4]).toEqual({ kind: 'nbd-server', options: { addr: { type: 'unix', path: `${D}/nbd.sock` }, maxConnections: 0 } });
-    expect(c.actions[5]).toEqual({ kind: 'export', options: { type: 'nbd', id: 'exp-live', nodeName: 'fl-cbw', name: 'live', writable: true, bitmaps: [] } });
+    // Each action keeps the option as given: errors while acting on it start with it.
+    expect(c.actions[2]).toEqual({ kind: 'blockdev', options: { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp' }, source: '--blockdev driver=copy-before-write,node-name=fl-cbw,file=source,target=temp' });
+    expect(c.actions[4]).toEqual({ kind: 'nbd-server', options: { addr: { type: 'unix', path: `${D}/nbd.sock` }, maxConnections: 0 }, source: `--nbd-server addr.type=unix,addr.path=${D}/nbd.sock` });
+    expect(c.actions[5]).toEqual({ kind: 'export', options: { type: 'nbd', id: 'exp-live', nodeName: 'fl-cbw', name: 'live', writable: true, bitmaps: [] }, source: '--export type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on' });
     expect(c.actions[6]).toMatchObject({ options: { name: 'fleece', writable: false } });
-    expect(c.actions[7]).toEqual({ kind: 'chardev', options: { id: 'qmp0', path: `${D}/qmp.sock` } });
-    expect(c.actions[8]).toEqual({ kind: 'monitor', chardev: 'qmp0', pretty: false });
+    expect(c.actions[7]).toMatchObject({ kind: 'chardev', options: { id: 'qmp0', path: `${D}/qmp.sock` } });
+    expect(c.actions[8]).toEqual({ kind: 'monitor', chardev: 'qmp0', pretty: false, source: '--monitor chardev=qmp0' });
     expect(c.activationFds).toEqual([]);
   });
 
@@ -56,7 +57,7 @@ describe('fleece serve argv', () => {
       '--export', 'nbd,id=e,node-name=m',
       '--pidfile', '/tmp/p',
     ]);
-    expect(c.actions[0]).toEqual({ kind: 'blockdev', options: { driver: 'memory', 'node-name': 'm', size: 1048576 } });
+    expect(c.actions[0]).toMatchObject({ kind: 'blockdev', options: { driver: 'memory', 'node-name': 'm', size: 1048576 } });
     expect(c.actions[1]).toMatchObject({ options: { addr: { type: 'inet', host: '127.0.0.1', port: 0 } } });
     expect(c.actions[2]).toMatchObject({ options: { name: 'm', writable: false } });
     expect(c.pidfile).toBe('/tmp/p');
