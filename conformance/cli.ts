@@ -20,7 +20,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Colour on a terminal, unless NO_COLOR is set and not empty (no-color.org). */
 const colorByDefault = (): boolean => process.stdout.isTTY === true && !process.env.NO_COLOR;
 
-const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PREFIX]... [--strict]
+const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PREFIX]... [--case ID]... [--strict]
                       [--list] [--seed N] [--json] [--out DIR] [--timeout MS] [--no-color]
 
   --target T      a built-in target (${'%TARGETS%'})
@@ -31,6 +31,7 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
   --allow-writes  let the fleecing suite write to the --live export (a scratch setup)
   --suite S       suite to run (repeatable; default: every suite: %SUITES%)
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
+  --case ID       run exactly the case ID (repeatable; beside --filter)
   --strict        SHOULD violations (non-strict) fail the run too
   --list          list the selected cases and exit
   --seed N        seed for randomised cases (printed with every run)
@@ -50,6 +51,7 @@ interface Args {
   targets: string[];
   suites: string[];
   filter: string[];
+  cases: string[];
   strict: boolean;
   list: boolean;
   seed?: number;
@@ -61,7 +63,7 @@ interface Args {
 }
 
 export function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { targets: [], suites: [], filter: [], strict: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
+  const a: Args = { targets: [], suites: [], filter: [], cases: [], strict: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -91,6 +93,9 @@ export function parseArgs(argv: readonly string[]): Args {
         break;
       case '--filter':
         a.filter.push(value());
+        break;
+      case '--case':
+        a.cases.push(value());
         break;
       case '--strict':
         a.strict = true;
@@ -156,7 +161,10 @@ const command: Subcommand = {
             return s;
           })
         : listSuites();
-      const selected = suites.flatMap((s) => selectCases(s, args.filter));
+      const known = new Set(suites.flatMap((s) => s.cases.map((c) => c.id)));
+      const unknownCase = args.cases.find((id) => !known.has(id));
+      if (unknownCase) throw new UsageError(`unknown case '${unknownCase}' in the selected suites (fleece conform --list shows them)`);
+      const selected = suites.flatMap((s) => selectCases(s, args.filter, args.cases));
       if (selected.length === 0) throw new UsageError(`no case matches --filter ${args.filter.join(' ')}`);
       if (args.list) {
         for (const c of selected) process.stdout.write(`${c.id.padEnd(52)} ${c.level.padEnd(6)} ${c.title}\n    ${c.section}\n`);
@@ -177,6 +185,7 @@ const command: Subcommand = {
         targets,
         suites,
         filter: args.filter,
+        cases: args.cases,
         strict: args.strict,
         timeoutMs: args.timeoutMs,
         ...(args.seed !== undefined ? { seed: args.seed } : {}),

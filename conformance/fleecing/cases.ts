@@ -75,7 +75,7 @@ function traced(def: CaseDef<FleeceEnv>): CaseDef<FleeceEnv> {
           };
           const file = writeTrace(trace);
           ctx.observe(`wire trace: ${file}`);
-          ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+          ctx.observe(`replay: npx fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
         }
       }
     },
@@ -288,7 +288,7 @@ async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<
     const file = writeTrace(trace);
     stateOf(ctx).traced = true;
     ctx.observe(`found after ${elapsed} ms; wire trace: ${file}`);
-    ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+    ctx.observe(`replay: npx fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
     for (const x of v) {
       const what =
         x.kind === 'post-snapshot' ? INVARIANT
@@ -380,7 +380,7 @@ const zeroesVsRead: CaseDef<FleeceEnv> = {
       const file = writeTrace(trace);
       stateOf(ctx).traced = true;
       ctx.observe(`wire trace: ${file}`);
-      ctx.observe(`replay: fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
+      ctx.observe(`replay: npx fleece replay ${file} --target ${ctx.env.lab.flavor.name}`);
     }
     const first = violations[0];
     ctx.must(!first, INVARIANT, first ? `${first.text} (in batch ${first.batch + 1} of ${batches.length})` : undefined);

@@ -27,6 +27,8 @@ export interface RunOptions {
   suites: readonly Suite<any>[];
   /** Id prefixes; a case runs if it matches any (empty = all). */
   filter?: readonly string[];
+  /** Case ids selected exactly (beside `filter`'s prefixes). */
+  cases?: readonly string[];
   strict?: boolean;
   seed?: number;
   /** Per expected reply. */
@@ -43,8 +45,11 @@ export type ProgressEvent =
   | { kind: 'not-applicable'; target: string; suite: string; reason: string }
   | { kind: 'case'; result: CaseResult; index: number; total: number };
 
-export function selectCases<Env>(suite: Suite<Env>, filter: readonly string[] = []): CaseDef<Env>[] {
-  return suite.cases.filter((c) => filter.length === 0 || filter.some((f) => c.id === f || c.id.startsWith(f.endsWith('/') ? f : `${f}/`) || c.id.startsWith(f)));
+/** The cases a run selects: those whose id starts with a `filter` prefix, and those named exactly
+ * in `cases`; every case when both are empty. */
+export function selectCases<Env>(suite: Suite<Env>, filter: readonly string[] = [], cases: readonly string[] = []): CaseDef<Env>[] {
+  if (filter.length === 0 && cases.length === 0) return [...suite.cases];
+  return suite.cases.filter((c) => cases.includes(c.id) || filter.some((f) => c.id === f || c.id.startsWith(f.endsWith('/') ? f : `${f}/`) || c.id.startsWith(f)));
 }
 
 /** 32-bit FNV-1a, to derive a per-case seed from the run seed and the case id. */
@@ -224,7 +229,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
   const filter = opts.filter ?? [];
   const results: CaseResult[] = [];
   const targets: TargetSummary[] = [];
-  const selected = opts.suites.map((s) => ({ suite: s, cases: selectCases(s, filter) })).filter((s) => s.cases.length > 0);
+  const selected = opts.suites.map((s) => ({ suite: s, cases: selectCases(s, filter, opts.cases) })).filter((s) => s.cases.length > 0);
   const total = selected.reduce((a, s) => a + s.cases.length, 0);
   for (const def of opts.targets) {
     opts.onProgress?.({ kind: 'target-start', target: def.name, cases: total });
@@ -348,7 +353,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     seed,
     strict: opts.strict ?? false,
     suites: selected.map((s) => s.suite.name),
-    filter: [...filter],
+    filter: [...filter, ...(opts.cases ?? [])],
     targets,
     results,
     counts: countVerdicts(results),

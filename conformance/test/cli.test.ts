@@ -58,6 +58,19 @@ describe('fleece conform', () => {
     expect(r.stderr).toMatch(/0 passed, 1 failed, 0 skipped/);
   });
 
+  it('--case selects exactly one case where --filter selects a prefix; an unknown case is a usage error', () => {
+    const exact = fleece('--suite', 'nbd', '--case', 'nbd/handshake/list', '--list');
+    expect(exact.code).toBe(0);
+    expect(exact.stdout.trim().split('\n').pop()).toBe('1 case(s)');
+    const prefix = fleece('--suite', 'nbd', '--filter', 'nbd/handshake/list', '--list');
+    expect(Number(/(\d+) case\(s\)/.exec(prefix.stdout)![1])).toBeGreaterThan(1);
+    const both = fleece('--suite', 'nbd', '--case', 'nbd/handshake/list', '--case', 'nbd/transmission/half-close', '--list');
+    expect(both.stdout).toMatch(/2 case\(s\)/);
+    const bad = fleece('--suite', 'nbd', '--case', 'nbd/handshake/nope');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/unknown case 'nbd\/handshake\/nope'/);
+  });
+
   it('exit 2 on usage errors, with a message naming what was wrong', () => {
     const bogus = fleece('--bogus');
     expect(bogus.code).toBe(2);
