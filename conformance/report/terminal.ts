@@ -25,8 +25,15 @@ export function progressLine(e: ProgressEvent, color: boolean): string | undefin
   }
 }
 
+/** The strength of what a verdict says: a fail breaks a MUST, a warn a SHOULD, an info is a MAY
+ * (the case's own level is the strongest it checks, which is not what failed). */
+const SAYS: Partial<Record<Verdict, string>> = { fail: 'MUST', 'non-strict': 'SHOULD', info: 'MAY' };
+
 function line(r: CaseResult, color: boolean): string {
-  return `  ${paint(r.verdict, MARK[r.verdict], color)} ${r.id} [${r.level}]${r.reason ? ` - ${r.reason.slice(0, 400)}` : ''}`;
+  const level = SAYS[r.verdict];
+  // The reason starts with the failed check's level already ("SHOULD: ..."): don't say it twice.
+  const reason = level && r.reason.startsWith(`${level}: `) ? r.reason.slice(level.length + 2) : r.reason;
+  return `  ${paint(r.verdict, MARK[r.verdict], color)} ${r.id}${level ? ` [${level}]` : ''}${reason ? ` - ${reason.slice(0, 400)}` : ''}`;
 }
 
 /** The final line counts passed (pass, info and - unless strict - non-strict), failed (fail, error, and non-strict with --strict) and skipped. */
@@ -47,7 +54,7 @@ export function renderSummary(run: RunResult, color: boolean, extra: readonly st
       for (const r of rs.filter((x) => x.verdict === v)) out.push(line(r, color));
     }
     const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
-    out.push(`  -- ${n('pass')} pass, ${n('fail')} fail, ${n('non-strict')} non-strict, ${n('info')} info, ${n('skipped')} skipped, ${n('error')} error`);
+    out.push(`  -- ${n('pass')} pass, ${n('fail')} fail (MUST), ${n('non-strict')} warn (SHOULD), ${n('info')} info (MAY), ${n('skipped')} skip, ${n('error')} error`);
     for (const x of t.notApplicable ?? []) out.push(`  -- not applicable: suite ${x.suite}: ${x.reason}`);
   }
   out.push(`seed ${run.seed}${run.strict ? ', strict (SHOULD failures fail the run)' : ''}`);
