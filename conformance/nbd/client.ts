@@ -105,11 +105,11 @@ export class NbdConnection {
       const sock = address.kind === 'unix' ? net.createConnection({ path: address.path }) : net.createConnection({ host: address.host, port: address.port });
       const timer = setTimeout(() => {
         sock.destroy();
-        reject(new NbdClientError('timeout', `could not connect to ${formatAddress(address)} within ${opts.timeoutMs} ms`));
+        reject(new NbdClientError('unreachable', `could not connect to ${formatAddress(address)} within ${opts.timeoutMs} ms`));
       }, opts.timeoutMs);
       sock.once('error', (e) => {
         clearTimeout(timer);
-        reject(new NbdClientError('closed', `cannot connect to ${formatAddress(address)}: ${e.message}`));
+        reject(new NbdClientError('unreachable', `cannot connect to ${formatAddress(address)}: ${e.message}`));
       });
       sock.once('connect', () => {
         clearTimeout(timer);

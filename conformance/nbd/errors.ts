@@ -26,7 +26,8 @@ export class NbdProtocolError extends Error {
   }
 }
 
-export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused';
+/** 'unreachable': no connection could be made at all (nothing listens, or it stopped accepting). */
+export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused' | 'unreachable';
 
 export class NbdClientError extends Error {
   override readonly name = 'NbdClientError';

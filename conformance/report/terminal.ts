@@ -20,6 +20,8 @@ export function progressLine(e: ProgressEvent, color: boolean): string | undefin
       return `-- ${e.target}: suite ${e.suite} does not apply: ${e.reason}`;
     case 'case': {
       const r = e.result;
+      // The cases a dead or unreachable target never ran: the summary says it once.
+      if (r.verdict === 'error' && r.reason.startsWith('not run: ')) return undefined;
       return `[${String(e.index).padStart(3)}/${e.total}] ${paint(r.verdict, MARK[r.verdict], color)} ${r.id} (${r.durationMs} ms)${r.verdict !== 'pass' && r.reason ? `\n          ${r.reason.slice(0, 300)}` : ''}`;
     }
   }
@@ -51,7 +53,19 @@ export function renderSummary(run: RunResult, color: boolean, extra: readonly st
     const rs = run.results.filter((r) => r.target === t.name);
     out.push(`${t.name}: ${t.description}${t.error ? ` (error: ${t.error})` : ''}`);
     for (const v of ['fail', 'error', 'non-strict', 'info'] as const) {
-      for (const r of rs.filter((x) => x.verdict === v)) out.push(line(r, color));
+      const these = rs.filter((x) => x.verdict === v);
+      if (v !== 'error') {
+        for (const r of these) out.push(line(r, color));
+        continue;
+      }
+      // Harness errors with one cause (a suite that could not start, a target that went away) are
+      // one line, with how many cases they cost.
+      const byReason = new Map<string, CaseResult[]>();
+      for (const r of these) byReason.set(r.reason, [...(byReason.get(r.reason) ?? []), r]);
+      for (const [reason, group] of byReason) {
+        if (group.length === 1) out.push(line(group[0]!, color));
+        else out.push(`  ${paint('error', MARK.error, color)} ${group.length} cases (${group[0]!.id} ... ${group[group.length - 1]!.id}) - ${reason.slice(0, 400)}`);
+      }
     }
     const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
     out.push(`  -- ${n('pass')} pass, ${n('fail')} fail (MUST), ${n('non-strict')} warn (SHOULD), ${n('info')} info (MAY), ${n('skipped')} skip, ${n('error')} error`);

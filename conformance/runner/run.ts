@@ -148,6 +148,10 @@ export async function runCase<Env>(
       checks.push({ level: 'MUST', ok: false, what: 'every reply is well-formed (proto.md framing rules)', observed: e.message });
       verdict = 'fail';
       reason = `protocol error: ${e.message}`;
+    } else if (e instanceof NbdClientError && e.kind === 'unreachable') {
+      // Nothing to judge: the target did not take the connection. The runner stops there.
+      verdict = 'error';
+      reason = `${UNREACHABLE}: ${e.message}`;
     } else if (e instanceof NbdClientError && (e.kind === 'timeout' || e.kind === 'closed')) {
       // Silence where a reply was due, or a drop where the spec does not allow one.
       const what = e.kind === 'timeout' ? 'the server answers (no hang, no desync)' : 'the server keeps the connection open';
@@ -187,6 +191,9 @@ export async function runCase<Env>(
     seed,
   };
 }
+
+/** The reason of a case that could not connect at all; the target's remaining cases are not run. */
+export const UNREACHABLE = 'target unreachable';
 
 function harnessResults<Env>(cases: readonly CaseDef<Env>[], suite: string, target: string, reason: string, verdict: Verdict = 'error'): CaseResult[] {
   return cases.map((c) => ({
@@ -232,7 +239,6 @@ export async function run(opts: RunOptions): Promise<RunResult> {
   const selected = opts.suites.map((s) => ({ suite: s, cases: selectCases(s, filter, opts.cases) })).filter((s) => s.cases.length > 0);
   const total = selected.reduce((a, s) => a + s.cases.length, 0);
   for (const def of opts.targets) {
-    opts.onProgress?.({ kind: 'target-start', target: def.name, cases: total });
     const summary: TargetSummary = { name: def.name, description: def.summary, facts: {} };
     targets.push(summary);
     const workDirs: string[] = [];
@@ -250,20 +256,29 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     };
     let index = 0;
     let targetTotal = total;
+    let unreachable: string | undefined;
     const emit = (r: CaseResult) => {
       results.push(r);
       opts.onProgress?.({ kind: 'case', result: r, index: ++index, total: targetTotal });
     };
     try {
-      await start();
+      await start().catch((e) => {
+        opts.onProgress?.({ kind: 'target-start', target: def.name, cases: total });
+        throw e;
+      });
+      // Suites that do not apply are said once, before the count of what will run.
+      const notApplicable = new Set<string>();
       for (const { suite, cases } of selected) {
         const na = suite.appliesTo?.(target!);
-        if (na !== undefined) {
-          (summary.notApplicable ??= []).push({ suite: suite.name, reason: na });
-          opts.onProgress?.({ kind: 'not-applicable', target: def.name, suite: suite.name, reason: na });
-          targetTotal -= cases.length;
-          continue;
-        }
+        if (na === undefined) continue;
+        notApplicable.add(suite.name);
+        (summary.notApplicable ??= []).push({ suite: suite.name, reason: na });
+        targetTotal -= cases.length;
+      }
+      opts.onProgress?.({ kind: 'target-start', target: def.name, cases: targetTotal });
+      for (const x of summary.notApplicable ?? []) opts.onProgress?.({ kind: 'not-applicable', target: def.name, suite: x.suite, reason: x.reason });
+      for (const { suite, cases } of selected) {
+        if (notApplicable.has(suite.name)) continue;
         const missing = suite.roles.filter((r) => !target!.exports[r]);
         if (missing.length) {
           harnessResults(cases, suite.name, def.name, `target has no '${missing.join("', '")}' export for suite ${suite.name}`, 'skipped').forEach(emit);
@@ -276,7 +291,9 @@ export async function run(opts: RunOptions): Promise<RunResult> {
         } catch (e) {
           const msg = `suite ${suite.name} setup failed: ${(e as Error).message}`;
           summary.error = msg;
-          harnessResults(cases, suite.name, def.name, msg).forEach(emit);
+          // One line for the suite, not one per case it could not run.
+          opts.onProgress?.({ kind: 'target-error', target: def.name, error: `${msg} (${cases.length} cases not run)` });
+          harnessResults(cases, suite.name, def.name, `not run: ${msg}`).forEach(emit);
           continue;
         }
         try {
@@ -294,6 +311,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
           };
           const runSequentially = async (batch: CaseDef<unknown>[]) => {
             for (const c of batch) {
+              if (unreachable) return;
               const r = await runCase(c, suite.name, target!, env, { seed, timeoutMs });
               const death = await settle([r]);
               if (death) {
@@ -301,11 +319,11 @@ export async function run(opts: RunOptions): Promise<RunResult> {
                 r.observations.push(`the server process died during this case: ${death}`);
                 r.reason = `${r.reason ? `${r.reason}; ` : ''}server died: ${death}`;
                 if (r.verdict === 'pass' || r.verdict === 'info') r.verdict = 'fail';
-                emit(r);
+                emitHere(r);
                 await restart();
                 continue;
               }
-              emit(r);
+              emitHere(r);
             }
           };
           // Batches of up to `jobs` cases; an exclusive case is a batch of its own.
@@ -315,7 +333,14 @@ export async function run(opts: RunOptions): Promise<RunResult> {
             if (c.exclusive || !last || last.length >= jobs || last[0]!.exclusive) batches.push([c]);
             else last.push(c);
           }
+          const ran = new Set<string>();
+          const emitHere = (r: CaseResult) => {
+            ran.add(r.id);
+            if (!unreachable && r.verdict === 'error' && r.reason.startsWith(UNREACHABLE)) unreachable = `${r.reason} (in ${r.id})`;
+            emit(r);
+          };
           for (const batch of batches) {
+            if (unreachable) break;
             if (batch.length === 1) {
               await runSequentially(batch);
               continue;
@@ -327,8 +352,10 @@ export async function run(opts: RunOptions): Promise<RunResult> {
               await runSequentially(batch);
               continue;
             }
-            rs.forEach(emit);
+            rs.forEach(emitHere);
           }
+          // A target that stopped taking connections fails nothing more: one harness error says so.
+          if (unreachable) harnessResults(cases.filter((c) => !ran.has(c.id)), suite.name, def.name, `not run: ${unreachable}`).forEach(emit);
         } finally {
           await suite.teardown?.(env);
         }

@@ -12,9 +12,13 @@ async function verdictsOn(faults: Fault[], filter: string[]) {
 }
 
 describe('known-bad targets: each fault is caught by its case', () => {
-  it('the conforming fake passes every MUST and SHOULD it can exercise', async () => {
+  // Graded on ratios measured in the run: a loaded machine can push even the fake over them.
+  const MEASURED = 'nbd/write/large-write-scaling';
+
+  it('the conforming fake passes every MUST and SHOULD it can exercise (the measured case: pass or warn)', async () => {
     const rs = await verdictsOn([], []);
-    expect(rs.filter((r) => ['fail', 'non-strict', 'error'].includes(r.verdict)).map((r) => `${r.id}: ${r.reason}`)).toEqual([]);
+    expect(rs.filter((r) => r.id !== MEASURED && ['fail', 'non-strict', 'error'].includes(r.verdict)).map((r) => `${r.id}: ${r.reason}`)).toEqual([]);
+    expect(['pass', 'non-strict']).toContain(rs.find((r) => r.id === MEASURED)?.verdict);
     expect(rs.filter((r) => r.verdict === 'pass').length).toBeGreaterThan(40);
   });
 
@@ -67,7 +71,6 @@ describe('known-bad targets: each fault is caught by its case', () => {
     ['two-chunks-per-context', 'nbd/block-status/one-chunk-per-context', 'fail', /second NBD_REPLY_TYPE_BLOCK_STATUS chunk/],
     ['half-close-drops', 'nbd/transmission/half-close', 'non-strict', /sent just before a half-close is delivered - observed: 0 of 10 delivered/],
     ['quadratic-writes', 'nbd/write/large-write-scaling', 'non-strict', /doubling the WRITE size .* at most triples the time - observed: [3-9]\.\d+x/],
-    ['reads-wait-for-writes', 'nbd/write/large-write-scaling', 'non-strict', /4 KiB READ on another connection is answered while the WRITEs are still arriving .* observed: [01] READs answered/],
   ];
   for (const [fault, id, verdict, reason] of table) {
     it(`${fault} -> ${id} is ${verdict}`, async () => {
@@ -76,6 +79,15 @@ describe('known-bad targets: each fault is caught by its case', () => {
       expect(r?.reason).toMatch(reason);
     });
   }
+
+  // The case checks two things; the first to fail is its reason, so this one is found by check.
+  it('reads-wait-for-writes -> nbd/write/large-write-scaling: the reader-served check fails (counted, not timed)', async () => {
+    const r = (await verdictsOn(['reads-wait-for-writes'], [MEASURED])).find((x) => x.id === MEASURED)!;
+    expect(r.verdict).toBe('non-strict');
+    const fairness = r.checks.find((c) => /4 KiB READ on another connection is answered while the WRITEs are still arriving/.test(c.what));
+    expect(fairness?.ok, JSON.stringify(r.checks)).toBe(false);
+    expect(fairness?.observed).toMatch(/^[01] READs answered before the first WRITE reply/);
+  });
 
   it('a protocol error carries the offending bytes in hex and their stream offset', async () => {
     const [r] = await verdictsOn(['pad-after-go'], ['nbd/handshake/go']);
