@@ -1,6 +1,7 @@
 // `fleece conform`: run conformance suites against targets and write reports.
 // Exit codes (research/verification.md §4 item 7): 0 every MUST passed (and every SHOULD with
 // --strict); 1 a conformance failure; 2 a harness or usage error.
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Subcommand } from '../cli/main.ts';
@@ -16,6 +17,28 @@ import './suites.ts';
 import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** --out must be a directory we can create and write a file in. */
+function checkOutDir(dir: string): void {
+  try {
+    mkdirs(path.resolve(dir));
+    const probe = path.join(dir, `.fleece-write-test-${process.pid}`);
+    fs.writeFileSync(probe, '');
+    fs.rmSync(probe);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(`--out ${dir}: cannot write reports there (${code ?? (e as Error).message})`);
+  }
+}
+
+/** mkdir -p, one level at a time: Node's recursive mkdirSync spins for ever where a parent exists
+ * but refuses children (/proc). */
+function mkdirs(dir: string): void {
+  if (fs.existsSync(dir)) return;
+  const parent = path.dirname(dir);
+  if (parent !== dir) mkdirs(parent);
+  fs.mkdirSync(dir);
+}
 
 /** Colour on a terminal, unless NO_COLOR is set and not empty (no-color.org). */
 const colorByDefault = (): boolean => process.stdout.isTTY === true && !process.env.NO_COLOR;
@@ -172,6 +195,8 @@ const command: Subcommand = {
         return 0;
       }
       if ((args.live === undefined) !== (args.snapshot === undefined)) throw new UsageError('--live and --snapshot go together');
+      // Where the reports go is checked before the run, not found unwritable after it.
+      checkOutDir(args.out);
       // A user's own export is never written unless they say so: the fleecing cases write guest
       // data over what the live export holds.
       if (args.live && !args.allowWrites) {

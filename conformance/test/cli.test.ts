@@ -84,6 +84,14 @@ describe('fleece conform', () => {
     expect(fleece('--target', 'nbd+unix:///disk').stderr).toMatch(/nbd\+unix needs \?socket=PATH/);
     expect(fleece('--filter', 'nbd/nothing-here').code).toBe(2);
     expect(fleece('--suite', 'nope').stderr).toMatch(/unknown suite 'nope'/);
+    // Reports that cannot be written are a usage error before the run (was: a stack trace after
+    // it; /proc made Node's recursive mkdir spin for ever).
+    for (const [dir, code] of [['/proc/fleece-x', 'ENOENT'], ['/dev/null/x', 'ENOTDIR']] as const) {
+      const r = fleece('--out', dir, '--filter', 'nbd/handshake/greeting');
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(new RegExp(`--out ${dir}: cannot write reports there \\(${code}\\)`));
+      expect(r.stdout).not.toMatch(/\[ +1\//);
+    }
   });
 
   it('a --live export of the user is never written without --allow-writes (the image is checked)', async () => {
