@@ -124,6 +124,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       continue;
     }
     all[t] = rs;
+    // An --interleaving that no chosen scenario has ran nothing: say so, exit 2.
+    if (only.length && rs.every((r) => r.counts.executed === 0)) {
+      const sizes = rs.map((r) => `${r.id}: ${r.counts.enumerated + (r.counts.blockingExtra ?? 0)}`).join(', ');
+      process.stderr.write(`interleavings: ${t}: no interleaving ${only.join(', ')} in the chosen scenarios (interleavings per scenario: ${sizes})\n`);
+      harness = true;
+      continue;
+    }
     for (const r of rs) {
       log.write(describeScenario(r, only.length ? 100 : 3, only.length > 0) + '\n\n');
       if (r.error) harness = true;

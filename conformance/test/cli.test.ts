@@ -115,6 +115,12 @@ describe('fleece conform', () => {
     }
   });
 
+  it('fleece interleave --interleaving N that no chosen scenario has: exit 2, saying how many there are', () => {
+    const r = spawnSync(process.execPath, [path.join(REPO, 'bin/fleece.mjs'), 'interleave', '--scenario', '1w1r-same-cluster', '--interleaving', '99999', '--out', path.join(out, 'il')], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/no interleaving 99999 in the chosen scenarios \(interleavings per scenario: 1w1r-same-cluster: \d+\)/);
+  });
+
   it('exit 2 on a harness error: a URI where nothing listens', () => {
     const r = fleece('--target', `nbd+unix:///disk?socket=${path.join(out, 'nothing.sock')}`, '--filter', 'nbd/handshake/greeting', '--out', path.join(out, 'harness'), '--no-color');
     expect(r.code).toBe(2);
