@@ -197,6 +197,8 @@ const command: Subcommand = {
       if ((args.live === undefined) !== (args.snapshot === undefined)) throw new UsageError('--live and --snapshot go together');
       // Where the reports go is checked before the run, not found unwritable after it.
       checkOutDir(args.out);
+      // Traces of failing fleecing cases go with the other reports (unless told otherwise).
+      process.env.FLEECE_TRACE_DIR ??= path.join(path.resolve(args.out), 'traces');
       // A user's own export is never written unless they say so: the fleecing cases write guest
       // data over what the live export holds.
       if (args.live && !args.allowWrites) {
