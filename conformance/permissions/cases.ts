@@ -43,6 +43,8 @@ export interface PermCaseSpec {
 /** One command as a target answered it. */
 export interface Observed {
   command: string;
+  /** The arguments as sent (for the transcript). */
+  args?: Record<string, unknown>;
   ok: boolean;
   error?: { class: string; desc: string };
 }
@@ -143,7 +145,7 @@ export async function runSequence(s: PermSession, ops: readonly GraphOp[]): Prom
   for (const op of ops) {
     const { command, args } = toQmp(op, s);
     const r: QmpReply = await s.qmp.execute(command, args);
-    out.push(r.ok ? { command, ok: true } : { command, ok: false, error: r.error });
+    out.push(r.ok ? { command, args, ok: true } : { command, args, ok: false, error: r.error });
     if (r.ok && op.op === 'block-job-cancel') await s.qmp.waitEvent('BLOCK_JOB_CANCELLED', 10_000, (d) => d.device === op.jobId);
   }
   return out;
@@ -225,6 +227,8 @@ function permCase(spec: PermCaseSpec, index: number, model: ModelOptions): CaseD
     async run(ctx: CaseContext<PermEnv>) {
       const s = await ctx.env.lab.session();
       const seen = await runSequence(s, ops);
+      // The whole QMP transcript, arguments and answers, for the case page.
+      seen.forEach((o, i) => ctx.observe(`QMP #${i + 1} -> ${JSON.stringify({ execute: o.command, arguments: o.args })} <- ${o.ok ? '{"return": {}}' : JSON.stringify({ error: o.error })}`));
       const expected = ev.results.map((r) => (r.ok ? 'accepted' : `refused: ${r.error.message}`));
       OBSERVED.set(`${ctx.target.name} ${ctx.caseId}`, { expected, observed: seen.map(describeOutcome) });
       const missing = seen.find((o) => o.error?.class === 'CommandNotFound');
