@@ -14,8 +14,12 @@ import { expectedContent } from '../targets/image.ts';
 import type { RunningTarget, TargetDef } from '../targets/types.ts';
 import { checkCase, inputCount, type FuzzCase, type ReplayFile } from './case.ts';
 import { HealthClient, pidAlive, qmpServes, rssKiB, runNbdCase, runQmpCase, type CaseOutcome } from './driver.ts';
+import { minimize } from './shrink.ts';
 import { nbdCaseArb, qmpCaseArb, type GenContext } from './generate.ts';
 import type { Finding } from './oracle.ts';
+
+/** The finding reported for a case when it shows several, most severe first. */
+const KIND_ORDER = ['dead', 'hang', 'framing', 'model', 'qmp', 'health', 'rss'];
 
 export interface CampaignOptions {
   readonly target: TargetDef;
@@ -226,8 +230,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       failures = new Map();
       shrinking = false;
       const r = await fc.check(fc.asyncProperty(arb, property), { seed: o.seed, numRuns: 1, examples: [[c]], endOnFailure: false });
-      if (r.failed && r.counterexample) record(r.counterexample[0]!, r.numShrinks, o.seed, r.counterexamplePath ?? undefined);
-      else if (r.failed) record(c, 0, o.seed);
+      if (r.failed && r.counterexample) await record(r.counterexample[0]!, r.numShrinks, o.seed, r.counterexamplePath ?? undefined);
+      else if (r.failed) await record(c, 0, o.seed);
     }
     for (let round = 0; budgetLeft(); round++) {
       failures = new Map();
@@ -239,7 +243,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       });
       if (r.failed && r.counterexample) {
         if (failures.size === 0 && r.errorInstance) throw r.errorInstance; // the harness threw
-        record(r.counterexample[0]!, r.numShrinks, seed, r.counterexamplePath ?? undefined);
+        await record(r.counterexample[0]!, r.numShrinks, seed, r.counterexamplePath ?? undefined);
         if (!o.continueAfterFinding) break;
       }
     }
@@ -266,9 +270,26 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     findings,
   };
 
-  function record(c: FuzzCase, shrinks: number, seed: number, p?: string): void {
-    const fs_ = failures.get(JSON.stringify(c)) ?? [{ kind: 'model' as const, message: 'the case failed (findings not captured)' }];
-    for (const f of fs_) findings.push({ ...f, case: c, shrinks, seed, ...(p ? { path: p } : {}) });
+  async function record(c: FuzzCase, shrinks: number, seed: number, p?: string): Promise<void> {
+    let fs_ = failures.get(JSON.stringify(c)) ?? [{ kind: 'model' as const, message: 'the case failed (findings not captured)' }];
+    fs_ = [...fs_].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind));
+    const primary = fs_[0]!.kind;
+    let best = c;
+    let steps = shrinks;
+    if (primary !== 'health' && primary !== 'rss') {
+      const m = await minimize(c, async (cand) => {
+        if (t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x))) t = await handle.restart();
+        const out = await runCase(t, cand, o.timeoutMs);
+        const hit = out.findings.some((f) => f.kind === primary);
+        if (hit) failures.set(JSON.stringify(cand), [...out.findings].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind)));
+        return hit;
+      });
+      best = m.case;
+      steps += m.steps;
+      fs_ = failures.get(JSON.stringify(best)) ?? fs_;
+    }
+    findings.push({ ...fs_[0]!, case: best, shrinks: steps, seed, ...(p ? { path: p } : {}) });
+    if (t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x))) t = await handle.restart();
   }
 }
 

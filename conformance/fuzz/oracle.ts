@@ -87,6 +87,9 @@ export class SessionOracle {
   lenient = false;
   private client: Buffer = Buffer.alloc(0);
   private server: Buffer = Buffer.alloc(0);
+  private parts: Buffer[] = [];
+  private partsSize = 0;
+  private need = 0;
   private serverBase = 0;
   private cphase: ClientPhase = 'flags';
   private sphase: 'greeting' | 'options' | 'transmission' | 'closed' = 'greeting';
@@ -239,7 +242,15 @@ export class SessionOracle {
 
   serverSent(bytes: Buffer): void {
     if (this.lenient && this.sphase !== 'transmission') return;
-    this.server = this.server.length ? Buffer.concat([this.server, bytes]) : bytes;
+    // Bytes pile up in a list until the decoder's last "need" is met: concatenating on every
+    // 'data' event would be quadratic for a large READ reply.
+    this.parts.push(bytes);
+    this.partsSize += bytes.length;
+    if (this.server.length + this.partsSize < this.need) return;
+    this.server = Buffer.concat([this.server, ...this.parts]);
+    this.parts = [];
+    this.partsSize = 0;
+    this.need = 0;
     try {
       this.parseServer();
     } catch (e) {
@@ -252,6 +263,11 @@ export class SessionOracle {
     if (this.closed) return;
     this.closed = true;
     if (this.lenient) return;
+    if (this.partsSize > 0) {
+      this.server = Buffer.concat([this.server, ...this.parts]);
+      this.parts = [];
+      this.partsSize = 0;
+    }
     if (this.server.length > 0 && this.sphase !== 'closed') {
       this.find('framing', `server closed in the middle of a message (${this.server.length} bytes of it received: ${this.server.subarray(0, 32).toString('hex')})`);
       return;
@@ -272,7 +288,10 @@ export class SessionOracle {
   }
 
   private take<T>(d: Decoded<T>): T | undefined {
-    if (!d.ok) return undefined;
+    if (!d.ok) {
+      this.need = d.need;
+      return undefined;
+    }
     this.server = this.server.subarray(d.size);
     this.serverBase += d.size;
     return d.msg;
