@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { open } from '../nbd/session.ts';
-import { TF } from '../nbd/constants.ts';
+import { TF, flagNames } from '../nbd/constants.ts';
 import { expectedContent } from '../targets/image.ts';
 import type { RunningTarget, TargetDef } from '../targets/types.ts';
 import { checkCase, inputCount, type FuzzCase, type ReplayFile } from './case.ts';
@@ -17,6 +17,11 @@ import { HealthClient, pidAlive, qmpServes, rssKiB, runNbdCase, runQmpCase, type
 import { minimize } from './shrink.ts';
 import { nbdCaseArb, qmpCaseArb, type GenContext } from './generate.ts';
 import type { Finding } from './oracle.ts';
+
+/** Findings that differ only in numbers (stream offsets, cookies, bytes) are one finding. */
+export function signature(f: Finding): string {
+  return `${f.kind}:${f.message.replace(/\(stream offset[^)]*\)/g, '').replace(/0x[0-9a-f]+|\d+/gi, 'N').split('\n')[0]}`;
+}
 
 /** The finding reported for a case when it shows several, most severe first. */
 const KIND_ORDER = ['dead', 'hang', 'framing', 'model', 'qmp', 'health', 'rss'];
@@ -57,6 +62,8 @@ export interface ReportedFinding extends Finding {
   readonly seed: number;
   /** The round's fast-check path, to regenerate the unshrunk case. */
   readonly path?: string;
+  /** How many rounds found the same finding (same kind and message up to numbers). */
+  occurrences: number;
   /** Whether running the shrunk case alone, on a fresh target, shows the finding again. */
   reproduced?: boolean;
 }
@@ -131,7 +138,8 @@ export async function runCase(t: RunningTarget, c: FuzzCase, timeoutMs: number):
   const died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
   if (died || gone.length) {
     const tail = t.logs().trim().split('\n').slice(-12).join('\n    ');
-    findings.push({ kind: 'dead', message: `the server died: ${died ?? `process ${gone.join(', ')} exited`}\n    ${tail}` });
+    const flags = out.transmissionFlags !== undefined ? ` (the export's transmission flags: ${flagNames(out.transmissionFlags)})` : '';
+    findings.push({ kind: 'dead', message: `the server died: ${died ?? `process ${gone.join(', ')} exited`}${flags}\n    ${tail}` });
   }
   else if (out.connectError) findings.push({ kind: 'dead', message: `a new connection was refused: ${out.connectError}` });
   else if (c.proto === 'nbd' && findings.some((f) => f.kind === 'hang' || f.kind === 'framing')) {
@@ -194,13 +202,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     // Out of budget: pass the rest of the round at once (the time limit of fast-check would cut
     // shrinking short, so the budget is enforced here and never while shrinking).
     if (!shrinking && !budgetLeft()) return true;
-    if (t.died?.() || (t.pids?.() ?? []).some((p) => !pidAlive(p))) {
-      t = await handle.restart();
-      health.close();
-      const ref = t.exports.ro ?? t.exports.rw!;
-      health = new HealthClient(ref.address, ref.name, o.timeoutMs, expected);
-      rssPid = t.pids?.()[0];
-    }
+    await revive();
     cases++;
     inputs += inputCount(c);
     if (c.proto === 'qmp') qmpCases++;
@@ -214,6 +216,12 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       if (k !== undefined && k > o.rssLimitMiB * 1024) fs_.push({ kind: 'rss', message: `server RSS ${Math.round(k / 1024)} MiB is above the ${o.rssLimitMiB} MiB limit` });
     }
     if (cases % 200 === 0) o.onProgress?.({ cases, inputs, elapsedMs: Date.now() - started, findings: findings.length });
+    if (fs_.length && !shrinking && fs_.every((f) => findings.some((g) => signature(g) === signature(f)))) {
+      // Already reported (and shrunk): count it and explore on instead of shrinking it again.
+      for (const g of findings) if (fs_.some((f) => signature(f) === signature(g))) g.occurrences++;
+      await revive();
+      return true;
+    }
     if (fs_.length) {
       const seen = new Set<string>();
       failures.set(JSON.stringify(c), fs_.filter((f) => !seen.has(f.kind) && seen.add(f.kind)));
@@ -278,7 +286,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     let steps = shrinks;
     if (primary !== 'health' && primary !== 'rss') {
       const m = await minimize(c, async (cand) => {
-        if (t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x))) t = await handle.restart();
+        await revive();
         const out = await runCase(t, cand, o.timeoutMs);
         const hit = out.findings.some((f) => f.kind === primary);
         if (hit) failures.set(JSON.stringify(cand), [...out.findings].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind)));
@@ -288,8 +296,21 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       steps += m.steps;
       fs_ = failures.get(JSON.stringify(best)) ?? fs_;
     }
-    findings.push({ ...fs_[0]!, case: best, shrinks: steps, seed, ...(p ? { path: p } : {}) });
-    if (t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x))) t = await handle.restart();
+    const sig = signature(fs_[0]!);
+    const same = findings.find((f) => signature(f) === sig);
+    if (same) same.occurrences++;
+    else findings.push({ ...fs_[0]!, case: best, shrinks: steps, seed, occurrences: 1, ...(p ? { path: p } : {}) });
+    await revive();
+  }
+
+  /** Restarts a dead target, with a new healthy client (the old connection died with it). */
+  async function revive(): Promise<void> {
+    if (!(t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x)))) return;
+    t = await handle.restart();
+    health.close();
+    const ref = t.exports.ro ?? t.exports.rw!;
+    health = new HealthClient(ref.address, ref.name, o.timeoutMs, expected);
+    rssPid = t.pids?.()[0];
   }
 }
 

@@ -38,6 +38,8 @@ export interface CaseOutcome {
   readonly transmission: boolean;
   /** The connection could not even be opened (a dead or saturated server). */
   readonly connectError?: string;
+  /** Transmission flags the server sent (INFO_EXPORT or the EXPORT_NAME reply). */
+  readonly transmissionFlags?: number;
 }
 
 /** Runs one NBD case against `address` and judges it. */
@@ -96,14 +98,14 @@ export async function runNbdCase(address: Address, c: NbdCase, exportNames: read
       oracle.clientSent(piece);
       if (!(await settle())) break;
     }
-    const transmission = oracle.phase === 'transmission';
+    const transmission = oracle.phase === 'transmission' || oracle.exportSize !== undefined;
     if (!oracle.findings.some((f) => f.kind === 'hang')) {
       sock.end();
       oracle.clientEof();
       const closed = oracle.closed || (await waitFor(() => oracle.closed, () => (wake = undefined), (w) => (wake = w), timeoutMs));
       if (!closed) oracle.findings.push({ kind: 'hang', message: `the server did not close the connection within ${timeoutMs} ms of the client's EOF (phase ${oracle.phase})` });
     }
-    return { findings: oracle.findings, transmission };
+    return { findings: oracle.findings, transmission, ...(oracle.exportSize !== undefined ? { transmissionFlags: oracle.transmissionFlags } : {}) };
   } finally {
     sock.destroy();
   }
@@ -252,8 +254,11 @@ export async function runQmpCase(path: string, c: QmpCase, timeoutMs: number): P
     wake?.();
   });
   sock.on('error', () => undefined);
+  // A monitor reads and lexes input slowly (qemu-storage-daemon 7.2 takes about 5 s for 1 MiB of
+  // whitespace): the time allowed grows with what was sent, so slowness is not called a hang.
+  let sentBytes = 0;
   const waitLines = async (n: number): Promise<boolean> => {
-    const deadline = Date.now() + timeoutMs;
+    const deadline = Date.now() + timeoutMs + Math.ceil((sentBytes / (1 << 20)) * 8000);
     while (lines.length < n && !closed) {
       const left = deadline - Date.now();
       if (left <= 0) return false;
@@ -286,6 +291,7 @@ export async function runQmpCase(path: string, c: QmpCase, timeoutMs: number): P
         return undefined;
       }
     });
+    sentBytes = c.texts.reduce((a, t) => a + Buffer.byteLength(t) + 1, 0);
     if (c.joined) sock.write(c.texts.join(''));
     else for (const t of c.texts) sock.write(t + '\n');
     // When every text is a JSON object, each gets exactly one reply, in order (qmp-spec
@@ -296,7 +302,7 @@ export async function runQmpCase(path: string, c: QmpCase, timeoutMs: number): P
         findings.push(
           closed
             ? { kind: 'qmp', message: `the monitor closed the connection after answering ${lines.length - before} of ${c.texts.length} QMP command(s)` }
-            : { kind: 'hang', message: `${lines.length - before} of ${c.texts.length} QMP command(s) answered within ${timeoutMs} ms` },
+            : { kind: 'hang', message: `${lines.length - before} of ${c.texts.length} QMP command(s) answered within ${timeoutMs} ms (+8 s per MiB sent)` },
         );
       } else {
         let capsDone = c.capabilities;

@@ -116,8 +116,11 @@ export class SessionOracle {
     return this.sphase;
   }
 
+  /** Set when replies can no longer be matched to requests (duplicate cookies in flight). */
+  private unjudged = false;
+
   private find(kind: FindingKind, message: string): void {
-    if (this.findings.length < 8) this.findings.push({ kind, message });
+    if (!this.unjudged && this.findings.length < 8) this.findings.push({ kind, message });
     this.lenient = true;
   }
 
@@ -205,8 +208,11 @@ export class SessionOracle {
         return;
       }
       if (this.client.readUInt32BE(0) !== REQUEST_MAGIC) {
+        // The spec does not say how a server treats a bad magic; QEMU 7.2 answers the garbage
+        // header with EINVAL under whatever cookie it holds. Replies are no longer judged.
         this.mayDisconnect = true;
         this.cphase = 'ignored';
+        this.unjudged = true;
         return;
       }
       const flags = this.client.readUInt16BE(4);
@@ -221,12 +227,21 @@ export class SessionOracle {
         this.mayDisconnect = true;
         this.cphase = 'ignored';
         this.lenient = true;
+        this.unjudged = true;
         return;
       }
       const req = { type, offset, length, cookie, flags };
       const o: Outstanding = { ...req, complete: type !== Cmd.WRITE || length === 0, assembler: new ReplyAssembler(req, this.contexts) };
       this.outstanding.push(o);
-      if (type === Cmd.DISC) this.discSent = true;
+      if (type === Cmd.DISC) {
+        this.discSent = true;
+        // DISC with flags, an offset or a length is malformed (proto.md "NBD_CMD_DISC"): a server
+        // may reject it as a request (nbd-server answers EINVAL and goes on) instead of closing.
+        if ((flags & ~CmdFlag.FUA) !== 0 || offset !== 0n || length !== 0) {
+          this.mayDisconnect = true;
+          this.unjudged = true;
+        }
+      }
       if (type === Cmd.WRITE && length > 0) {
         if (length > MAX_PAYLOAD) {
           // A server may refuse an oversized payload by disconnecting without reading it.
@@ -406,7 +421,9 @@ export class SessionOracle {
       const repeatAck = name === 'STRUCTURED_REPLY' && this.structured && reply === 'ACK';
       // A GO or INFO for an export the target serves is judged by the model, which lets it fail
       // only with ERR_UNKNOWN; a server may also refuse for policy (ERR_POLICY, ERR_TLS_REQD).
-      const policy = r.type === Rep.ERR_POLICY || r.type === Rep.ERR_TLS_REQD || r.type === Rep.ERR_SHUTDOWN || r.type === Rep.ERR_BLOCK_SIZE_REQD;
+      // ERR_UNSUP: the server does not implement the option (nbd-server 3.24 has no structured
+      // replies); the model describes a server that does.
+      const policy = r.type === Rep.ERR_POLICY || r.type === Rep.ERR_TLS_REQD || r.type === Rep.ERR_SHUTDOWN || r.type === Rep.ERR_BLOCK_SIZE_REQD || (r.type === Rep.ERR_UNSUP && name !== 'ABORT');
       if (!repeatAck && !policy && (reply === undefined || !enabledHas(s, { kind: 'optionReply', reply }))) {
         return this.find('model', `${repName(r.type)} to a well-formed ${optName(o.opt)}${partials ? ` after ${partials} partial repl${partials === 1 ? 'y' : 'ies'}` : ''} is not allowed by the session model (it allows ${MODEL.enabled(s).filter((a) => a.kind === 'optionReply').map((a) => (a as { reply: string }).reply).join(', ')})`);
       }

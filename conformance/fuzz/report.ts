@@ -33,7 +33,7 @@ export function writeFuzzReport(dir: string, r: CampaignResult, corpusDir?: stri
     files.push(file);
   });
   const summary = path.join(base, `${s}.json`);
-  fs.writeFileSync(summary, JSON.stringify({ ...r, findings: r.findings.map((f, i) => ({ kind: f.kind, message: f.message, shrinks: f.shrinks, seed: f.seed, reproduced: f.reproduced, replay: files[i] })), writtenAt: new Date().toISOString() }, null, 2) + '\n');
+  fs.writeFileSync(summary, JSON.stringify({ ...r, findings: r.findings.map((f, i) => ({ kind: f.kind, message: f.message, shrinks: f.shrinks, occurrences: f.occurrences, seed: f.seed, reproduced: f.reproduced, replay: files[i] })), writtenAt: new Date().toISOString() }, null, 2) + '\n');
   return { summary, findings: files };
 }
 
@@ -46,7 +46,7 @@ export function renderResult(r: CampaignResult, files: Written, rel: (f: string)
   if (r.rss) lines.push(`  server RSS: ${(r.rss.startKiB / 1024).toFixed(0)} MiB at start, max ${(r.rss.maxKiB / 1024).toFixed(0)} MiB, ${(r.rss.endKiB / 1024).toFixed(0)} MiB at the end`);
   if (r.findings.length === 0) lines.push('  findings: none');
   r.findings.forEach((f, i) => {
-    lines.push(`  finding ${i + 1} [${f.kind}]${f.reproduced === false ? ' (not reproduced alone)' : ''}: ${f.message}`);
+    lines.push(`  finding ${i + 1} [${f.kind}]${f.occurrences > 1 ? ` (x${f.occurrences})` : ''}${f.reproduced === false ? ' (not reproduced alone)' : ''}: ${f.message}`);
     lines.push(`    shrunk in ${f.shrinks} steps; replay: npx fleece fuzz --target ${r.target} --replay ${rel(files.findings[i]!)}`);
   });
   lines.push(`  report: ${rel(files.summary)}`);
