@@ -13,7 +13,7 @@ import { TF, flagNames } from '../nbd/constants.ts';
 import { expectedContent } from '../targets/image.ts';
 import type { RunningTarget, TargetDef } from '../targets/types.ts';
 import { checkCase, inputCount, type FuzzCase, type ReplayFile } from './case.ts';
-import { HealthClient, pidAlive, qmpServes, rssKiB, runNbdCase, runQmpCase, type CaseOutcome } from './driver.ts';
+import { connectRaw, HealthClient, pidAlive, qmpServes, rssKiB, runNbdCase, runQmpCase, type CaseOutcome } from './driver.ts';
 import { minimize } from './shrink.ts';
 import { nbdCaseArb, qmpCaseArb, type GenContext } from './generate.ts';
 import type { Finding } from './oracle.ts';
@@ -142,6 +142,15 @@ export async function runCase(t: RunningTarget, c: FuzzCase, timeoutMs: number):
     findings.push({ kind: 'dead', message: `the server died: ${died ?? `process ${gone.join(', ')} exited`}${flags}\n    ${tail}` });
   }
   else if (out.connectError) findings.push({ kind: 'dead', message: `a new connection was refused: ${out.connectError}` });
+  else if (t.pids === undefined && c.proto === 'nbd') {
+    // No process to watch (a URI): whether the server still accepts connections is the sign.
+    const ref = t.exports[c.role] ?? t.exports.rw!;
+    try {
+      (await connectRaw(ref.address, timeoutMs)).destroy();
+    } catch (e) {
+      findings.push({ kind: 'dead', message: `after the case the server refuses connections: ${(e as Error).message}` });
+    }
+  }
   else if (c.proto === 'nbd' && findings.some((f) => f.kind === 'hang' || f.kind === 'framing')) {
     // After a hang or garbage, see whether the server still serves anyone at all.
     const rw = t.exports.rw!;
@@ -189,13 +198,17 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     throw new Error(`the healthy client is not served before fuzzing starts: ${healthProbe}`);
   }
 
-  const budgetLeft = () => (o.inputs === undefined || inputs < o.inputs) && (o.seconds === undefined || Date.now() - started < o.seconds * 1000);
+  /** Set when the server died and cannot be restarted (a URI: a server the user runs). */
+  let stopped = false;
+  const budgetLeft = () => !stopped && (o.inputs === undefined || inputs < o.inputs) && (o.seconds === undefined || Date.now() - started < o.seconds * 1000);
   const arbs: fc.Arbitrary<FuzzCase>[] = [];
   if (o.protocols.includes('nbd')) arbs.push(nbdCaseArb(ctx));
   if (o.protocols.includes('qmp') && t.qmp) arbs.push(qmpCaseArb());
   if (arbs.length === 0) throw new Error(`target ${t.name} has nothing to fuzz for ${o.protocols.join(', ')} (no QMP monitor)`);
   const arb = arbs.length === 1 ? arbs[0]! : fc.oneof({ weight: 4, arbitrary: arbs[0]! }, { weight: 1, arbitrary: arbs[1]! });
   let failures = new Map<string, Finding[]>();
+  /** The round's first failing case, before shrinking. */
+  let firstFailure: FuzzCase | undefined;
   let shrinking = false;
 
   const property = async (c: FuzzCase): Promise<boolean> => {
@@ -223,6 +236,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       return true;
     }
     if (fs_.length) {
+      if (!shrinking) firstFailure = c;
       const seen = new Set<string>();
       failures.set(JSON.stringify(c), fs_.filter((f) => !seen.has(f.kind) && seen.add(f.kind)));
       shrinking = true;
@@ -243,6 +257,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     }
     for (let round = 0; budgetLeft(); round++) {
       failures = new Map();
+      firstFailure = undefined;
       shrinking = false;
       const seed = (o.seed + round) >>> 0;
       const r = await fc.check(fc.asyncProperty(arb, property), {
@@ -281,10 +296,18 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   async function record(c: FuzzCase, shrinks: number, seed: number, p?: string): Promise<void> {
     let fs_ = failures.get(JSON.stringify(c)) ?? [{ kind: 'model' as const, message: 'the case failed (findings not captured)' }];
     fs_ = [...fs_].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind));
-    const primary = fs_[0]!.kind;
+    let primary = fs_[0]!.kind;
     let best = c;
     let steps = shrinks;
-    if (primary !== 'health' && primary !== 'rss') {
+    if (t.pids === undefined && firstFailure && (failures.get(JSON.stringify(firstFailure)) ?? []).some((f) => f.kind === 'dead')) {
+      // A server the user runs cannot be restarted: after its death every shrink step "fails",
+      // so the case reported is the one that killed it, unshrunk.
+      best = firstFailure;
+      steps = 0;
+      fs_ = failures.get(JSON.stringify(firstFailure))!;
+      primary = 'dead';
+      fs_ = [...fs_].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind));
+    } else if (primary !== 'health' && primary !== 'rss') {
       const m = await minimize(c, async (cand) => {
         await revive();
         const out = await runCase(t, cand, o.timeoutMs);
@@ -298,6 +321,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     }
     const sig = signature(fs_[0]!);
     const same = findings.find((f) => signature(f) === sig);
+    if (primary === 'dead' && t.pids === undefined) stopped = true;
     if (same) same.occurrences++;
     else findings.push({ ...fs_[0]!, case: best, shrinks: steps, seed, occurrences: 1, ...(p ? { path: p } : {}) });
     await revive();
