@@ -188,7 +188,12 @@ function requestArb(ctx: GenContext): fc.Arbitrary<Omit<RequestMsg, 'cookie'>> {
 export function pipelineArb(ctx: GenContext): fc.Arbitrary<TransmissionMsg[]> {
   return fc
     .record({
-      reqs: fc.array(requestArb(ctx), { minLength: 1, maxLength: ctx.maxRequests }),
+      // fast-check keeps arrays short by default; one pipeline in five is long (half the
+      // maximum or more), so deep queues and replies out of order get exercised too.
+      reqs: fc.oneof(
+        { weight: 4, arbitrary: fc.array(requestArb(ctx), { minLength: 1, maxLength: ctx.maxRequests }) },
+        { weight: 1, arbitrary: fc.array(requestArb(ctx), { minLength: Math.max(1, ctx.maxRequests >> 1), maxLength: ctx.maxRequests, size: 'max' }) },
+      ),
       dup: fc.oneof({ weight: 40, arbitrary: fc.constant(-1) }, { weight: 1, arbitrary: fc.nat() }),
       tail: fc.oneof({ weight: 10, arbitrary: fc.constant<'disc' | 'none' | 'raw'>('disc') }, { weight: 3, arbitrary: fc.constant<'disc' | 'none' | 'raw'>('none') }, { weight: 1, arbitrary: fc.constant<'disc' | 'none' | 'raw'>('raw') }),
       raw: bytes(40),
