@@ -26,6 +26,9 @@ export function signature(f: Finding): string {
 /** The finding reported for a case when it shows several, most severe first. */
 const KIND_ORDER = ['dead', 'hang', 'framing', 'model', 'qmp', 'health', 'rss'];
 
+/** Wall time allowed to each of the two shrinking passes of one finding. */
+const SHRINK_MS = 60_000;
+
 export interface CampaignOptions {
   readonly target: TargetDef;
   readonly seed: number;
@@ -43,6 +46,8 @@ export interface CampaignOptions {
   readonly rssLimitMiB: number;
   /** Probe the healthy client every this many cases. */
   readonly healthEvery: number;
+  /** Generate QMP texts of 64 KiB to 1 MiB and deep nesting (default true). */
+  readonly qmpHugeTexts?: boolean;
   /** Keep going after a finding (a new round with the next seed) until the budget is spent. */
   readonly continueAfterFinding: boolean;
   readonly onProgress?: (p: Progress) => void;
@@ -203,18 +208,22 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const budgetLeft = () => !stopped && (o.inputs === undefined || inputs < o.inputs) && (o.seconds === undefined || Date.now() - started < o.seconds * 1000);
   const arbs: fc.Arbitrary<FuzzCase>[] = [];
   if (o.protocols.includes('nbd')) arbs.push(nbdCaseArb(ctx));
-  if (o.protocols.includes('qmp') && t.qmp) arbs.push(qmpCaseArb());
+  if (o.protocols.includes('qmp') && t.qmp) arbs.push(qmpCaseArb(o.qmpHugeTexts ?? true));
   if (arbs.length === 0) throw new Error(`target ${t.name} has nothing to fuzz for ${o.protocols.join(', ')} (no QMP monitor)`);
   const arb = arbs.length === 1 ? arbs[0]! : fc.oneof({ weight: 4, arbitrary: arbs[0]! }, { weight: 1, arbitrary: arbs[1]! });
   let failures = new Map<string, Finding[]>();
   /** The round's first failing case, before shrinking. */
   let firstFailure: FuzzCase | undefined;
+  let shrinkStarted = 0;
   let shrinking = false;
 
   const property = async (c: FuzzCase): Promise<boolean> => {
     // Out of budget: pass the rest of the round at once (the time limit of fast-check would cut
     // shrinking short, so the budget is enforced here and never while shrinking).
     if (!shrinking && !budgetLeft()) return true;
+    // Shrinking is bounded in time too: past the limit every run passes, so fast-check stops
+    // with the smallest failing case it has.
+    if (shrinking && Date.now() - shrinkStarted > SHRINK_MS) return true;
     await revive();
     cases++;
     inputs += inputCount(c);
@@ -236,7 +245,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       return true;
     }
     if (fs_.length) {
-      if (!shrinking) firstFailure = c;
+      if (!shrinking) {
+        firstFailure = c;
+        shrinkStarted = Date.now();
+      }
       const seen = new Set<string>();
       failures.set(JSON.stringify(c), fs_.filter((f) => !seen.has(f.kind) && seen.add(f.kind)));
       shrinking = true;
@@ -308,7 +320,9 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       primary = 'dead';
       fs_ = [...fs_].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind));
     } else if (primary !== 'health' && primary !== 'rss') {
+      const until = Date.now() + SHRINK_MS;
       const m = await minimize(c, async (cand) => {
+        if (Date.now() > until) return false;
         await revive();
         const out = await runCase(t, cand, o.timeoutMs);
         const hit = out.findings.some((f) => f.kind === primary);

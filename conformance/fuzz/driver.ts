@@ -317,8 +317,9 @@ export async function runQmpCase(path: string, c: QmpCase, timeoutMs: number): P
   } finally {
     sock.destroy();
   }
-  // Whatever this connection did, the monitor must serve the next one.
-  const alive = await qmpServes(path, timeoutMs);
+  // Whatever this connection did, the monitor must serve the next one - once it has lexed what
+  // this one left in its buffer, hence the same allowance per MiB sent.
+  const alive = await qmpServes(path, timeoutMs + Math.ceil((sentBytes / (1 << 20)) * 8000));
   if (alive) findings.push({ kind: 'dead', message: `after the case, a new QMP connection is not served: ${alive}` });
   return { findings, transmission: false };
 }
