@@ -7,3 +7,4 @@ registerSubcommand('conform', async () => (await import('../conformance/cli.ts')
 registerSubcommand('bench', async () => (await import('../bench/cli.ts')).default);
 registerSubcommand('replay', async () => (await import('../conformance/replay/cli.ts')).default);
 registerSubcommand('interleave', async () => (await import('../conformance/interleavings/command.ts')).default);
+registerSubcommand('fuzz', async () => (await import('../conformance/fuzz/command.ts')).default);

@@ -29,6 +29,7 @@ async function startAll(
   procs: { proc: ManagedProcess; address: Address }[],
   exports: RunningTarget['exports'],
   opts: TargetStartOptions,
+  qmp?: string,
 ): Promise<RunningTarget> {
   const stop = async () => {
     await Promise.all(procs.map((p) => p.proc.stop()));
@@ -44,6 +45,8 @@ async function startAll(
     description,
     exports,
     image: DEFAULT_LAYOUT,
+    ...(qmp !== undefined ? { qmp } : {}),
+    pids: () => procs.flatMap((p) => (p.proc.child.pid !== undefined ? [p.proc.child.pid] : [])),
     logs: () => procs.map((p) => `--- ${p.proc.label}\n${p.proc.output}`).join('\n'),
     died: () => {
       const dead = procs.find((p) => p.proc.hasExited);
@@ -82,7 +85,10 @@ const qsd: TargetDef = {
   async start(opts) {
     const img = images(opts.workDir);
     const sock = unix(opts.workDir, 'qsd.sock');
+    const qmp = path.join(opts.workDir, 'qsd-qmp.sock');
     const args = [
+      '--chardev', `socket,id=m0,path=${qmp},server=on,wait=off`,
+      '--monitor', 'chardev=m0',
       '--blockdev', `driver=file,node-name=f0,filename=${img.rw}`,
       '--blockdev', 'driver=raw,node-name=disk0,file=f0',
       '--blockdev', `driver=file,node-name=f1,filename=${img.ro},read-only=on`,
@@ -97,6 +103,7 @@ const qsd: TargetDef = {
       [{ proc: ManagedProcess.spawn('qemu-storage-daemon', 'qemu-storage-daemon', args), address: sock }],
       { rw: { address: sock, name: 'disk' }, ro: { address: sock, name: 'ro' } },
       opts,
+      qmp,
     );
   },
 };
@@ -238,6 +245,10 @@ const nbdServer: TargetDef = {
       exports: { rw: { address, name: 'disk' }, ro: { address, name: 'ro' } },
       image: DEFAULT_LAYOUT,
       logs: () => launcher.output,
+      pids: () => {
+        const pid = readPid();
+        return pid === undefined ? [] : [pid];
+      },
       died: () => {
         const pid = readPid();
         if (pid === undefined) return 'nbd-server: no pid file';
@@ -261,9 +272,12 @@ const reference: TargetDef = {
   async start(opts) {
     const img = images(opts.workDir);
     const sock = unix(opts.workDir, 'ref.sock');
+    const qmp = path.join(opts.workDir, 'ref-qmp.sock');
     const args = [
       path.join(REPO, 'bin/fleece.mjs'),
       'serve',
+      '--chardev', `socket,id=m0,path=${qmp},server=on,wait=off`,
+      '--monitor', 'chardev=m0',
       '--blockdev', `driver=file,node-name=disk0,filename=${img.rw}`,
       '--blockdev', `driver=file,node-name=ro0,filename=${img.ro}`,
       '--nbd-server', `addr.type=unix,addr.path=${(sock as { path: string }).path}`,
@@ -276,6 +290,7 @@ const reference: TargetDef = {
       [{ proc: ManagedProcess.spawn('fleece serve', process.execPath, args), address: sock }],
       { rw: { address: sock, name: 'disk' }, ro: { address: sock, name: 'ro' } },
       { ...opts, startTimeoutMs: Math.max(opts.startTimeoutMs, 15_000) },
+      qmp,
     );
   },
 };

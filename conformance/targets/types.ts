@@ -21,6 +21,8 @@ export interface RunningTarget {
   readonly qmp?: string;
   /** Anything else a suite-specific target wants to hand to its cases. */
   readonly extra?: Readonly<Record<string, unknown>>;
+  /** Process ids of the servers the target started (for RSS sampling); absent for URIs. */
+  pids?(): number[];
   /** Output of the processes the target started (for harness errors). */
   logs(): string;
   /** undefined while every process of the target runs; else what died and how (with its last output). */

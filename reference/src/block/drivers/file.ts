@@ -1,10 +1,15 @@
 // `file`: a raw image file on the host (QEMU's file-posix, without locking or O_DIRECT). Node has
 // no SEEK_DATA/SEEK_HOLE or hole punching, so every range reports allocated data and discard is a
 // no-op: both are allowed by the contract (discard is advisory; "holes as data" is legitimate).
+// Durability: a flush and a FUA write end with fdatasync, as file-posix's raw_co_flush_to_disk
+// does, so what the NBD client was told is stable survives a crash of the host (proto.md
+// "NBD_CMD_FLUSH", "NBD_CMD_FLAG_FUA"). x-skip-flush=on is an UNSAFE known-bad option that skips
+// it (tests show the durability check failing on it); the data then lives only in the page cache.
 import * as fs from 'node:fs';
 import { BlockError, type Errno } from '../errors.ts';
 import { BlockNode, readBuffers } from '../node.ts';
 import type { PermPair } from '../perm.ts';
+import type { RequestFlags } from '../types.ts';
 import type { DriverContext } from './registry.ts';
 
 function ioError(e: unknown, node: string, op: string, offset: number, bytes: number): BlockError {
@@ -29,10 +34,13 @@ export class FileNode extends BlockNode {
   readonly filename: string;
   private readonly fd: number;
   private size: number;
+  /** UNSAFE, known bad: flush and FUA do not reach stable storage. */
+  private readonly skipFlush: boolean;
 
   constructor(ctx: DriverContext) {
     super(ctx.nodeName, 'file', ctx.common);
     this.filename = ctx.opts.requiredString('filename');
+    this.skipFlush = ctx.opts.bool('x-skip-flush', false);
     ctx.opts.ignore('aio', 'locking', 'cache', 'x-check-cache-dropped', 'pr-manager', 'drop-cache');
     try {
       this.fd = fs.openSync(this.filename, this.readOnly ? 'r' : 'r+');
@@ -91,7 +99,13 @@ export class FileNode extends BlockNode {
     return Promise.resolve(buf);
   }
 
-  protected coWrite(offset: number, data: Buffer): Promise<void> {
+  protected async coWrite(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
+    await this.writeData(offset, data);
+    // FUA: durable before the write completes (QEMU emulates it with a flush, BDRV_REQ_FUA).
+    if (flags.fua) await this.coFlush();
+  }
+
+  private writeData(offset: number, data: Buffer): Promise<void> {
     if (data.length <= SYNC_IO_MAX) {
       try {
         for (let done = 0; done < data.length; ) done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
@@ -113,6 +127,7 @@ export class FileNode extends BlockNode {
   }
 
   protected override coFlush(): Promise<void> {
+    if (this.skipFlush) return Promise.resolve();
     return new Promise((resolve, reject) =>
       fs.fdatasync(this.fd, (err) => (err ? reject(ioError(err, this.nodeName, 'flush', 0, 0)) : resolve())),
     );
