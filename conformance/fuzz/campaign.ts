@@ -139,8 +139,15 @@ export async function runCase(t: RunningTarget, c: FuzzCase, timeoutMs: number):
     out = await runNbdCase(ref.address, c, names, timeoutMs);
   }
   const findings = [...out.findings];
-  const gone = (t.pids?.() ?? []).filter((p) => !pidAlive(p));
-  const died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
+  let gone = (t.pids?.() ?? []).filter((p) => !pidAlive(p));
+  let died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
+  // A server that aborted refuses connections a moment before its exit is seen (on a loaded
+  // machine, long enough to blame the refusal): give the exit up to a second to arrive.
+  for (let i = 0; i < 20 && !died && out.connectError && t.pids; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    gone = (t.pids?.() ?? []).filter((p) => !pidAlive(p));
+    died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
+  }
   if (died || gone.length) {
     const tail = t.logs().trim().split('\n').slice(-12).join('\n    ');
     const flags = out.transmissionFlags !== undefined ? ` (the export's transmission flags: ${flagNames(out.transmissionFlags)})` : '';

@@ -19,6 +19,7 @@ import { parseFuzzArgs } from '../fuzz/command.ts';
 import type { NbdCase } from '../fuzz/case.ts';
 
 const FLEECE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/fleece.mjs');
+const CORPUS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fuzz/corpus');
 
 function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -39,9 +40,6 @@ function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr:
 
 const base = { timeoutMs: 3000, maxRequests: 16, rssLimitMiB: 1024, healthEvery: 10, continueAfterFinding: false } as const;
 
-/** Findings the reference is known to have, in files another engineer is rewriting (listed in
- * the fuzz README section); any other finding fails the smoke. */
-const KNOWN_REFERENCE = [/NBD_REP_ERR_UNKNOWN message contains NUL/];
 
 describe('fleece fuzz finds nbdkit 1.32\'s abort on FAST_ZERO (a dead server)', () => {
   it('within 3000 inputs, shrunk to a GO and one WRITE_ZEROES with FAST_ZERO, and the replay kills nbdkit again', async () => {
@@ -61,7 +59,7 @@ describe('fleece fuzz finds nbdkit 1.32\'s abort on FAST_ZERO (a dead server)', 
 });
 
 function unexpected(r: CampaignResult): string[] {
-  return r.findings.filter((f) => !KNOWN_REFERENCE.some((k) => k.test(f.message))).map((f) => `${signature(f)}\n${JSON.stringify(f.case)}`);
+  return r.findings.map((f) => `${signature(f)}\n${JSON.stringify(f.case)}`);
 }
 
 describe('fuzz smoke (bounded by input count)', () => {
@@ -71,6 +69,22 @@ describe('fuzz smoke (bounded by input count)', () => {
     expect(r.transmissionCases).toBeGreaterThan(20);
     expect(unexpected(r)).toEqual([]);
     expect(r.restarts).toBe(0);
+  }, 120_000);
+
+  it('reference, QMP: 300 inputs with huge and deeply nested texts, every reply well-formed and the daemon alive', async () => {
+    const r = await runCampaign({ ...base, timeoutMs: 10_000, target: resolveTarget('reference'), seed: 7, inputs: 300, protocols: ['qmp'], continueAfterFinding: true });
+    expect(r.qmpCases).toBeGreaterThan(20);
+    expect(unexpected(r)).toEqual([]);
+    expect(r.restarts).toBe(0);
+  }, 180_000);
+
+  it('the reference faults fleece fuzz found, replayed from the corpus, are gone (NUL in a message, wrong-typed capabilities, a 4112-deep id)', async () => {
+    const def = resolveTarget('reference');
+    for (const f of ['reference-error-message-nul.json', 'reference-qmp-capabilities-wrong-type.json', 'reference-qmp-nested-id.json']) {
+      const file = JSON.parse(fs.readFileSync(path.join(CORPUS, f), 'utf8'));
+      const again = await replayCase(def, file, 5000);
+      expect(again.findings.map((x) => `${f}: ${x.message}`)).toEqual([]);
+    }
   }, 120_000);
 
   it('qemu-storage-daemon, QMP: 200 inputs (no multi-MiB texts), every reply well-formed and the monitor alive', async () => {

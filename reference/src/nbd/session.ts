@@ -306,7 +306,7 @@ export class NbdSession {
     const name = data.toString('utf8');
     const exp = this.exports.find(name);
     // §1.2: "if the server refuses the export it MUST close the connection".
-    if (!exp) return this.hardClose(`EXPORT_NAME for unknown export '${name}'`);
+    if (!exp) return this.hardClose(`EXPORT_NAME for unknown export '${quoted(name)}'`);
     this.out.send([encodeExportNameReply(exp.backend.length(), transmissionFlags(exp, this.structured), this.noZeroes)]);
     this.enterTransmission(exp);
   }
@@ -319,7 +319,7 @@ export class NbdSession {
       return this.reply(option, REP.ERR_INVALID, (e as Error).message);
     }
     const exp = this.exports.find(req.name);
-    if (!exp) return this.reply(option, REP.ERR_UNKNOWN, `export '${req.name}' not present`);
+    if (!exp) return this.reply(option, REP.ERR_UNKNOWN, `export '${quoted(req.name)}' not present`);
     const out: Buffer[] = [];
     const info = (b: Buffer) => out.push(encodeOptionReply(option, REP.INFO, b));
     // Unknown info types MUST be ignored (§1.3); duplicates are a client error we tolerate.
@@ -356,7 +356,7 @@ export class NbdSession {
       return this.reply(option, REP.ERR_INVALID, (e as Error).message);
     }
     const exp = this.exports.find(req.exportName);
-    if (!exp) return this.reply(option, REP.ERR_UNKNOWN, `export '${req.exportName}' not present`);
+    if (!exp) return this.reply(option, REP.ERR_UNKNOWN, `export '${quoted(req.exportName)}' not present`);
     const available = this.contextsOf(exp);
     let selected: string[];
     if (req.queries.length === 0) {
@@ -560,6 +560,15 @@ export class NbdSession {
     if (this.structured) this.out.send([encodeErrorChunk(req.cookie, err.errno, err.message)]);
     else this.out.send([encodeSimpleReply(req.cookie, err.errno)]);
   }
+}
+
+/** A client's string as it may appear in our messages: proto.md "Conventions" says strings MUST
+ * NOT contain NUL, so control characters (and U+FFFD, what invalid UTF-8 decoded to) are
+ * written as escapes; a long one is cut. */
+export function quoted(s: string, max = 256): string {
+  // eslint-disable-next-line no-control-regex
+  const safe = s.replace(/[\u0000-\u001f\u007f\ufffd]/g, (c) => `\\x${c.charCodeAt(0) > 0xff ? '{fffd}' : c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return safe.length > max ? `${safe.slice(0, max)}...` : safe;
 }
 
 /**
