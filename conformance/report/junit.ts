@@ -1,5 +1,5 @@
 // junit.xml: one <testsuite> per target and suite, one <testcase> per case, spec section as
-// classname and case id as name (research/verification.md §4). non-strict and info are passes
+// classname and case id as name (docs/verification.md §4). non-strict and info are passes
 // with a note in <system-out>; with --strict a non-strict is a <failure>.
 import fs from 'node:fs';
 import path from 'node:path';

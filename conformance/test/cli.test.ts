@@ -21,7 +21,7 @@ describe('fleece conform', () => {
     const r = fleece('--list', '--filter', 'nbd/handshake');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/nbd\/handshake\/unknown-client-flags\s+MUST/);
-    expect(r.stdout).toMatch(/nbd-protocol\.md §2 A2/);
+    expect(r.stdout).toMatch(/docs\/requirements\/nbd\.md A2/);
     expect(r.stdout).not.toMatch(/nbd\/transmission\//);
   });
 
@@ -35,7 +35,7 @@ describe('fleece conform', () => {
     expect(json.seed).toBe(42);
     expect(json.results.map((x: { verdict: string }) => x.verdict).sort()).toEqual(['non-strict', 'pass', 'pass']);
     const junit = fs.readFileSync(path.join(dir, 'junit.xml'), 'utf8');
-    expect(junit).toMatch(/<testcase classname="proto.md &quot;Option types&quot; NBD_OPT_GO; nbd-protocol.md §2 A12" name="nbd\/handshake\/go"/);
+    expect(junit).toMatch(/<testcase classname="proto.md &quot;Option types&quot; NBD_OPT_GO; docs\/requirements\/nbd\.md A12" name="nbd\/handshake\/go"/);
     const index = fs.readFileSync(path.join(dir, 'html/index.html'), 'utf8');
     expect(index).toMatch(/nbd\/handshake\/go/);
     const page = fs.readFileSync(path.join(dir, 'html/cases/nbd__bounds__write-past-end.html'), 'utf8');
