@@ -1,4 +1,4 @@
-// `fleece bench --only breakpoints`: what the breakpoint hooks (issue 7) cost the data path.
+// `fleece bench --only breakpoints`: what the breakpoint hooks (docs/design.md "Interleavings") cost the data path.
 // The same in-process fleecing workload (guest writes through copy-before-write, snapshot reads
 // through snapshot-access, overlay reads in the legacy graph) runs with no breakpoint armed and
 // with one armed breakpoint that never matches (every event then goes through the registry's

@@ -1,11 +1,11 @@
-// `npm run bench` explorer part (issue 4, outcome 5): our explorer against SPIN on the same
+// `npm run bench` explorer part (docs/verification.md §2): our explorer against SPIN on the same
 // fleecing scheme, in the same run. Our side is spec/explorer over spec/models/fleecing (S3, and
 // S1 for the verdict check); SPIN's side is the Promela twin of that very model
 // (spec/models/promela/twin.ts), so state counts are comparable, not just verdicts.
 //
 // Each of our runs happens in a child process, so its peak RSS is its own. SPIN runs are pan
 // processes (spin -a, gcc -O2 -DSAFETY [-DNOREDUCE]); their peak RSS comes from GNU time.
-// Targets (issue 4): (1) our distinct-states rate without symmetry >= SPIN's without reduction
+// Targets (docs/verification.md §2): (1) our distinct-states rate without symmetry >= SPIN's without reduction
 // on S3 4x2x2; (2) with symmetry, fewer states than SPIN's reduced search; (3) S3 3 writers x 3
 // readers exhaustive in under 60 s and 2 GB. Results: reports/bench/explorer.json and a table.
 import { spawnSync } from 'node:child_process';

@@ -1,7 +1,7 @@
-// `fleece bench --only server` (issue 3 outcome 4): the reference NBD server against qemu-nbd and
+// `fleece bench --only server`: the reference NBD server against qemu-nbd and
 // nbdkit on the same raw image in the same run. Sequential read through nbdcopy, 4 KiB random
 // read and write at queue depth 16 through fio's nbd engine, and each server's CPU per GiB read.
-// Results are ratios to the peers, written to reports/bench/server.json and shown as a table. Targets (issue 3): sequential read
+// Results are ratios to the peers, written to reports/bench/server.json and shown as a table. Targets: sequential read
 // ≥ 1.0× qemu-nbd, random read ≥ 0.8× qemu-nbd. Missing targets are reported, not fatal: timing
 // on a shared machine is evidence, not a verdict.
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';

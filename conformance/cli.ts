@@ -1,5 +1,5 @@
 // `fleece conform`: run conformance suites against targets and write reports.
-// Exit codes (research/verification.md §4 item 7): 0 every MUST passed (and every SHOULD with
+// Exit codes (docs/verification.md §4 item 7): 0 every MUST passed (and every SHOULD with
 // --strict); 1 a conformance failure; 2 a harness or usage error.
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run coverage` (issue 6 outcome 5), two parts, one summary:
+// `npm run coverage` (docs/architecture.md "Reports"), two parts, one summary:
 //  1. unit: vitest with the v8 provider over the test suite (vitest.config.ts coverage settings),
 //     HTML and JSON summary under reports/coverage/unit;
 //  2. server: the reference server *process* while the conformance suites drive it. Every

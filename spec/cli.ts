@@ -48,7 +48,7 @@ options:
   --quiet             no progress line on long runs
   --help              this text
 
-permission soundness (issue 4): every block graph up to a bound (drivers of qemu-fleecing.md §1,
+permission soundness: every block graph up to a bound (drivers of docs/requirements/qemu-fleecing.md §1,
 copy-before-write edges, exports read-only or writable) is accepted or refused by the permission
 model; each accepted graph with a snapshot reader is run through the data-plane model. Graphs the
 permissions accept but whose snapshot can return post-snapshot data are listed by cause.

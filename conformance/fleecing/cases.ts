@@ -1,8 +1,8 @@
-// The fleecing cases (issue 6 outcome 2). Each starts its own setup of the target with the
+// The fleecing cases. Each starts its own setup of the target with the
 // configuration it needs, drives it over NBD with the suite's own client, and judges every
 // snapshot read against the shadow copy of the disk at snapshot time. Expectations: the snapshot
 // invariant of spec/models/fleecing (S3 for the legacy graph, S4 for cbw + snapshot-access),
-// research/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
+// docs/requirements/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
 import fc from 'fast-check';
 import { CF, Errno, STATE_ZERO, TF, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
@@ -21,7 +21,7 @@ export interface FleeceEnv {
 
 type Ctx = CaseContext<FleeceEnv>;
 
-const INVARIANT = 'No snapshot read ever observes post-snapshot data (DESIGN.md; spec/models/fleecing invariant)';
+const INVARIANT = 'No snapshot read ever observes post-snapshot data (docs/design.md; spec/models/fleecing invariant)';
 
 /** What a case launched and drove, for its trace if it fails (by case context). */
 const CASE_STATE = new WeakMap<object, { config?: FleeceConfig; driver?: FleeceDriver; traced?: boolean }>();
@@ -124,7 +124,7 @@ async function readSnapshot(ctx: Ctx, d: FleeceDriver, rows: readonly Region[], 
 
 const imageFleecing: CaseDef<FleeceEnv> = {
   id: 'fleecing/image-fleecing/scenario',
-  section: 'qemu-fleecing.md §4.1 (tests/qemu-iotests/tests/image-fleecing); nbd-protocol.md §2 I76-I77',
+  section: 'docs/requirements/qemu-fleecing.md §4.1 (tests/qemu-iotests/tests/image-fleecing); docs/requirements/nbd.md I76-I77',
   level: 'MUST',
   title: "QEMU's image-fleecing scenario over the wire",
   description:
@@ -136,7 +136,7 @@ const imageFleecing: CaseDef<FleeceEnv> = {
     const setup = await launch(ctx, config);
     const d = await openDriver(ctx, setup, config, 1, 1);
     const flags = d.snapshotFlags;
-    ctx.must((flags & TF.READ_ONLY) !== 0, 'the snapshot export advertises NBD_FLAG_READ_ONLY (nbd-protocol.md §2 I77)', `transmission flags 0x${flags.toString(16)}`);
+    ctx.must((flags & TF.READ_ONLY) !== 0, 'the snapshot export advertises NBD_FLAG_READ_ONLY (docs/requirements/nbd.md I77)', `transmission flags 0x${flags.toString(16)}`);
     await readSnapshot(ctx, d, [...IOTEST_PATTERNS, ...IOTEST_ZEROES], 'before the guest writes');
     for (const w of IOTEST_OVERWRITE) {
       const rec = await d.writePattern(w.offset, w.length, w.byte);
@@ -292,7 +292,7 @@ async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<
     for (const x of v) {
       const what =
         x.kind === 'post-snapshot' ? INVARIANT
-        : x.kind === 'status' ? 'block status agrees with the snapshot reads (nbd-protocol.md §2 I78)'
+        : x.kind === 'status' ? 'block status agrees with the snapshot reads (docs/requirements/nbd.md I78)'
         : x.kind === 'live' ? 'the live export keeps every completed write'
         : 'every snapshot request succeeds with the snapshot bytes';
       ctx.must(false, what, x.text);
@@ -305,7 +305,7 @@ async function modelRun(ctx: Ctx, config: FleeceConfig, plan: RunPlan): Promise<
 
 const modelConcurrent: CaseDef<FleeceEnv> = {
   id: 'fleecing/model/concurrent',
-  section: `nbd-protocol.md §2 I76, I78; spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
+  section: `docs/requirements/nbd.md I76, I78; spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
   level: 'MUST',
   title: 'Model-based runs: concurrent guest writes vs snapshot reads and block status',
   description:
@@ -316,7 +316,7 @@ const modelConcurrent: CaseDef<FleeceEnv> = {
 
 const modelZeroTrim: CaseDef<FleeceEnv> = {
   id: 'fleecing/model/zero-trim',
-  section: `nbd-protocol.md §2 I76, I78; qemu-fleecing.md §2.3 (write-zeroes and discard go through CBW); spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
+  section: `docs/requirements/nbd.md I76, I78; docs/requirements/qemu-fleecing.md §2.3 (write-zeroes and discard go through CBW); spec/models/fleecing ${S4.name} / ${S3.name} invariant`,
   level: 'MUST',
   title: 'Model-based runs: concurrent write-zeroes and trims on the live export vs snapshot reads',
   description:
@@ -325,7 +325,7 @@ const modelZeroTrim: CaseDef<FleeceEnv> = {
   run: (ctx) => modelRun(ctx, { content: 'dense' }, { jitterMs: 2, numRuns: 50, maxCommands: 8, budgetMs: 5000, live: 2, snapshot: 3, kinds: ZERO_TRIM_MIX }),
 };
 
-/** The delay under the source: long enough that the race window (qemu-fleecing.md §3 steps 1-3)
+/** The delay under the source: long enough that the race window (docs/requirements/qemu-fleecing.md §3 steps 1-3)
  * is open for tens of milliseconds, short enough for a run of a few seconds. */
 export const RACE_DELAY_MS = 25;
 
@@ -333,7 +333,7 @@ const raceDelayed: CaseDef<FleeceEnv> = {
   id: 'fleecing/race/delayed-source',
   // Timing is the point of this case: it runs alone, not next to other cases' load.
   exclusive: true,
-  section: 'qemu-fleecing.md §3 (the 2018 race), §6 B0; seed steps 1-7; spec/models/fleecing S1 (known bad) vs S3/S4',
+  section: 'docs/requirements/qemu-fleecing.md §3 (the 2018 race), §6 B0; docs/design.md "The race" steps 1-7; spec/models/fleecing S1 (known bad) vs S3/S4',
   level: 'MUST',
   title: 'Widened race window: a read delay under the source',
   description: `As the model-based runs, with a ${RACE_DELAY_MS} ms read delay under the source (reference: the delay driver; QEMU: the source is an NBD client of nbdkit --filter=delay) and requests of a batch sent at random offsets within ${RACE_DELAY_MS + 15} ms, so a snapshot read that decided to read the source keeps going while a guest write copies and lands.`,
@@ -342,12 +342,12 @@ const raceDelayed: CaseDef<FleeceEnv> = {
 };
 
 /** The reduced form of what the zero-trim runs found on QEMU 7.2 (finding F1 of this suite, not
- * in the research notes): two overlapping, unaligned write-zeroes on one live connection and a
+ * in docs/requirements): two overlapping, unaligned write-zeroes on one live connection and a
  * snapshot read over the second cluster, all sent at once, repeated on fresh clusters. */
 const zeroesVsRead: CaseDef<FleeceEnv> = {
   id: 'fleecing/race/unaligned-write-zeroes',
   exclusive: true,
-  section: 'nbd-protocol.md §2 I76; qemu-fleecing.md §2.3 (write-zeroes goes through CBW; snapshot block status); finding F1 (reduced from fleecing/model/zero-trim)',
+  section: 'docs/requirements/nbd.md I76; docs/requirements/qemu-fleecing.md §2.3 (write-zeroes goes through CBW; snapshot block status); finding F1 (reduced from fleecing/model/zero-trim)',
   level: 'MUST',
   title: 'Snapshot reads racing unaligned write-zeroes on the live export',
   description:
@@ -438,7 +438,7 @@ export const STRADDLE_READ: Span = { offset: CLUSTER / 2, length: CLUSTER };
 
 const straddleZeroes: CaseDef<FleeceEnv> = {
   id: 'fleecing/straddle/write-zeroes',
-  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read and block status under the cbw lock); nbd-protocol.md §1.6 (structured READ, hole chunks), §1.9 (base:allocation), §2 I76, I78; finding F1',
+  section: 'docs/requirements/qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read and block status under the cbw lock); docs/requirements/nbd.md §1.6 (structured READ, hole chunks), §1.9 (base:allocation), I76, I78; finding F1',
   level: 'MUST',
   title: 'After live write-zeroes, a snapshot read and block status that straddle copied and uncopied clusters',
   description:
@@ -465,7 +465,7 @@ const straddleZeroes: CaseDef<FleeceEnv> = {
       const extents = [...st.reply.status.values()][0] ?? [];
       ctx.observe(`snapshot block status of ${range(R.offset, R.length)}: ${extents.map((e) => `+${hex(e.length)}:${e.flags & STATE_ZERO ? 'ZERO' : 'data'}`).join(' ') || st.rec.note}`);
       const vs = d.judgeSnapshotStatus(st.rec, st.reply);
-      ctx.must(vs.length === 0, 'snapshot block status over the same straddling range agrees with the snapshot: no NBD_STATE_ZERO over bytes it holds (nbd-protocol.md §2 I78)', vs[0] && `${vs[0].text}; ${straddleStory(R, z.rec, 'request')}; the zeroes are the guest's, from ${describeMutation(z.rec)}`);
+      ctx.must(vs.length === 0, 'snapshot block status over the same straddling range agrees with the snapshot: no NBD_STATE_ZERO over bytes it holds (docs/requirements/nbd.md I78)', vs[0] && `${vs[0].text}; ${straddleStory(R, z.rec, 'request')}; the zeroes are the guest's, from ${describeMutation(z.rec)}`);
     }
     const dead = deathReport(setup, 'during the case');
     ctx.must(!dead, 'the server keeps running', dead);
@@ -478,8 +478,8 @@ async function straddleWriteRead(ctx: Ctx, mode: 'df' | 'simple'): Promise<void>
   const setup = await launch(ctx, config);
   const d = await openDriver(ctx, setup, config, 1, 1, mode === 'simple' ? { snapshotStructured: false } : {});
   if (mode === 'df') {
-    if (!d.snapshotStructured) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export refused structured replies, and NBD_CMD_FLAG_DF needs them (nbd-protocol.md §1.4)`);
-    if (!(d.snapshotFlags & TF.SEND_DF)) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export does not advertise NBD_FLAG_SEND_DF (transmission flags 0x${d.snapshotFlags.toString(16)}), so a client may not send NBD_CMD_FLAG_DF (nbd-protocol.md §1.4)`);
+    if (!d.snapshotStructured) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export refused structured replies, and NBD_CMD_FLAG_DF needs them (docs/requirements/nbd.md §1.4)`);
+    if (!(d.snapshotFlags & TF.SEND_DF)) ctx.skip(`not applicable to ${ctx.env.lab.flavor.name}: the snapshot export does not advertise NBD_FLAG_SEND_DF (transmission flags 0x${d.snapshotFlags.toString(16)}), so a client may not send NBD_CMD_FLAG_DF (docs/requirements/nbd.md §1.4)`);
   }
   const W = STRADDLE_WRITE;
   const R = STRADDLE_READ;
@@ -488,9 +488,9 @@ async function straddleWriteRead(ctx: Ctx, mode: 'df' | 'simple'): Promise<void>
   const { rec, reply } = await d.request('read', R.offset, R.length, 0, mode === 'df' ? CF.DF : 0);
   ctx.observe(`snapshot read of ${range(R.offset, R.length)}${mode === 'df' ? ' with NBD_CMD_FLAG_DF' : ' on a connection without structured replies'} after the guest write: ${chunkWords(reply)}`);
   if (mode === 'df' && reply && !reply.error) {
-    ctx.must(reply.content.length <= 1, 'a READ with NBD_CMD_FLAG_DF gets at most one content chunk (nbd-protocol.md §1.6, §2 D56)', chunkWords(reply));
+    ctx.must(reply.content.length <= 1, 'a READ with NBD_CMD_FLAG_DF gets at most one content chunk (docs/requirements/nbd.md §1.6, D56)', chunkWords(reply));
   }
-  if (mode === 'simple' && reply) ctx.must(!reply.structured, 'the read on the connection without structured replies gets a simple reply (nbd-protocol.md §1.6, §2 B33)', chunkWords(reply));
+  if (mode === 'simple' && reply) ctx.must(!reply.structured, 'the read on the connection without structured replies gets a simple reply (docs/requirements/nbd.md §1.6, B33)', chunkWords(reply));
   const v = d.judgeSnapshotRead(rec, reply);
   const how = mode === 'df' ? 'a snapshot read sent with NBD_CMD_FLAG_DF (one data chunk, no holes)' : 'a snapshot read on a connection without structured replies (a simple reply, as the Linux kernel NBD client gets)';
   ctx.must(v.length === 0, `${INVARIANT}: ${how} that starts in a cluster a live write copied and ends in one nobody copied returns the snapshot`, v[0] && `${v[0].text}; ${straddleStory(R, w.rec)}`);
@@ -500,7 +500,7 @@ async function straddleWriteRead(ctx: Ctx, mode: 'df' | 'simple'): Promise<void>
 
 const straddleDf: CaseDef<FleeceEnv> = {
   id: 'fleecing/straddle/df-read',
-  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); nbd-protocol.md §1.4 (SEND_DF), §1.5 (DF), §1.6, §2 D56, D57, I76; finding F3',
+  section: 'docs/requirements/qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); docs/requirements/nbd.md §1.4 (SEND_DF), §1.5 (DF), §1.6, D56, D57, I76; finding F3',
   level: 'MUST',
   title: 'After a live write, a snapshot read with NBD_CMD_FLAG_DF that straddles copied and uncopied clusters',
   description:
@@ -513,7 +513,7 @@ const straddleDf: CaseDef<FleeceEnv> = {
 
 const straddleSimple: CaseDef<FleeceEnv> = {
   id: 'fleecing/straddle/simple-reply-read',
-  section: 'qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); nbd-protocol.md §1.6 (simple replies), §1.12 (baseline interoperability: simple replies), §2 B33, I76; finding F3',
+  section: 'docs/requirements/qemu-fleecing.md §4.1 (image-fleecing: cluster-granular copy-before-write), §5.1, §2.3 (snapshot read path); docs/requirements/nbd.md §1.6 (simple replies), §1.12 (baseline interoperability: simple replies), B33, I76; finding F3',
   level: 'MUST',
   title: 'After a live write, a snapshot read without structured replies that straddles copied and uncopied clusters',
   description:
@@ -528,7 +528,7 @@ const straddleSimple: CaseDef<FleeceEnv> = {
 
 const bitmapCase: CaseDef<FleeceEnv> = {
   id: 'fleecing/bitmap/clean-clusters',
-  section: 'qemu-fleecing.md §5.1 (bitmap variant), §4.1 (d), §6 B3, B7',
+  section: 'docs/requirements/qemu-fleecing.md §5.1 (bitmap variant), §4.1 (d), §6 B3, B7',
   level: 'MUST',
   title: 'Bitmap fleecing: only dirty clusters are in the snapshot',
   description: 'The source carries bitmap0, dirty exactly over the iotest patterns; cbw has bitmap=bitmap0. Reads the patterns, overwrites a dirty and a clean cluster through the live export, reads both through the snapshot.',
@@ -558,7 +558,7 @@ async function trimSnapshot(d: FleeceDriver, offset: number, length: number) {
 
 const discardAligned: CaseDef<FleeceEnv> = {
   id: 'fleecing/discard/aligned',
-  section: 'qemu-fleecing.md §5.1 (snapshot discard variant), §2.3 "Snapshot discard", §4.3, §6 B7-B8',
+  section: 'docs/requirements/qemu-fleecing.md §5.1 (snapshot discard variant), §2.3 "Snapshot discard", §4.3, §6 B7-B8',
   level: 'MUST',
   title: 'Snapshot discard of a whole cluster',
   description: 'snapshot-access and the temp with discard=unmap, snapshot export writable. Discards [0,+0x10000) through the snapshot export, reads it and a neighbour, then writes the discarded cluster through the live export.',
@@ -585,7 +585,7 @@ const discardAligned: CaseDef<FleeceEnv> = {
 
 const discardUnaligned: CaseDef<FleeceEnv> = {
   id: 'fleecing/discard/unaligned',
-  section: 'qemu-fleecing.md §6 B1 (fixed in 9.1: "support unligned snapshot-discard"), §2.3 "Snapshot discard"',
+  section: 'docs/requirements/qemu-fleecing.md §6 B1 (fixed in 9.1: "support unligned snapshot-discard"), §2.3 "Snapshot discard"',
   level: 'MUST',
   title: 'Snapshot discard that is not cluster-aligned',
   description: `Discards ${range(0, 32 * KiB)} (inside one cluster) and then ${range(96 * KiB, 160 * KiB)} (two whole clusters and a part) through the writable snapshot export.`,
@@ -597,7 +597,7 @@ const discardUnaligned: CaseDef<FleeceEnv> = {
     const first = await trimSnapshot(d, 0, 32 * KiB);
     // A dropped connection usually means the process is dying: give its exit time to be seen.
     for (let i = 0; i < (first.rec.error === -1 ? 60 : 2) && !setup.exited(); i++) await new Promise((r) => setTimeout(r, 50));
-    const dead = deathReport(setup, `when the snapshot export got a discard of ${range(0, 32 * KiB)}, which is not cluster-aligned (research qemu-fleecing.md §6 B1: QEMU before 9.1 passes the unaligned range to hbitmap_reset and aborts on its assertion)`);
+    const dead = deathReport(setup, `when the snapshot export got a discard of ${range(0, 32 * KiB)}, which is not cluster-aligned (docs/requirements/qemu-fleecing.md §6 B1: QEMU before 9.1 passes the unaligned range to hbitmap_reset and aborts on its assertion)`);
     if (dead || first.rec.error === -1) {
       ctx.must(false, 'the server survives an unaligned snapshot discard and answers it', dead ?? `no reply: ${first.rec.note}`);
       return;
@@ -619,7 +619,7 @@ function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot'): CaseDef<F
   const guestFails = policy === 'break-guest-write';
   return {
     id: `fleecing/cbw-error/${policy}`,
-    section: 'qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write), §6 B4; spec/models/fleecing S4 on-cbw-error',
+    section: 'docs/requirements/qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write), §6 B4; spec/models/fleecing S4 on-cbw-error',
     level: 'MUST',
     title: `on-cbw-error=${policy} under an injected target write error`,
     description: `The cbw target fails its first write with EIO (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
@@ -666,7 +666,7 @@ const breakInflightRead: CaseDef<FleeceEnv> = {
   id: 'fleecing/cbw-error/break-snapshot-inflight-read',
   // Timing is the point of this case: it runs alone, not next to other cases' load.
   exclusive: true,
-  section: 'qemu-fleecing.md §4.2 (on-cbw-error), §6 B4; spec/models/fleecing s4-qemu-7.1-early-return (known bad) vs S4; finding F2',
+  section: 'docs/requirements/qemu-fleecing.md §4.2 (on-cbw-error), §6 B4; spec/models/fleecing s4-qemu-7.1-early-return (known bad) vs S4; finding F2',
   level: 'MUST',
   title: 'on-cbw-error=break-snapshot: a snapshot read already reading the source when the snapshot breaks',
   description:

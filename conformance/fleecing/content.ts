@@ -1,12 +1,12 @@
 // The disk content at snapshot time: constant-byte regions, so it can be written by any tool
 // (a raw file, `qemu-io -c "write -P"` for images with a dirty bitmap) and any read of the
 // snapshot can be predicted exactly. The shadow copy of the disk taken at snapshot time IS this
-// description (issue 6 outcome 2). Pure: no I/O here except writeRaw.
+// description. Pure: no I/O here except writeRaw.
 import fs from 'node:fs';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
-/** Copy-before-write cluster size on every target here (qemu-fleecing.md §4.1: 64k). */
+/** Copy-before-write cluster size on every target here (docs/requirements/qemu-fleecing.md §4.1: 64k). */
 export const CLUSTER = 64 * KiB;
 
 export interface Region {
@@ -21,7 +21,7 @@ export interface Content {
   readonly regions: readonly Region[];
 }
 
-/** qemu-fleecing.md §4.1 "patterns", written to the base before the export starts. */
+/** docs/requirements/qemu-fleecing.md §4.1 "patterns", written to the base before the export starts. */
 export const IOTEST_PATTERNS: readonly Region[] = [
   { byte: 0x5d, offset: 0, length: 64 * KiB },
   { byte: 0xd5, offset: 1 * MiB, length: 64 * KiB },

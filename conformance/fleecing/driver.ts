@@ -1,7 +1,7 @@
 // Drives a fleecing setup over the wire: several connections to the live export and to the
 // snapshot export, batches of requests sent with chosen start offsets (many in flight at once),
 // and a judge that compares every snapshot read byte for byte with the shadow copy taken at
-// snapshot time (nbd-protocol.md §2 I76, I78; qemu-fleecing.md §2.3 "Invariant"). What it saw is
+// snapshot time (docs/requirements/nbd.md I76, I78; docs/requirements/qemu-fleecing.md §2.3 "Invariant"). What it saw is
 // kept as records, so a failing run can be written as a trace and replayed (trace.ts).
 import { CF, Cmd, Errno, STATE_ZERO, errnoName } from '../nbd/constants.ts';
 import type { NbdConnection } from '../nbd/client.ts';
@@ -135,7 +135,7 @@ export class FleeceDriver {
     private readonly live: NbdConnection[],
     private readonly snap: NbdConnection[],
     private readonly statusContext: number | undefined,
-    /** Transmission flags of the snapshot export (READ_ONLY expected, nbd-protocol.md §2 I77). */
+    /** Transmission flags of the snapshot export (READ_ONLY expected, docs/requirements/nbd.md I77). */
     readonly snapshotFlags: number,
     /** Whether the snapshot connections negotiated structured replies. */
     readonly snapshotStructured: boolean,

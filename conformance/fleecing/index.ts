@@ -1,4 +1,4 @@
-// The fleecing suite (issue 6): snapshot consistency over the wire against a fleecing target.
+// The fleecing suite (docs/requirements/qemu-fleecing.md §4-§6): snapshot consistency over the wire against a fleecing target.
 // Targets are fleecing flavors (targets.ts), not the nbd suite's single-export targets: a
 // fleecing target hands the suite a lab that starts one private setup per case.
 import fs from 'node:fs';
@@ -24,7 +24,7 @@ function labFor(target: RunningTarget): { lab: FleeceLab; own?: string } {
 
 export const fleecingSuite: Suite<FleeceEnv> = {
   name: 'fleecing',
-  description: 'Snapshot consistency of image fleecing over NBD (research/qemu-fleecing.md §4-§6, nbd-protocol.md §2 I)',
+  description: 'Snapshot consistency of image fleecing over NBD (docs/requirements/qemu-fleecing.md §4-§6, docs/requirements/nbd.md I)',
   roles: [],
   cases: fleecingCases,
   appliesTo: (target) =>

@@ -1,4 +1,4 @@
-// Replaying a fleecing trace (issue 6 outcome 4), whatever produced it: a model-based run is
+// Replaying a fleecing trace (docs/verification.md §4 item 5), whatever produced it: a model-based run is
 // replayed batch by batch (trace.ts replayTrace); a fixed-step case (mode 'case') is replayed by
 // running that case again against a fresh setup with the trace's configuration and judging it
 // by its own checks.

@@ -1,5 +1,5 @@
-// Fleecing targets (issue 6 outcome 1): a live (writable) export and a snapshot export of one
-// disk, started privately with the command lines of research/qemu-fleecing.md §5.1 (modern:
+// Fleecing targets: a live (writable) export and a snapshot export of one
+// disk, started privately with the command lines of docs/requirements/qemu-fleecing.md §5.1 (modern:
 // copy-before-write + snapshot-access) and §5.2 (legacy: blockdev-backup sync=none into an
 // overlay backed by the source, over QMP), and torn down afterwards.
 //   reference          fleece serve, §5.1 (raw in place of qcow2)
@@ -46,7 +46,7 @@ export interface FleeceConfig {
   /** blkdebug under the cbw target failing the first write with EIO, and this policy (§4.2). */
   cbwError?: OnCbwError;
   /** Known-bad knob: with snapshotDiscard, leave the snapshot-access node at discard=ignore, so a
-   * snapshot discard succeeds and does nothing (qemu-fleecing.md §6 B8). */
+   * snapshot discard succeeds and does nothing (docs/requirements/qemu-fleecing.md §6 B8). */
   discardIgnored?: boolean;
 }
 
@@ -147,7 +147,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
       : hbitmapBug
         ? "fleece serve, copy-before-write + snapshot-access with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3, known bad)"
         : graph === 'modern'
-          ? 'fleece serve, copy-before-write + snapshot-access (qemu-fleecing.md §5.1, raw for qcow2)'
+          ? 'fleece serve, copy-before-write + snapshot-access (docs/requirements/qemu-fleecing.md §5.1, raw for qcow2)'
           : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
@@ -259,7 +259,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
     peers: ['qemu-storage-daemon', 'qemu-img', 'qemu-io'],
     summary:
       graph === 'modern'
-        ? 'qemu-storage-daemon, copy-before-write + snapshot-access (qemu-fleecing.md §5.1)'
+        ? 'qemu-storage-daemon, copy-before-write + snapshot-access (docs/requirements/qemu-fleecing.md §5.1)'
         : 'qemu-storage-daemon, blockdev-backup sync=none into a qcow2 temp backed by the source (§5.2)',
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';

@@ -1,4 +1,4 @@
-// Wire traces of failing fleecing runs (issue 6 outcome 4): the configuration, the seed, every
+// Wire traces of failing fleecing runs (docs/verification.md §4 item 5): the configuration, the seed, every
 // batch of requests with its connections and send offsets, what each request got back and when,
 // the violations in plain words, and the NBD wire log. `fleece replay TRACE --target T` starts
 // a fresh setup with the same configuration, sends the same batches the same way, and judges

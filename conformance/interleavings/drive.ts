@@ -1,5 +1,5 @@
 // Driving one model interleaving through a live `fleece serve` over real NBD connections, with
-// breakpoints held and released through QMP (issue 7 outcome 2): a refinement check.
+// breakpoints held and released through QMP (docs/design.md "Interleavings"): a refinement check.
 //
 // Every actor (guest write, snapshot read) has its own NBD connection. Between two model steps,
 // every actor is either not yet submitted, parked at a breakpoint, finished, or (S3 only) blocked
@@ -70,7 +70,7 @@ export type BlockedSkip =
    * the step the model allows it: the implementation can be ahead of the model's state. */
   | 'ahead-of-model'
   /** The request waits for a serialising request that is itself waiting, which
-   * bdrv_find_conflicting_request skips (qemu-fleecing.md §2.1 rule c) and the S3 model does not. */
+   * bdrv_find_conflicting_request skips (docs/requirements/qemu-fleecing.md §2.1 rule c) and the S3 model does not. */
   | 'blocker-waiting'
   /** Not submitted yet: on its way to the wait it would cross the events armed for the request it
    * waits for (same clusters, same events), and breakpoints cannot tell the two apart. */
@@ -582,8 +582,8 @@ const REQUEST_EVENTS: ReadonlySet<string> = new Set(['cbw-done-set', 'cbw-wait-r
 const WAIT_TEXT: Readonly<Record<BlockedStep['wait'], string>> = {
   'frozen-reads': 'the guest write waits for frozen snapshot reads of its clusters: reqlist_wait_all on frozen_read_reqs in cbw_do_copy_before_write',
   'block-copy-inflight': "block-copy waits for another request's in-flight copy of the same clusters: block_copy_wait_one",
-  'serialising-target-write': 'the serialising copy into the temp image waits for overlapping tracked reads: bdrv_wait_serialising_requests, qemu-fleecing.md §2.1 rule a',
-  'serialising-read': 'a read on the temp image waits for an overlapping serialising copy: qemu-fleecing.md §2.1 rule b',
+  'serialising-target-write': 'the serialising copy into the temp image waits for overlapping tracked reads: bdrv_wait_serialising_requests, docs/requirements/qemu-fleecing.md §2.1 rule a',
+  'serialising-read': 'a read on the temp image waits for an overlapping serialising copy: docs/requirements/qemu-fleecing.md §2.1 rule b',
   'cow-request': 'an overlapping copy-on-write request',
   'target-reads': "the snapshot discard frees the target range only once no snapshot read reads it from there (the reference's cbw snapshotDiscard; QEMU's cbw_co_pdiscard_snapshot does not wait)",
 };

@@ -1,4 +1,4 @@
-// The interleavings suite (issue 7) in `fleece conform`: one case per default scenario. A case
+// The interleavings suite (docs/design.md "Interleavings") in `fleece conform`: one case per default scenario. A case
 // runs every model interleaving of the scenario against the fleecing graph the target names
 // (reference, reference-legacy, reference-racy, reference-hbitmap-status, reference-no-read-wait:
 // breakpoints, with the blocking check; qemu,
@@ -28,7 +28,7 @@ export function interleavingTargetOf(name: string): InterleavingTargetName | und
 
 const cases: CaseDef<InterleavingsEnv>[] = DEFAULT_SCENARIOS.map((sc) => ({
   id: `interleavings/${sc.id}`,
-  section: 'DESIGN.md "Interleavings"; qemu-fleecing.md §2.3, §3; spec/scenarios/fleecing.ts',
+  section: 'docs/design.md "Interleavings"; docs/requirements/qemu-fleecing.md §2.3, §3; spec/scenarios/fleecing.ts',
   level: 'MUST',
   title: sc.title,
   description:
@@ -64,7 +64,7 @@ const cases: CaseDef<InterleavingsEnv>[] = DEFAULT_SCENARIOS.map((sc) => ({
 
 export const interleavingsSuite: Suite<InterleavingsEnv> = {
   name: 'interleavings',
-  description: 'Every model interleaving of small fleecing scenarios, replayed on the implementation over NBD (issue 7)',
+  description: 'Every model interleaving of small fleecing scenarios, replayed on the implementation over NBD',
   roles: [],
   cases,
   appliesTo: (target) =>

@@ -1,4 +1,4 @@
-// The interleavings suite's engine (issue 7 outcomes 2-4): for each scenario, the model
+// The interleavings suite's engine (docs/design.md "Interleavings"): for each scenario, the model
 // interleavings of the target's scheme; against a target with breakpoints, every one driven over
 // real NBD connections and compared with the model (refinement); against a target without them
 // (qemu-storage-daemon), every order of submission and pipelining the runner controls, with a

@@ -2,7 +2,7 @@
 // interleaving). The disk is cut into regions of `clusters` clusters, one region per interleaving:
 // a region nobody touched yet is exactly a fresh snapshot (copy bitmap set, done bitmap clear,
 // temp unallocated), so "resetting the disk" between interleavings costs nothing and needs no
-// QMP rebuild. Command lines are those of research/qemu-fleecing.md §5.1 (modern) and §5.2
+// QMP rebuild. Command lines are those of docs/requirements/qemu-fleecing.md §5.1 (modern) and §5.2
 // (legacy), as in conformance/fleecing/targets.ts.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,7 +1,7 @@
 // Raw-socket NBD client for the conformance runner (the I/O edge). It frames nothing itself:
 // bytes go through codec.ts, per-request chunk rules through reply.ts. It tolerates split frames
 // and interleaved chunks of different requests, matches replies by cookie, and turns silence into
-// a timeout that means "the server hung or the stream is out of sync" (nbd-protocol.md §7).
+// a timeout that means "the server hung or the stream is out of sync" (docs/requirements/nbd.md §7).
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {

@@ -2,7 +2,7 @@
 // (style of node-postgres pg-protocol: one switch per message kind).
 // Every magic, length and padding is checked; anything the spec forbids becomes an
 // NbdProtocolError carrying the offending bytes and their stream offset.
-// References: nbd-protocol.md §1.2-1.6; proto.md "Fixed newstyle negotiation", "Option types",
+// References: docs/requirements/nbd.md §1.2-1.6; proto.md "Fixed newstyle negotiation", "Option types",
 // "Transmission", "Structured reply chunk message types".
 import {
   CHUNK_FLAG_DONE,

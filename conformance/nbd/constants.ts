@@ -1,4 +1,4 @@
-// NBD wire constants, as named in the spec (nbd-protocol.md §1; proto.md "Values" and
+// NBD wire constants, as named in the spec (docs/requirements/nbd.md §1; proto.md "Values" and
 // "Reserved Magic values"). Plain numbers and bigints only: no behaviour lives here.
 
 export const NBDMAGIC = 0x4e42444d41474943n; // "NBDMAGIC"

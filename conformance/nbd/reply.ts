@@ -1,5 +1,5 @@
 // Reply state machine: consumes the decoded chunks of ONE request and checks the rules that span
-// several chunks (nbd-protocol.md §1.6, checklist B35, D54, D56, F67-68; proto.md "Structured
+// several chunks (docs/requirements/nbd.md §1.6, checklist B35, D54, D56, F67-68; proto.md "Structured
 // replies"). Pure: no I/O. Violations are NbdProtocolErrors carrying the chunk's bytes.
 import { Cmd, isErrorChunk } from './constants.ts';
 import type { Extent, PendingRequest, ReplyChunk, SimpleReply } from './codec.ts';

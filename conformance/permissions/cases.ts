@@ -1,10 +1,10 @@
-// The permission suite (issue 6 outcome 3): each case is a QMP sequence that builds a graph -
+// The permission suite (docs/requirements/qemu-fleecing.md §1): each case is a QMP sequence that builds a graph -
 // the fleecing graphs, the measured conflicts, the accepted-but-unsafe writers on the temp
 // image - run against a fresh daemon. The expected verdict of every command comes from the spec
 // permission model (spec/models/permissions `evaluate`, QEMU 7.2 rules), never from a target.
 // Checks: each command is accepted or refused as the model says (MUST), with the model's
 // message (SHOULD); an accepted graph has the model's permissions on every edge (MUST); a graph
-// the research calls unsafe is reported as a hazard (SHOULD: a non-strict verdict, not a pass).
+// docs/requirements/qemu-fleecing.md calls unsafe is reported as a hazard (SHOULD: a non-strict verdict, not a pass).
 import {
   DELETE_CBW,
   MEASURED,
@@ -36,7 +36,7 @@ export interface PermCaseSpec {
   title: string;
   section: string;
   ops: readonly GraphOp[];
-  /** Set when the research calls an accepted graph unsafe (qemu-fleecing.md §1.4, §6 B6). */
+  /** Set when docs/requirements/qemu-fleecing.md calls an accepted graph unsafe (§1.4, §6 B6). */
   hazard?: string;
 }
 
@@ -52,40 +52,40 @@ export interface Observed {
 const LEGACY_FILTER = 'fl-filter';
 
 export const PERM_CASES: readonly PermCaseSpec[] = [
-  { name: 'modern-graph', title: 'The modern fleecing graph (§5.1) is accepted', section: 'qemu-fleecing.md §1.5 (modern table), §5.1', ops: modernFleecing() },
-  { name: 'legacy-graph', title: 'The legacy fleecing graph (§5.2, backup sync=none) is accepted', section: 'qemu-fleecing.md §1.5 (legacy table), §5.2', ops: legacyFleecing(LEGACY_FILTER) },
+  { name: 'modern-graph', title: 'The modern fleecing graph (§5.1) is accepted', section: 'docs/requirements/qemu-fleecing.md §1.5 (modern table), §5.1', ops: modernFleecing() },
+  { name: 'legacy-graph', title: 'The legacy fleecing graph (§5.2, backup sync=none) is accepted', section: 'docs/requirements/qemu-fleecing.md §1.5 (legacy table), §5.2', ops: legacyFleecing(LEGACY_FILTER) },
   {
     name: 'writable-export-on-source',
     title: 'A writable export on the source under cbw is refused',
-    section: 'qemu-fleecing.md §1.4 (measured conflict 1)',
+    section: 'docs/requirements/qemu-fleecing.md §1.4 (measured conflict 1)',
     ops: [...modernFleecing(), WRITABLE_EXPORT_ON_SOURCE],
   },
-  { name: 'resize-cbw', title: 'block_resize of the cbw node held by NBD exports is refused', section: 'qemu-fleecing.md §1.4 (measured conflict 2)', ops: [...modernFleecing(), RESIZE_CBW] },
-  { name: 'delete-cbw-in-use', title: 'blockdev-del of the cbw node in use is refused', section: 'qemu-fleecing.md §1.4 (in use, not a permission check)', ops: [...modernFleecing(), DELETE_CBW] },
+  { name: 'resize-cbw', title: 'block_resize of the cbw node held by NBD exports is refused', section: 'docs/requirements/qemu-fleecing.md §1.4 (measured conflict 2)', ops: [...modernFleecing(), RESIZE_CBW] },
+  { name: 'delete-cbw-in-use', title: 'blockdev-del of the cbw node in use is refused', section: 'docs/requirements/qemu-fleecing.md §1.4 (in use, not a permission check)', ops: [...modernFleecing(), DELETE_CBW] },
   {
     name: 'readonly-export-on-source',
     title: 'A read-only export on the source under cbw is accepted',
-    section: 'qemu-fleecing.md §1.4 (accepted)',
+    section: 'docs/requirements/qemu-fleecing.md §1.4 (accepted)',
     ops: [...modernFleecing(), READONLY_EXPORT_ON_SOURCE],
   },
   {
     name: 'writable-export-on-temp',
     title: 'A writable export on the temp (cbw target) is accepted: a hazard',
-    section: 'qemu-fleecing.md §1.4 (accepted but unsafe), §6 B6',
+    section: 'docs/requirements/qemu-fleecing.md §1.4 (accepted but unsafe), §6 B6',
     ops: [...modernFleecing(), WRITABLE_EXPORT_ON_TEMP],
     hazard: 'a writer on the cbw target can overwrite the snapshot store: fleece reads may return data that was never on the disk (§6 B6); the permission system accepts it because cbw shares WRITE on its target',
   },
   {
     name: 'legacy-writable-export-on-temp',
     title: 'Legacy graph: a writable export on the temp overlay is accepted: a hazard',
-    section: 'qemu-fleecing.md §1.5 (legacy table), §1.6, §6 B6',
+    section: 'docs/requirements/qemu-fleecing.md §1.5 (legacy table), §1.6, §6 B6',
     ops: [...legacyFleecing(LEGACY_FILTER), WRITABLE_EXPORT_ON_TEMP],
     hazard: 'a writer on the temp overlay changes what the fleece export shows (§1.6: the read-only export still shares WRITE, Kevin Wolf\'s 2018 review)',
   },
   {
     name: 'cancel-legacy-job',
     title: 'Legacy graph: cancelling the backup job drops the filter and puts the live export back on the source',
-    section: 'qemu-fleecing.md §5.2 (cleanup), §1.5',
+    section: 'docs/requirements/qemu-fleecing.md §5.2 (cleanup), §1.5',
     ops: [...legacyFleecing(LEGACY_FILTER), { op: 'block-export-del', id: 'exp-fleece' }, { op: 'block-job-cancel', jobId: 'fleecing' }],
   },
 ];

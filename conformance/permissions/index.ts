@@ -1,4 +1,4 @@
-// The permissions suite (issue 6 outcome 3) and its agreement table: for every case, the spec
+// The permissions suite (docs/requirements/qemu-fleecing.md §1) and its agreement table: for every case, the spec
 // model's verdict, what each target did, and whether they agree; an accepted-but-unsafe graph
 // shows as a hazard, not as a plain pass.
 import fs from 'node:fs';
@@ -16,7 +16,7 @@ const flavorName = (n: string) => (n.startsWith('qemu') ? 'qemu' : n.startsWith(
 
 export const permissionsSuite: Suite<PermEnv> = {
   name: 'permissions',
-  description: 'Block-graph permissions over QMP against the spec permission model (research/qemu-fleecing.md §1)',
+  description: 'Block-graph permissions over QMP against the spec permission model (docs/requirements/qemu-fleecing.md §1)',
   roles: [],
   cases: permissionCases,
   appliesTo: (target) =>

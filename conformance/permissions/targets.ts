@@ -1,7 +1,7 @@
 // Permission targets: a storage daemon with nothing but a QMP monitor and an NBD server, in a
 // private directory with empty images, started fresh for each case (a permission case is a QMP
 // session that builds a graph from nothing). `reference` is `fleece serve` (the `overlay` driver
-// stands in for qcow2, qemu-fleecing.md §5 notes), `qemu` is qemu-storage-daemon 7.2.
+// stands in for qcow2, docs/requirements/qemu-fleecing.md §5 notes), `qemu` is qemu-storage-daemon 7.2.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,5 +1,5 @@
 // `fleece replay TRACE [--target T | --live URI --snapshot URI] [--attempts N] [--json]`
-// (issue 6 outcome 4): starts a fresh fleecing setup with the trace's configuration, sends the
+// (docs/verification.md §4 item 5): starts a fresh fleecing setup with the trace's configuration, sends the
 // trace's batches the same way (same connections, same send offsets), re-judges every reply
 // against the shadow copy, and says in plain words whether the failure reproduced.
 // Exit codes: 0 the replay passed, 1 a violation was reproduced, 2 usage or harness error.

@@ -1,9 +1,11 @@
 // Static HTML report in the style of Autobahn|Testsuite: index.html is a matrix of cases x
 // targets with coloured cells; cases/<id>.html per case shows description, expectation, and per
-// target the verdict, checks, observations and the wire log in hex.
+// target the verdict, checks, observations and the wire log in hex. The section links into docs/
+// and, for NBD cases, to the upstream proto.md section (links.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import type { CaseResult, RunResult, Verdict } from '../runner/model.ts';
+import { sectionHtml, upstreamLinks } from './links.ts';
 import { countLine } from './terminal.ts';
 
 const BG: Record<Verdict, string> = { pass: '#3c3', fail: '#e33', 'non-strict': '#fc3', info: '#6bf', skipped: '#ccc', error: '#c3c' };
@@ -44,7 +46,9 @@ function renderIndex(run: RunResult): string {
   const rows = ids.map((id) => {
     const c = first.get(id)!;
     const link = `cases/${casePage(id)}`;
-    return `<tr><td><a href="${link}">${htmlEscape(id)}</a><br><small>${htmlEscape(c.title)}</small></td><td>${c.level}</td>${run.targets.map((t) => cell(byKey.get(`${t.name}\u0000${id}`), link)).join('')}</tr>`;
+    const up = upstreamLinks(c.section)[0];
+    const spec = up ? ` <small><a href="${htmlEscape(up)}" title="upstream specification section">spec</a></small>` : '';
+    return `<tr><td><a href="${link}">${htmlEscape(id)}</a>${spec}<br><small>${htmlEscape(c.title)}</small></td><td>${c.level}</td>${run.targets.map((t) => cell(byKey.get(`${t.name}\u0000${id}`), link)).join('')}</tr>`;
   });
   const targets = run.targets
     .map((t) => `<li><b>${htmlEscape(t.name)}</b>: ${htmlEscape(t.description)}${t.error ? ` <b style="color:#c00">error: ${htmlEscape(t.error)}</b>` : ''}<pre>${htmlEscape(JSON.stringify(t.facts, null, 2))}</pre></li>`)
@@ -67,7 +71,13 @@ function renderWire(r: CaseResult): string {
   return `<table class="wire"><tr><th>ms</th><th>conn</th><th>dir</th><th>offset</th><th>decoded</th><th>hex</th></tr>${rows.join('\n')}</table>`;
 }
 
-function renderCase(id: string, rs: CaseResult[], run: RunResult): string {
+/** The case id, linked to the first upstream spec section its `section` names (NBD cases). */
+function idHtml(id: string, section: string): string {
+  const up = upstreamLinks(section)[0];
+  return up ? `<a href="${htmlEscape(up)}" title="upstream specification">${htmlEscape(id)}</a>` : htmlEscape(id);
+}
+
+function renderCase(id: string, rs: CaseResult[], run: RunResult, pageDir: string): string {
   const c = rs[0]!;
   const per = rs.map((r) => {
     const checks = r.checks.map((k) => `<tr><td>${k.level}</td><td style="background:${k.ok ? BG.pass : k.level === 'MUST' ? BG.fail : k.level === 'SHOULD' ? BG['non-strict'] : BG.info}">${k.ok ? 'ok' : 'violated'}</td><td>${htmlEscape(k.what)}</td><td>${htmlEscape(k.observed ?? '')}</td></tr>`);
@@ -79,7 +89,7 @@ function renderCase(id: string, rs: CaseResult[], run: RunResult): string {
   });
   return page(
     id,
-    `<p><a href="../index.html">&larr; matrix</a></p><h1>${htmlEscape(id)}</h1><p><b>${htmlEscape(c.title)}</b> [${c.level}]</p><p>Section: ${htmlEscape(c.section)}</p>
+    `<p><a href="../index.html">&larr; matrix</a></p><h1>${idHtml(id, c.section)}</h1><p><b>${htmlEscape(c.title)}</b> [${c.level}]</p><p>Section: ${sectionHtml(c.section, pageDir)}</p>
 <p><b>Description.</b> ${htmlEscape(c.description)}</p><p><b>Expectation.</b> ${htmlEscape(c.expectation)}</p>${per.join('\n')}`,
   );
 }
@@ -90,6 +100,6 @@ export function writeHtml(dir: string, run: RunResult): string {
   fs.writeFileSync(path.join(root, 'index.html'), renderIndex(run));
   const byId = new Map<string, CaseResult[]>();
   for (const r of run.results) byId.set(r.id, [...(byId.get(r.id) ?? []), r]);
-  for (const [id, rs] of byId) fs.writeFileSync(path.join(root, 'cases', casePage(id)), renderCase(id, rs, run));
+  for (const [id, rs] of byId) fs.writeFileSync(path.join(root, 'cases', casePage(id)), renderCase(id, rs, run, path.resolve(root, 'cases')));
   return path.join(root, 'index.html');
 }

@@ -1,6 +1,6 @@
 // The result model shared by every suite (nbd now; fleecing, permissions, interleavings later):
 // cases with stable ids, spec sections and levels; verdicts in the vocabulary of h2spec/Autobahn
-// (research/verification.md §4): pass, fail (a MUST), non-strict (a SHOULD), info (the spec leaves
+// (docs/verification.md §4): pass, fail (a MUST), non-strict (a SHOULD), info (the spec leaves
 // it open), skipped (with the reason), error (a harness fault, kept apart from fail).
 import type { WireEntry, WireLog } from '../nbd/wirelog.ts';
 import type { RunningTarget } from '../targets/types.ts';
@@ -21,7 +21,7 @@ export interface Check {
 export interface CaseDef<Env> {
   /** Stable id: `<suite>/<section>/<name>`, e.g. `nbd/handshake/unknown-client-flags`. */
   readonly id: string;
-  /** The spec section(s) it comes from, e.g. `proto.md "Newstyle negotiation"; nbd-protocol.md §2 A2`. */
+  /** The spec section(s) it comes from, e.g. `proto.md "Newstyle negotiation"; docs/requirements/nbd.md A2`. */
   readonly section: string;
   /** The strongest requirement the case checks. MAY means "the spec leaves it open": verdict info. */
   readonly level: Level;
@@ -126,7 +126,7 @@ export function countVerdicts(results: readonly CaseResult[]): Record<Verdict, n
   return c;
 }
 
-/** Exit code (research/verification.md §4 item 7): 2 harness error, 1 MUST (or with strict, SHOULD) failure, else 0. */
+/** Exit code (docs/verification.md §4 item 7): 2 harness error, 1 MUST (or with strict, SHOULD) failure, else 0. */
 export function exitCode(results: readonly CaseResult[], strict: boolean, targetErrors = 0): number {
   const c = countVerdicts(results);
   if (c.error > 0 || targetErrors > 0) return 2;

@@ -1,7 +1,7 @@
 // The built-in NBD targets: each starts its server(s) on private unix sockets (nbd-server: a free
 // TCP port on 127.0.0.1, as it cannot listen on a unix socket only) over generated images in the
 // runner's temp dir. Role 'rw' is a writable export of disk.raw, 'ro' a read-only export of ro.raw
-// (a separate copy, so image locks never conflict). Command lines: nbd-protocol.md §3.
+// (a separate copy, so image locks never conflict). Command lines: docs/requirements/nbd.md §3.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

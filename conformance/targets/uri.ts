@@ -1,4 +1,4 @@
-// NBD URIs (doc/uri.md; nbd-protocol.md §1.13, checklist H75): nbd://host[:port]/export and
+// NBD URIs (doc/uri.md; docs/requirements/nbd.md §1.13, checklist H75): nbd://host[:port]/export and
 // nbd+unix:///export?socket=PATH. TLS schemes are rejected: this client has no TLS.
 import type { ExportRef } from './types.ts';
 

@@ -21,7 +21,7 @@ describe('fleece conform', () => {
     const r = fleece('--list', '--filter', 'nbd/handshake');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/nbd\/handshake\/unknown-client-flags\s+MUST/);
-    expect(r.stdout).toMatch(/nbd-protocol\.md §2 A2/);
+    expect(r.stdout).toMatch(/docs\/requirements\/nbd\.md A2/);
     expect(r.stdout).not.toMatch(/nbd\/transmission\//);
   });
 
@@ -46,6 +46,15 @@ describe('fleece conform', () => {
     expect(page).toMatch(/Expectation/);
     expect(page).toMatch(/NBD_CMD_WRITE offset/); // the wire log
     expect(page).toMatch(/25 60 95 13/); // request magic in hex
+    // Links lead into this checkout's docs/ (relative) or to the upstream proto.md, nowhere else.
+    const pageDir = path.join(dir, 'html/cases');
+    const hrefs = [...page.matchAll(/href="([^"]+)"/g)].map((m) => m[1]!.replace(/&amp;/g, '&'));
+    expect(hrefs).toContain('https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#error-values');
+    expect(hrefs.some((h) => h.endsWith('docs/requirements/nbd.md#c46'))).toBe(true);
+    for (const h of hrefs) {
+      if (/^https?:/.test(h)) expect(h).toMatch(/^https:\/\/github\.com\/NetworkBlockDevice\/nbd\/blob\/(master|extension-ext-header)\/doc\/proto\.md#/);
+      else expect(fs.existsSync(path.resolve(pageDir, h.replace(/#.*/, ''))), h).toBe(true);
+    }
   });
 
   it('--strict turns a SHOULD violation into exit 1', () => {

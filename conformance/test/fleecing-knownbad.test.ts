@@ -1,5 +1,5 @@
-// Every fleecing check is shown failing on a known-bad target (issue 6): reference-racy (the
-// unserialised legacy graph, qemu-fleecing.md §3) for the snapshot invariant - found within
+// Every fleecing check is shown failing on a known-bad target (docs/design.md "Known-bad variants"): reference-racy (the
+// unserialised legacy graph, docs/requirements/qemu-fleecing.md §3) for the snapshot invariant - found within
 // 30 s, with a trace that `fleece replay` reproduces - and mutants of the qemu target for the
 // rest: the snapshot export replaced by the live one, the bitmap dropped, discard=ignore (§6 B8),
 // the on-cbw-error policy flipped.

@@ -1,4 +1,4 @@
-// Issue 6: reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
+// Fleecing suite (docs/requirements/qemu-fleecing.md §4-§6): reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
 // applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
 // skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
 // qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1),
@@ -44,7 +44,7 @@ describe('QEMU fleecing targets: every fleecing case passes but the known QEMU b
     const f1reduced = by.get('fleecing/race/unaligned-write-zeroes')!;
     expect(f1reduced.verdict).toBe('fail');
     expect(f1reduced.reason).toMatch(/snapshot read of .* returned \d+ byte\(s\) that differ from the snapshot, .*got 0x0, inside an NBD_REPLY_TYPE_OFFSET_HOLE chunk.*written by live write-zeroes #\d+/);
-    // Finding F1 (this suite, not in the research notes): under concurrent write-zeroes/trims on
+    // Finding F1 (this suite, not in docs/requirements): under concurrent write-zeroes/trims on
     // the live export, QEMU 7.2 sometimes answers a snapshot read with a HOLE chunk (or a ZERO
     // extent) over snapshot data. It is a race, so this case may pass on a given seed; when it
     // fails it must be for that reason, said in plain words.

@@ -1,4 +1,4 @@
-// Issue 6: reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
+// Fleecing suite (docs/requirements/qemu-fleecing.md §4-§6): reference, reference-legacy, qemu and qemu-legacy pass every fleecing case that
 // applies to their graph (the modern-only cases - bitmap, snapshot discard, on-cbw-error - are
 // skipped on the legacy graph with the reason; the reference has no cbw bitmap, see the reason);
 // qemu-storage-daemon 7.2 fails the unaligned snapshot-discard case because it aborts (§6 B1).

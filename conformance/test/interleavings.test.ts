@@ -1,4 +1,4 @@
-// The interleavings suite against live servers (issue 7, "How it will be judged"): every model
+// The interleavings suite against live servers (docs/design.md "Interleavings"): every model
 // interleaving of the default scenarios driven through `fleece serve` with QMP breakpoints over
 // NBD; the racy target breaks the invariant on exactly the interleavings where S1 does, and
 // reference-hbitmap-status (QEMU 7.2's hbitmap_status) on the straddling read exactly where

@@ -1,4 +1,4 @@
-// Issue 6 outcome 3: the permission suite agrees with QEMU 7.2 (qemu-storage-daemon) on every
+// The permission suite (docs/requirements/qemu-fleecing.md §1) agrees with QEMU 7.2 (qemu-storage-daemon) on every
 // case, and the reference (fleece serve) agrees with both; the accepted-but-unsafe graphs are
 // reported as hazards (non-strict), not passes. Every check is also shown failing: against a
 // known-bad permission model (cbw forgets to unshare WRITE on its source) QEMU disagrees.

@@ -1,4 +1,4 @@
-// `fleece replay` argument handling and trace validation (issue 6 outcome 4); the replays
+// `fleece replay` argument handling and trace validation (docs/verification.md §4 item 5); the replays
 // themselves are asserted in fleecing-knownbad.test.ts (racy) and fleecing-qemu.test.ts (B1).
 import fs from 'node:fs';
 import os from 'node:os';

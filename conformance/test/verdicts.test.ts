@@ -1,4 +1,4 @@
-// The verdict matrix against the real servers reproduces research/nbd-protocol.md §3 from a fresh
+// The verdict matrix against the real servers reproduces docs/requirements/nbd.md §3 from a fresh
 // run: nbd-server 3.24's MUST failures fail, qemu 7.2's EINVAL-instead-of-EPERM/ENOSPC are
 // non-strict, legitimate differences are info. Each real server also shows that its kind of check
 // can fail. Two findings beyond §3 are pinned too: QEMU 7.2 drops READs in flight when NBD_CMD_DISC
@@ -39,7 +39,7 @@ const LEGIT_DIFFERENCES = {
   'nbd/transmission/flush-with-length': 'info',
 } as const;
 
-describe('verdict matrix against the real servers (research §3)', () => {
+describe('verdict matrix against the real servers (docs/requirements/nbd.md §3)', () => {
   it('nbd-server 3.24: the five MUST failures fail, legitimate differences are info', async () => {
     const { res, ms, verdict } = await runAgainst('nbd-server');
     const fails = {

@@ -1,5 +1,5 @@
 // copy-before-write behaviours beyond the happy path: on-cbw-error and cbw-timeout
-// (qemu-fleecing.md §4.2, B4), the bitmap option (§2.3, §5.1), snapshot discard (B1, B8),
+// (docs/requirements/qemu-fleecing.md §4.2, B4), the bitmap option (§2.3, §5.1), snapshot discard (B1, B8),
 // WRITE_UNCHANGED (B9), EACCES on inaccessible areas (B7), and the UNSAFE known-bad
 // x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3).
 import { describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ function slowTemp(ms: number): Record<string, unknown> {
   return { driver: 'delay', 'write-delay-ms': ms, file: { driver: 'memory', size: MiB } };
 }
 
-describe('on-cbw-error (research §4.2)', () => {
+describe('on-cbw-error (docs/requirements/qemu-fleecing.md §4.2)', () => {
   it('break-snapshot: target write error -> guest write succeeds, snapshot read fails with EACCES', async () => {
     const s = await modernGraph({ size: MiB, prefill: fill, temp: blkdebugTemp(), cbw: { 'on-cbw-error': 'break-snapshot' } });
     await s.live.write(0, pattern(0x02, MiB));

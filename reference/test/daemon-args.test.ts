@@ -1,4 +1,4 @@
-// The qemu-storage-daemon command line, parsed without I/O (issue 3 outcome 1).
+// The qemu-storage-daemon command line, parsed without I/O (docs/requirements/qemu-fleecing.md §5.1).
 import { describe, expect, it } from 'vitest';
 import { parseArgs, UsageError } from '../src/daemon/args.ts';
 import { parseKeyval } from '../src/daemon/keyval.ts';
@@ -25,7 +25,7 @@ describe('keyval (QEMU util/keyval.c syntax)', () => {
 
 describe('fleece serve argv', () => {
   const D = '/tmp/fleece-lab';
-  // qemu-fleecing.md §5.1, verbatim apart from the program name.
+  // docs/requirements/qemu-fleecing.md §5.1, verbatim apart from the program name.
   const modern = [
     '--blockdev', `driver=file,node-name=source,filename=${D}/src.raw`,
     '--blockdev', `driver=file,node-name=temp,filename=${D}/tmp.raw`,

@@ -1,4 +1,4 @@
-// QEMU's image-fleecing scenario (qemu-fleecing.md §4.1) end to end over NBD against
+// QEMU's image-fleecing scenario (docs/requirements/qemu-fleecing.md §4.1) end to end over NBD against
 // `fleece serve`: the guest writes through a writable export (modern: on the cbw node; legacy: on
 // the source, moved above the backup job's filter), the snapshot is read with qemu-io.
 import { execFileSync } from 'node:child_process';

@@ -91,7 +91,7 @@ describe('Daemon in-process', () => {
     }
   });
 
-  it('extensions registered before construction add QMP commands (issue 7 breakpoints plug in here)', async () => {
+  it('extensions registered before construction add QMP commands (the breakpoint commands plug in here)', async () => {
     registerDaemonExtension((d) => d.dispatcher.register('x-test-hello', () => ({ hello: d.graph.allNodes().length })));
     const d = new Daemon();
     expect(await d.dispatcher.dispatch({ execute: 'x-test-hello' }, { negotiated: true })).toEqual({ return: { hello: 0 } });

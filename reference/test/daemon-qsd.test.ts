@@ -1,6 +1,6 @@
 // The same QMP sequence against qemu-storage-daemon and `fleece serve`: x-debug-query-block-graph
 // permissions compared edge by edge, and the refusal of a conflicting export compared by error
-// class and text (issue 3, "How it will be judged"; qemu-fleecing.md §1.5, §5.1).
+// class and text (docs/requirements/qemu-fleecing.md §1.5, §5.1).
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -53,7 +53,7 @@ async function runSequence(kind: 'qsd' | 'fleece'): Promise<Observed> {
 
 interface LegacyObserved {
   graph: GraphInfo;
-  /** B6 (qemu-fleecing.md §6): a writable export on the temp node is accepted by QEMU. */
+  /** B6 (docs/requirements/qemu-fleecing.md §6): a writable export on the temp node is accepted by QEMU. */
   writableOnTemp: unknown;
   inUse: unknown;
   cancelled: Record<string, unknown> | undefined;
@@ -105,7 +105,7 @@ describe('qemu-storage-daemon and fleece serve, same QMP sequence', () => {
     const b = normaliseGraph(ref.graph);
     expect(a.size).toBe(5);
     expect(diffGraphs(a, b)).toEqual([]);
-    // The measured table (qemu-fleecing.md §1.5): cbw holds WRITE on the target, unshares WRITE on the source.
+    // The measured table (docs/requirements/qemu-fleecing.md §1.5): cbw holds WRITE on the target, unshares WRITE on the source.
     expect(b.get('fl-cbw -[file]-> source')).toBe('perm=consistent-read,write shared=consistent-read,write-unchanged');
   });
 

@@ -1,4 +1,4 @@
-// QEMU's image-fleecing iotest (qemu-fleecing.md §4.1) in-process on both graphs: 64 MiB disk,
+// QEMU's image-fleecing iotest (docs/requirements/qemu-fleecing.md §4.1) in-process on both graphs: 64 MiB disk,
 // 64 KiB clusters, the exact patterns, overwrites, zeroes and remainder.
 import { describe, expect, it } from 'vitest';
 import { firstDiff, legacyGraph, modernGraph, pattern, type FleecingSetup } from './support/graphs.ts';
@@ -51,7 +51,7 @@ const prefill = async (disk: { write(o: number, d: Buffer): Promise<void> }): Pr
   for (const [byte, off, len] of PATTERNS) await disk.write(off, pattern(byte, len));
 };
 
-describe('image-fleecing (iotest, research §4.1)', () => {
+describe('image-fleecing (iotest, docs/requirements/qemu-fleecing.md §4.1)', () => {
   it('modern graph: copy-before-write + snapshot-access with a raw temp', async () => {
     const setup = await modernGraph({ prefill });
     await scenario(setup);
@@ -66,7 +66,7 @@ describe('image-fleecing (iotest, research §4.1)', () => {
   it('legacy graph: backup sync=none into an overlay temp backed by the source', async () => {
     const setup = await legacyGraph({ prefill });
     await scenario(setup);
-    // research §5.2: cancel reported offset 393216 = 6 clusters.
+    // docs/requirements/qemu-fleecing.md §5.2: cancel reported offset 393216 = 6 clusters.
     expect(setup.job!.info()['offset']).toBe(393216);
     await setup.teardown();
     const base = setup.graph.attachBackend('an unnamed block device', 'source', 1, 0x0f);

@@ -1,4 +1,4 @@
-// The reference NBD server driven by the real clients a user would point at it (nbd-protocol.md
+// The reference NBD server driven by the real clients a user would point at it (docs/requirements/nbd.md
 // §4): nbdinfo, nbdcopy, qemu-img and qemu-io, over a unix socket and over TCP.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';

@@ -1,5 +1,5 @@
 // The wire codec as pure functions: any split of a client stream parses to the same messages
-// (partial frames, nbd-protocol.md §7), and decoding errors carry the offset and the bytes.
+// (partial frames, docs/requirements/nbd.md §7), and decoding errors carry the offset and the bytes.
 import { fc, test } from '@fast-check/vitest';
 import { describe, expect, it, vi } from 'vitest';
 import { NbdProtocolError, Parser, decodeInfoRequest, decodeMetaContextRequest, type ClientMessage } from '../src/nbd/codec.ts';

@@ -1,4 +1,4 @@
-// Malformed and hostile input over raw sockets (nbd-protocol.md §2 A–C, §6, §7): the server
+// Malformed and hostile input over raw sockets (docs/requirements/nbd.md A–C, §6, §7): the server
 // answers per spec or disconnects that client, keeps serving the others, and never exits.
 // Each check is also run against a deliberately broken server, to show it can fail.
 import * as net from 'node:net';

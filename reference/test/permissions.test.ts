@@ -1,4 +1,4 @@
-// The permission table of qemu-fleecing.md §1.5, edge by edge for both graphs, and the measured
+// The permission table of docs/requirements/qemu-fleecing.md §1.5, edge by edge for both graphs, and the measured
 // conflicts of §1.4, on the reference block layer.
 import { describe, expect, it } from 'vitest';
 import { BlockGraph, CopyBeforeWriteNode, DRIVERS, exportPerms, PERM, type BlockGraphInfo } from '../src/block/index.ts';
@@ -58,7 +58,7 @@ function legacy(): BlockGraph {
   return g;
 }
 
-describe('permission table, modern graph (research §1.5)', () => {
+describe('permission table, modern graph (docs/requirements/qemu-fleecing.md §1.5)', () => {
   const t = edgeTable(modern().queryGraph());
   it('NBD export, read-only -> fl-access', () => expectEdge(t, 'BB(fl-access) -> fl-access [root]', ['consistent-read'], ALL_BUT_RESIZE));
   it('NBD export, writable -> fl-cbw', () => expectEdge(t, 'BB(fl-cbw) -> fl-cbw [root]', ['write', 'consistent-read'], ALL_BUT_RESIZE));
@@ -71,7 +71,7 @@ describe('permission table, modern graph (research §1.5)', () => {
   it('lists exactly these edges', () => expect(t.size).toBe(6));
 });
 
-describe('permission table, legacy graph (research §1.5)', () => {
+describe('permission table, legacy graph (docs/requirements/qemu-fleecing.md §1.5)', () => {
   const t = edgeTable(legacy().queryGraph());
   it('implicit cbw -> source [file]', () => expectEdge(t, '#cbw -> source [file]', ['write', 'consistent-read'], ['write-unchanged', 'consistent-read']));
   it('implicit cbw -> temp [target]', () => expectEdge(t, '#cbw -> temp [target]', ['write'], ALL_BUT_RESIZE));
@@ -89,7 +89,7 @@ describe('permission table, legacy graph (research §1.5)', () => {
 const WRITE_CONFLICT =
   "Permission conflict on node 'source': permissions 'write' are both required by an unnamed block device (uses node 'source' as 'root' child) and unshared by node 'fl-cbw' (uses node 'source' as 'file' child).";
 
-describe('measured conflicts (research §1.4)', () => {
+describe('measured conflicts (docs/requirements/qemu-fleecing.md §1.4)', () => {
   it('a writable export on source under cbw is refused with QEMU 7.2 wording', () => {
     const g = modern();
     expect(() => exportOn(g, 'source', true)).toThrow(WRITE_CONFLICT);

@@ -1,4 +1,4 @@
-// The x-breakpoint-* QMP commands and BREAKPOINT_HIT (issue 7 outcome 1), over the daemon's
+// The x-breakpoint-* QMP commands and BREAKPOINT_HIT (docs/design.md "Interleavings"), over the daemon's
 // dispatcher on the modern and legacy fleecing graphs: the seed's race forced through QMP alone.
 import { describe, expect, it } from 'vitest';
 import { Daemon } from '../src/daemon/daemon.ts';

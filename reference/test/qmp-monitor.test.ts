@@ -1,4 +1,4 @@
-// The QMP codec, dispatcher and monitor socket (issue 3 outcome 3), without the block graph.
+// The QMP codec, dispatcher and monitor socket, without the block graph.
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';

@@ -1,4 +1,4 @@
-// The seed's race (qemu-fleecing.md §3, B0), reproduced deterministically: a snapshot read is
+// The seed's race (docs/requirements/qemu-fleecing.md §3, B0), reproduced deterministically: a snapshot read is
 // parked at a gate right after it decided to read the source; the guest then writes the same
 // cluster. Pre-3.0 (the unsafe x-unserialized-target-writes option) the guest write lands and
 // the parked read returns post-snapshot data; with serialising target writes the copy waits for

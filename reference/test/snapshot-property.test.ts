@@ -1,5 +1,5 @@
 // Property: on every fleecing graph, whatever the guest writes and however the requests
-// interleave at the source, every snapshot read equals the snapshot image (DESIGN.md's one
+// interleave at the source, every snapshot read equals the snapshot image (docs/design.md's one
 // property). fast-check's scheduler decides the order in which requests reach the source; the
 // same property must FAIL on the legacy graph with the unsafe unserialised option.
 import { fc, test } from '@fast-check/vitest';

@@ -1,4 +1,4 @@
-// Request serialization rules of block/io.c (qemu-fleecing.md §2.1) and the range list of
+// Request serialization rules of block/io.c (docs/requirements/qemu-fleecing.md §2.1) and the range list of
 // block/reqlist.c (§2.2).
 import { describe, expect, it } from 'vitest';
 import { TrackedRequests } from '../src/block/tracked-requests.ts';

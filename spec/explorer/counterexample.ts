@@ -1,5 +1,5 @@
 // Counterexamples: rebuilt as concrete traces, printed as numbered `actor.action(args)` steps with
-// only the fields that changed (TLC's -difftrace, verification.md §1.6), and serialised as the
+// only the fields that changed (TLC's -difftrace, docs/verification.md §1.6), and serialised as the
 // trace files `fleece explore --replay` re-checks (replay.ts).
 
 import type { ActionLabel, Behaviour, TraceStep } from './behaviour.ts';

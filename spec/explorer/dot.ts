@@ -1,4 +1,4 @@
-// GraphViz export of a small state graph (TLC's -dump dot; verification.md §1.6: only for
+// GraphViz export of a small state graph (TLC's -dump dot; docs/verification.md §1.6: only for
 // configurations up to ~10^4 states).
 
 import type { Behaviour } from './behaviour.ts';

@@ -1,5 +1,5 @@
 // Complete executions of a small bounded model, for driving each model interleaving through a
-// real implementation (conformance interleavings, issue 7; xstate-graph's simplePaths).
+// real implementation (the interleavings suite, docs/design.md "Interleavings"; xstate-graph's simplePaths).
 //
 // Two views:
 // - allExecutions: every maximal path (a sequence of steps after which nothing is enabled),

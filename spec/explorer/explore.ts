@@ -1,4 +1,4 @@
-// Breadth-first explicit-state search over a Behaviour (verification.md §1.1, TLC's default
+// Breadth-first explicit-state search over a Behaviour (docs/verification.md §1.1, TLC's default
 // mode): every state is expanded once, keyed by its exact canonical key, so the first violation
 // found is at minimal depth and its trace is a shortest counterexample.
 //

@@ -1,4 +1,4 @@
-// The progress line of long runs (TLC prints one about once a minute, verification.md §1.1):
+// The progress line of long runs (TLC prints one about once a minute, docs/verification.md §1.1):
 // depth, distinct, generated, queue, states/s and memory, to stderr by default.
 
 export interface ProgressOptions {

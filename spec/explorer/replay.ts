@@ -1,5 +1,5 @@
 // Replay: re-checks a trace file step by step against a model (fast-check's replay path and
-// Coyote's `replay`, verification.md §1.3, §3). Each step must be enabled where the trace says
+// Coyote's `replay`, docs/verification.md §1.3, §3). Each step must be enabled where the trace says
 // it is taken; invariants are checked after every step. A file that does not fit the model is
 // refused with the step and the reason.
 

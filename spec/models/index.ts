@@ -124,7 +124,7 @@ function fleecingParamSpecs(scheme: Scheme): ParamSpec[] {
       default: d.tempWriters,
       min: 0,
       max: 4,
-      help: 'clients writing the temp/target image via a writable export (research §6 B6)',
+      help: 'clients writing the temp/target image via a writable export (docs/requirements/qemu-fleecing.md §6 B6)',
     },
   ];
   if (scheme.kind === 'cbw') {

@@ -1,4 +1,4 @@
-// Scenario-shaped fleecing models (issue 7): a small, fixed set of NBD requests (guest writes on
+// Scenario-shaped fleecing models (docs/design.md "Interleavings"): a small, fixed set of NBD requests (guest writes on
 // the live export, snapshot reads on the fleecing export, each at a fixed byte range), and the
 // interleavings of their internal steps that the scheme's model allows.
 //
@@ -47,7 +47,7 @@ export interface FleecingScenario {
   readonly kinds?: readonly ('legacy' | 'cbw')[];
   /** Why the scenario is restricted to `kinds` (shown in reports). */
   readonly note?: string;
-  /** Guest writes whose copy-before-write fails (the environment's copyFail, qemu-fleecing.md
+  /** Guest writes whose copy-before-write fails (the environment's copyFail, docs/requirements/qemu-fleecing.md
    * §2.3 on-cbw-error): each such writer's copy fails whenever it has one; every other copy
    * lands. cbw graphs only. */
   readonly failingCopies?: readonly number[];

@@ -2,7 +2,7 @@
 // the graph implements (S3 for a temp overlay backed by the source, S4 for snapshot-access over
 // copy-before-write), plus the writers the permission system let in:
 //   - a writer on the temp/target node (or below it) other than cbw: it can overwrite the
-//     snapshot store at any time (research §6 B6). The fleecing model has these natively
+//     snapshot store at any time (docs/requirements/qemu-fleecing.md §6 B6). The fleecing model has these natively
 //     (its `tempWriters` parameter);
 //   - a writer on the source (or below it) that does not go through cbw: its writes are never
 //     copied first. The fleecing model has no such actor, so this file wraps it with one: an
@@ -55,7 +55,7 @@ export function dataPlaneBehaviour(cfg: DataPlaneConfig): Behaviour<State, Actio
     msg
       .split(`written by ${intruderName}`).join('written by an extra writer the permissions allowed')
       .split(intruderName).join('data of an extra writer the permissions allowed');
-  // Judge by what a snapshot read returns (the property of DESIGN.md), not by the model's
+  // Judge by what a snapshot read returns (the property of docs/design.md), not by the model's
   // intermediate invariants (copied-before-overwritten), so a counterexample ends in a read.
   const readInvariants = inner.invariants.filter((inv) => inv.name === 'snapshot-read-consistent');
   const invariants: Invariant<State>[] = (readInvariants.length > 0 ? readInvariants : inner.invariants).map((inv) => ({

@@ -1,5 +1,5 @@
-// Bounded enumeration of block graphs for permission soundness (issue 4, outcome 3): every
-// graph built from the drivers of qemu-fleecing.md §1 within a small bound, as the command
+// Bounded enumeration of block graphs for permission soundness (docs/design.md "Permission soundness"): every
+// graph built from the drivers of docs/requirements/qemu-fleecing.md §1 within a small bound, as the command
 // sequence that builds it, so the permission model (spec/models/permissions) judges each one
 // exactly as it would judge a QMP session.
 //
@@ -13,7 +13,7 @@
 //   - NBD exports, read-only or writable, on any of source, temp, fl-cbw, fl-access, fl-raw,
 //     at most `maxExports` of them.
 // Order: blockdev-add (children first), then the exports, then the backup job, so that an export
-// on `source` is re-parented onto the job's filter as in research §5.2.
+// on `source` is re-parented onto the job's filter as in docs/requirements/qemu-fleecing.md §5.2.
 import type { GraphOp, NodeSpec } from '../models/permissions/graph.ts';
 
 export type TempKind = 'raw' | 'qcow2' | 'qcow2-backed';

@@ -1,4 +1,4 @@
-// Permission soundness (issue 4, outcome 3): bounded graph enumeration, permission verdicts,
+// Permission soundness (docs/design.md "Permission soundness"): bounded graph enumeration, permission verdicts,
 // data-plane verdicts for accepted graphs with a snapshot reader.
 export * from './graphs.ts';
 export * from './dataplane.ts';

@@ -8,7 +8,7 @@ export function unsafeReason(v: GraphVerdict): string {
   const temp = v.readers.some((r) => r.tempWriters.length > 0);
   const bypass = v.readers.some((r) => r.sourceBypassWriters.length > 0);
   const parts: string[] = [];
-  if (temp) parts.push('a writer on the temp/target node (research §6 B6)');
+  if (temp) parts.push('a writer on the temp/target node (docs/requirements/qemu-fleecing.md §6 B6)');
   if (bypass) parts.push('a writer on the source that bypasses copy-before-write');
   if (parts.length === 0) parts.push('the data-plane scheme itself');
   return parts.join(' and ');

@@ -1,8 +1,8 @@
-// Permission soundness (issue 4, outcome 3): for every graph within the bound, the permission
+// Permission soundness (docs/design.md "Permission soundness"): for every graph within the bound, the permission
 // model accepts or refuses it; for an accepted graph with a snapshot reader, the data-plane model
 // of the scheme it implements decides whether every snapshot read returns snapshot data.
 // Graphs QEMU would accept but that can hand a snapshot reader other data are reported apart
-// from the safe ones (research §6 B6: a writable export on the temp image is accepted).
+// from the safe ones (docs/requirements/qemu-fleecing.md §6 B6: a writable export on the temp image is accepted).
 import { S3, S4, type Scheme } from '../models/fleecing/index.ts';
 import { evaluate, QEMU_7_2, type GraphState, type ModelOptions } from '../models/permissions/graph.ts';
 import { WRITE } from '../models/permissions/perm.ts';
@@ -103,7 +103,7 @@ function writersInto(g: GraphState, within: Set<string>, except: string): string
     .map(edgeName);
 }
 
-/** Snapshot readers of an accepted graph (research §1.5 modern and legacy shapes). */
+/** Snapshot readers of an accepted graph (docs/requirements/qemu-fleecing.md §1.5 modern and legacy shapes). */
 export function snapshotReaders(g: GraphState): SnapshotReader[] {
   const out: SnapshotReader[] = [];
   const cbws = g.nodes.filter((n) => n.driver === 'copy-before-write').map((n) => n.name);

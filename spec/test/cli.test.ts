@@ -114,7 +114,7 @@ describe('fleece explore', () => {
     expect(text.code).toBe(1);
     expect(text.out).toMatch(/^permission soundness: \d+ graphs \(at most 2 exports\)/m);
     expect(text.out).toMatch(/accepted but UNSAFE: +[1-9]\d*$/m);
-    expect(text.out).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(research §6 B6\)/);
+    expect(text.out).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(docs\/requirements\/qemu-fleecing\.md §6 B6\)/);
     const json = await inProcess('--soundness', '--max-exports', '1', '--json');
     const doc = JSON.parse(json.out) as { format: string; counts: Record<string, number>; acceptedUnsafe: unknown[] };
     expect(doc.format).toBe('fleece-soundness');

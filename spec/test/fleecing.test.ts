@@ -235,7 +235,7 @@ describe('QEMU 7.2 hbitmap_status: a done prefix before a not-done cluster reads
   });
 });
 
-describe('a writable export on the temp/target image (research §6 B6)', () => {
+describe('a writable export on the temp/target image (docs/requirements/qemu-fleecing.md §6 B6)', () => {
   it('breaks every scheme: a snapshot read can return what the temp writer wrote', () => {
     for (const scheme of [S2, S3, S4]) {
       const m = fleecingModel(scheme, { clusters: 2, writers: 1, readers: 1, tempWriters: 1 });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { allExecutions, explore, formatLabel, neverEnabled } from '../explorer/index.ts';
 import { NBD_SESSION, NBD_SESSION_BAD, nbdSessionModel } from '../models/nbd-session/index.ts';
 
-describe('NBD session model (nbd-protocol.md §1.2-§1.7)', () => {
+describe('NBD session model (docs/requirements/nbd.md §1.2-§1.7)', () => {
   it('holds exhaustively, every session ends closed, every action is enabled', () => {
     const r = explore(nbdSessionModel());
     expect(r.verdict).toBe('ok');

@@ -1,5 +1,5 @@
 // The permission model against the ground truth: the edges measured on QEMU 7.2
-// (qemu-fleecing.md §1.5, both tables, edge by edge) and the measured conflicts of §1.4. Every
+// (docs/requirements/qemu-fleecing.md §1.5, both tables, edge by edge) and the measured conflicts of §1.4. Every
 // check is also run against a known-bad cbw rule (forgets to unshare WRITE on the source), which
 // it must catch.
 import { describe, expect, it } from 'vitest';
@@ -113,7 +113,7 @@ function conflictMismatches(options: ModelOptions): string[] {
 
 const BAD: ModelOptions = { cbwRule: 'buggy-no-unshare' };
 
-describe('permission model: qemu-fleecing.md §1.5 tables', () => {
+describe('permission model: docs/requirements/qemu-fleecing.md §1.5 tables', () => {
   it('reproduces every edge of the modern graph', () => {
     expect(tableMismatches(modernFleecing(), MODERN, QEMU_7_2)).toEqual([]);
   });
@@ -133,11 +133,11 @@ describe('permission model: qemu-fleecing.md §1.5 tables', () => {
   });
 });
 
-describe('permission model: measured conflicts of qemu-fleecing.md §1.4', () => {
+describe('permission model: measured conflicts of docs/requirements/qemu-fleecing.md §1.4', () => {
   it('refuses and accepts exactly as QEMU 7.2 did, with its exact messages', () => {
     expect(conflictMismatches(QEMU_7_2)).toEqual([]);
   });
-  // Full text checked over QMP on qemu-storage-daemon 7.2.22 (research §1.4 abridges it).
+  // Full text checked over QMP on qemu-storage-daemon 7.2.22 (docs/requirements/qemu-fleecing.md §1.4 abridges it).
   it('the resize refusal names both BlockBackends as root users', () => {
     const g = evaluate(modernFleecing()).graph;
     const r = applyOp(g, RESIZE_CBW).result;

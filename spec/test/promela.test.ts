@@ -1,5 +1,5 @@
-// SPIN as an external cross-check of the fleecing verdicts (issue 4, outcome 5;
-// verification.md §2). SPIN must find the seed's race in S1 and verify S3, and agree with our
+// SPIN as an external cross-check of the fleecing verdicts (docs/verification.md §2;
+// docs/verification.md §2). SPIN must find the seed's race in S1 and verify S3, and agree with our
 // own breadth-first search on every configuration.
 //
 // Two pairings. (1) fleecing.ts's Promela against its TS twin (mirror.ts), searched by a tiny

@@ -4,7 +4,7 @@ import { SERIALIZATION, SERIALIZATION_BAD, serializationModel } from '../models/
 
 const bad = (name: string) => SERIALIZATION_BAD.find((v) => v.name === name)!;
 
-describe('request serialization (qemu-fleecing.md §2.1)', () => {
+describe('request serialization (docs/requirements/qemu-fleecing.md §2.1)', () => {
   it('holds exhaustively, without deadlock, with every action enabled', () => {
     for (const params of [{}, { reads: 2, writes: 0, serialising: 2 }, { sectors: 6, clusterSize: 4, length: 2 }]) {
       const r = explore(serializationModel(SERIALIZATION, params));

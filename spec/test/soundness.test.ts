@@ -1,5 +1,5 @@
 // Permission soundness: the permission model (QEMU 7.2) accepts some graphs whose snapshot reads
-// can return non-snapshot data (research §6 B6); the standard modern and legacy graphs are
+// can return non-snapshot data (docs/requirements/qemu-fleecing.md §6 B6); the standard modern and legacy graphs are
 // accepted and safe. Each check is also run against a known-bad variant that it must catch.
 import { describe, expect, it } from 'vitest';
 import { KNOWN_BAD, S3, S4 } from '../models/fleecing/index.ts';
@@ -11,7 +11,7 @@ import { soundnessText } from '../soundness/report.ts';
 const MODERN: GraphShape = { temp: 'raw', cbw: 'source->temp', access: true, raw: 'none', backup: false, exports: { 'fl-cbw': 'rw', 'fl-access': 'ro' } };
 const LEGACY: GraphShape = { temp: 'qcow2-backed', cbw: 'none', access: false, raw: 'none', backup: true, exports: { source: 'rw', temp: 'ro' } };
 const B6: GraphShape = { ...MODERN, exports: { temp: 'rw', 'fl-cbw': 'rw', 'fl-access': 'ro' } };
-/** A writable export straight on `source` under fl-cbw: refused on 7.2 (research §1.4). */
+/** A writable export straight on `source` under fl-cbw: refused on 7.2 (docs/requirements/qemu-fleecing.md §1.4). */
 const BYPASS: GraphShape = { ...MODERN, exports: { source: 'rw', 'fl-cbw': 'rw', 'fl-access': 'ro' } };
 
 const asCase = (s: GraphShape) => ({ id: shapeId(s), shape: s, ops: opsOf(s) });
@@ -45,7 +45,7 @@ describe('permission soundness', () => {
     expect(safe).toContain(shapeId(MODERN));
     expect(r.counts['accepted-unsafe']).toBeGreaterThan(0);
     expect(r.counts.refused).toBeGreaterThan(0);
-    expect(soundnessText(r)).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(research §6 B6\): \d+ graphs/);
+    expect(soundnessText(r)).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(docs\/requirements\/qemu-fleecing\.md §6 B6\): \d+ graphs/);
   });
 
   it('a writer bypassing cbw is refused by 7.2, but a cbw rule that forgets to unshare WRITE lets it in: unsafe', () => {

@@ -1,4 +1,4 @@
-// nbd/block-status/*: checklist F (nbd-protocol.md §2 F66-F71; proto.md "Metadata querying",
+// nbd/block-status/*: checklist F (docs/requirements/nbd.md F66-F71; proto.md "Metadata querying",
 // NBD_CMD_BLOCK_STATUS, "base:allocation metadata context").
 import { CF, STATE_ZERO } from '../../nbd/constants.ts';
 import type { Extent } from '../../nbd/codec.ts';
@@ -15,7 +15,7 @@ import {
 } from './env.ts';
 
 const BS = 'proto.md NBD_CMD_BLOCK_STATUS';
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 const MiB = 1 << 20;
 
 function describeExtents(e: readonly Extent[]): string {

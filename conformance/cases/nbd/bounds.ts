@@ -1,4 +1,4 @@
-// nbd/bounds/*: checklist C (nbd-protocol.md §2 C45-C53; proto.md "Error values",
+// nbd/bounds/*: checklist C (docs/requirements/nbd.md C45-C53; proto.md "Error values",
 // "Size constraints").
 import { NbdClientError } from '../../nbd/errors.ts';
 import type { Reply } from '../../nbd/reply.ts';
@@ -25,7 +25,7 @@ import {
 
 const ERRS = 'proto.md "Error values"';
 const SIZE = 'proto.md "Size constraints"';
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 const MiB = 1 << 20;
 /** Timeout for 32 MiB transfers: the server may be busy with the data for a while. */
 const BIG = 15_000;

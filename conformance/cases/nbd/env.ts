@@ -1,5 +1,5 @@
 // The nbd suite's per-target environment (capabilities probed once from what the server
-// advertises, nbd-protocol.md §7) and the helpers cases share.
+// advertises, docs/requirements/nbd.md §7) and the helpers cases share.
 import { encodeMetaRequest, type OptionReply } from '../../nbd/codec.ts';
 import { NbdConnection } from '../../nbd/client.ts';
 import { Cmd, Errno, HS_NO_ZEROES, Info, Opt, TF, errnoName, flagNames, repName } from '../../nbd/constants.ts';

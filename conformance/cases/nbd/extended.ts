@@ -9,7 +9,7 @@ const gate = (ctx: Ctx): never =>
 export const extendedCases: NbdCase[] = [
   nbdCase({
     id: 'nbd/extended/every-reply-extended',
-    section: `${EXT}; nbd-protocol.md §2 G72`,
+    section: `${EXT}; docs/requirements/nbd.md G72`,
     level: 'MUST',
     title: 'After EXTENDED_HEADERS, every reply uses the extended header',
     description: 'Negotiates extended headers, sends requests including failing ones.',
@@ -18,7 +18,7 @@ export const extendedCases: NbdCase[] = [
   }),
   nbdCase({
     id: 'nbd/extended/payload-len',
-    section: `${EXT}; nbd-protocol.md §2 G73`,
+    section: `${EXT}; docs/requirements/nbd.md G73`,
     level: 'MUST',
     title: 'PAYLOAD_LEN rules, payload consumed on errors',
     description: 'WRITE without PAYLOAD_LEN, PAYLOAD_LEN on READ.',
@@ -27,7 +27,7 @@ export const extendedCases: NbdCase[] = [
   }),
   nbdCase({
     id: 'nbd/extended/64-bit-length',
-    section: `${EXT}; nbd-protocol.md §2 G74`,
+    section: `${EXT}; docs/requirements/nbd.md G74`,
     level: 'MUST',
     title: '64-bit effect lengths are not truncated',
     description: 'WRITE_ZEROES over more than 4 GiB.',
@@ -36,7 +36,7 @@ export const extendedCases: NbdCase[] = [
   }),
   nbdCase({
     id: 'nbd/extended/block-status-ext',
-    section: `${EXT}; nbd-protocol.md §2 F71`,
+    section: `${EXT}; docs/requirements/nbd.md F71`,
     level: 'MUST',
     title: 'BLOCK_STATUS_EXT chunks are well-formed',
     description: 'BLOCK_STATUS with extended headers.',

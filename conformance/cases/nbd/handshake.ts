@@ -1,4 +1,4 @@
-// nbd/handshake/*: checklist A (nbd-protocol.md §2 A1-A31; proto.md "Newstyle negotiation",
+// nbd/handshake/*: checklist A (docs/requirements/nbd.md A1-A31; proto.md "Newstyle negotiation",
 // "Fixed newstyle negotiation", "Option types", "Metadata querying").
 import { encodeInfoRequest, encodeMetaRequest } from '../../nbd/codec.ts';
 import { CF_FIXED_NEWSTYLE, CF_NO_ZEROES, HS_FIXED_NEWSTYLE, Rep, repName } from '../../nbd/constants.ts';
@@ -27,7 +27,7 @@ const NEG = 'proto.md "Newstyle negotiation"';
 const FIXED = 'proto.md "Fixed newstyle negotiation"';
 const OPTS = 'proto.md "Option types"';
 const META = 'proto.md "Metadata querying"';
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 export const handshakeCases: NbdCase[] = [

@@ -1,4 +1,4 @@
-// The nbd wire suite: every case of nbd-protocol.md §2 A-G that the targets can exercise.
+// The nbd wire suite: every case of docs/requirements/nbd.md A-G that the targets can exercise.
 import type { Suite } from '../../runner/model.ts';
 import { registerSuite } from '../../runner/registry.ts';
 import { blockStatusCases } from './blockstatus.ts';
@@ -12,7 +12,7 @@ import { writeCases } from './write.ts';
 
 export const nbdSuite: Suite<NbdEnv> = {
   name: 'nbd',
-  description: 'NBD wire conformance (doc/proto.md), case list from research/nbd-protocol.md §2',
+  description: 'NBD wire conformance (doc/proto.md), case list from docs/requirements/nbd.md §2',
   roles: ['rw'],
   cases: [...handshakeCases, ...transmissionCases, ...boundsCases, ...structuredCases, ...writeCases, ...blockStatusCases, ...extendedCases],
   setup: (target, opts) => setupNbd(target, opts),

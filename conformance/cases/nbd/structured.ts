@@ -1,4 +1,4 @@
-// nbd/structured-read/*: checklist D (nbd-protocol.md §2 D54-D58; proto.md "Structured reply
+// nbd/structured-read/*: checklist D (docs/requirements/nbd.md D54-D58; proto.md "Structured reply
 // types", NBD_CMD_FLAG_DF).
 import { CF } from '../../nbd/constants.ts';
 import { Errno, TF, describeReply, expected, nbdCase, requireFlag, requireStructured, session, usableAfter, type NbdCase } from './env.ts';
@@ -6,7 +6,7 @@ import type { ErrorInjection } from '../../targets/builtin.ts';
 import { Cmd } from '../../nbd/constants.ts';
 
 const SR = 'proto.md "Structured reply types"';
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 const MiB = 1 << 20;
 
 export const structuredCases: NbdCase[] = [

@@ -1,4 +1,4 @@
-// nbd/transmission/*: checklist B (nbd-protocol.md §2 B32-B44; proto.md "Transmission",
+// nbd/transmission/*: checklist B (docs/requirements/nbd.md B32-B44; proto.md "Transmission",
 // "Simple reply message", "Structured reply message", "Request types").
 import { CF } from '../../nbd/constants.ts';
 import {
@@ -18,7 +18,7 @@ import {
 
 const TX = 'proto.md "Transmission"';
 type NbdConnectionLike = Awaited<ReturnType<typeof session>>['conn'];
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 
 export const transmissionCases: NbdCase[] = [
   nbdCase({

@@ -1,4 +1,4 @@
-// nbd/write/*: checklist E (nbd-protocol.md §2 E59-E65; proto.md "Request types", "Ordering of
+// nbd/write/*: checklist E (docs/requirements/nbd.md E59-E65; proto.md "Request types", "Ordering of
 // messages and writes", "Error values").
 import { CF } from '../../nbd/constants.ts';
 import { NbdClientError } from '../../nbd/errors.ts';
@@ -20,7 +20,7 @@ import {
 } from './env.ts';
 
 const REQ = 'proto.md "Request types"';
-const sec = (spec: string, n: string) => `${spec}; nbd-protocol.md §2 ${n}`;
+const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 
 export const writeCases: NbdCase[] = [
   nbdCase({

@@ -1,4 +1,4 @@
-// blockdev-backup sync=none: legacy image fleecing (qemu-fleecing.md §5.2). The job inserts a
+// blockdev-backup sync=none: legacy image fleecing (docs/requirements/qemu-fleecing.md §5.2). The job inserts a
 // copy-before-write filter above the source (bdrv_cbw_append + bdrv_insert_node: the source's
 // parents move onto the filter, except those the filter itself reaches, such as the temp image's
 // backing edge) and holds two handles with no permissions (backup_job_create: "required

@@ -1,7 +1,7 @@
 // block-copy (block/block-copy.c): copies dirty clusters from a source edge to a target edge,
 // clearing them in the copy bitmap when a task starts and setting them back if it fails. In-flight
 // tasks sit in a range list; a caller that needs a range owned by another task waits for it, so
-// block_copy returns only when every cluster of its range is on the target (qemu-fleecing.md §2.2).
+// block_copy returns only when every cluster of its range is on the target (docs/requirements/qemu-fleecing.md §2.2).
 import { ClusterBitmap } from './bitmap.ts';
 import type { Breakpoints } from './breakpoints.ts';
 import { BlockError } from './errors.ts';

@@ -1,7 +1,7 @@
 // Breakpoints at named internal events, in the spirit of QEMU's blkdebug `break`/`resume`/
 // `wait_break`: a test or the conformance runner (through QMP x- commands) arms a breakpoint at an
 // event, an in-flight request that reaches the event parks there, and it goes on when resumed.
-// These are the steps where the fleecing race lives (qemu-fleecing.md §2.3, §3), so a runner can
+// These are the steps where the fleecing race lives (docs/requirements/qemu-fleecing.md §2.3, §3), so a runner can
 // force any interleaving of them over real NBD connections.
 //
 // Unarmed breakpoints cost one property read at each event: call sites test `armed` before

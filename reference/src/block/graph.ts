@@ -1,7 +1,7 @@
 // The block graph: named nodes, edges with permissions, root users, jobs. Every change runs as a
 // transaction: the structure changes, permissions are refreshed top-down in topological order
 // (bdrv_refresh_perms), every node's parents are checked pairwise (bdrv_parent_perms_conflict),
-// and a failure rolls the whole change back (qemu-fleecing.md §1.2-§1.4).
+// and a failure rolls the whole change back (docs/requirements/qemu-fleecing.md §1.2-§1.4).
 import { EventEmitter } from 'node:events';
 import { BackendImpl, type RootParent } from './backend.ts';
 import { BackupJob, type BackupOptions } from './backup.ts';
@@ -168,7 +168,7 @@ export class BlockGraph {
         if (a === b) continue;
         const denied = b.perm & ~a.shared;
         if (denied) {
-          // QEMU >= 6.1 wording (qemu-fleecing.md §1.4).
+          // QEMU >= 6.1 wording (docs/requirements/qemu-fleecing.md §1.4).
           throw new BlockError(
             'EPERM',
             `Permission conflict on node '${node.nodeName}': permissions '${permNames(denied)}' are both required by ${b.parent.describe()} (uses node '${node.nodeName}' as '${b.name}' child) and unshared by ${a.parent.describe()} (uses node '${node.nodeName}' as '${a.name}' child).`,

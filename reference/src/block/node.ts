@@ -268,7 +268,7 @@ export abstract class BlockNode implements Parent {
 
   async discard(offset: number, bytes: number): Promise<void> {
     this.writable('discard', offset, bytes);
-    // bdrv_co_pdiscard returns 0 without BDRV_O_UNMAP (qemu-fleecing.md §6 B8).
+    // bdrv_co_pdiscard returns 0 without BDRV_O_UNMAP (docs/requirements/qemu-fleecing.md §6 B8).
     if (bytes === 0 || !this.discardUnmap) return Promise.resolve();
     return this.tracked_('discard', offset, bytes, {}, async () => {
       await this.coDiscard(offset, bytes);

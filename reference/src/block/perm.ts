@@ -1,4 +1,4 @@
-// Block permissions: QEMU 7.2's four bits (qemu-fleecing.md §1.1) and the default child-permission
+// Block permissions: QEMU 7.2's four bits (docs/requirements/qemu-fleecing.md §1.1) and the default child-permission
 // rules of block.c (§1.3). An edge's `perm` is what the parent uses on the child; its `shared` is
 // what the parent tolerates other parents doing.
 
@@ -32,7 +32,7 @@ export function permList(perm: number): string[] {
 }
 
 /** The order x-debug-query-block-graph lists them in (QAPI lists are built by prepending, so
- * QEMU 7.2 prints the highest bit first: measured, qemu-fleecing.md §1.5). */
+ * QEMU 7.2 prints the highest bit first: measured, docs/requirements/qemu-fleecing.md §1.5). */
 export function permListQapi(perm: number): string[] {
   return permList(perm).reverse();
 }

@@ -1,4 +1,4 @@
-// A range list (block/reqlist.c, qemu-fleecing.md §2.2): in-flight byte ranges where every entry
+// A range list (block/reqlist.c, docs/requirements/qemu-fleecing.md §2.2): in-flight byte ranges where every entry
 // excludes every overlapping waiter; no serialising distinction. copy-before-write keeps its
 // frozen snapshot reads here, block-copy its in-flight copy tasks.
 import { Watchers } from './watchers.ts';

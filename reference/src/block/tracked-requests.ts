@@ -1,4 +1,4 @@
-// Tracked requests per node (block/io.c, qemu-fleecing.md §2.1). Every request in flight on a node
+// Tracked requests per node (block/io.c, docs/requirements/qemu-fleecing.md §2.1). Every request in flight on a node
 // is listed for its whole duration. A serialising request has its overlap window widened to the
 // node's cluster size, and the wait rules are:
 //   (a) a serialising request waits until no overlapping request of either kind is in flight;

@@ -1,5 +1,5 @@
 // `fleece serve` command line: qemu-storage-daemon's options (qemu-storage-daemon(1);
-// qemu-fleecing.md §5.1), parsed into an ordered list of actions without touching any I/O.
+// docs/requirements/qemu-fleecing.md §5.1), parsed into an ordered list of actions without touching any I/O.
 // Options act in the order given, as in qemu-storage-daemon: an --export needs its node and the
 // NBD server to exist already.
 import type { ListenAddress } from '../nbd/server.ts';

@@ -1,6 +1,6 @@
 // The reference storage daemon at run time: one block graph, one NBD server, exports, QMP
-// monitors, and the QMP commands the suite needs (issue 3 outcome 3), with qemu-storage-daemon's
-// wording where a client could compare (qemu-fleecing.md §5).
+// monitors, and the QMP commands the suite needs (docs/architecture.md "reference/"), with qemu-storage-daemon's
+// wording where a client could compare (docs/requirements/qemu-fleecing.md §5).
 import * as fs from 'node:fs';
 import { BlockGraph } from '../block/graph.ts';
 import type { BlockNode } from '../block/node.ts';
@@ -31,13 +31,13 @@ interface LiveExport {
 const EXPORT_USER = 'an unnamed block device';
 
 /** blk_exp_add + the NBD export: CONSISTENT_READ (+WRITE if writable), shared all but RESIZE
- * (qemu-fleecing.md §1.5-1.6). */
+ * (docs/requirements/qemu-fleecing.md §1.5-1.6). */
 export function exportPermissions(writable: boolean): { perm: number; shared: number } {
   return { perm: PERM.CONSISTENT_READ | (writable ? PERM.WRITE : 0), shared: PERM_ALL & ~PERM.RESIZE };
 }
 
 /** Modules that add QMP commands or behaviour to every daemon (e.g. the breakpoint commands of
- * issue 7) register here; each runs once per Daemon, after the built-in commands. */
+ * the interleavings suite) register here; each runs once per Daemon, after the built-in commands. */
 const extensions: ((d: Daemon) => void)[] = [];
 export function registerDaemonExtension(f: (d: Daemon) => void): void {
   extensions.push(f);
@@ -319,7 +319,7 @@ export class Daemon {
       const name = nodeName ?? device;
       if (name === undefined) throw new QmpError('GenericError', 'Need a block device or node-name');
       // The permission step is the part that matters here (a RESIZE user is refused while an
-      // export unshares it, qemu-fleecing.md §1.4); the reference's drivers have fixed sizes.
+      // export unshares it, docs/requirements/qemu-fleecing.md §1.4); the reference's drivers have fixed sizes.
       this.graph.resize(name, size);
       return {};
     });

@@ -1,6 +1,6 @@
 // The NBD wire codec: pure functions over buffers, no I/O (in the style of node-postgres'
 // pg-protocol: one incremental Parser that turns bytes into client messages, one encoder per
-// server message). Layout facts: nbd-protocol.md §1.2-1.6; doc/proto.md "Option haggling",
+// server message). Layout facts: docs/requirements/nbd.md §1.2-1.6; doc/proto.md "Option haggling",
 // "Transmission phase", "Structured reply chunk message types".
 import {
   CHUNK,
@@ -249,7 +249,7 @@ export class Parser {
         const length = h.readUInt32BE(12);
         if (length > MAX_OPTION_PAYLOAD) {
           // Drain rather than buffer: the length lets us stay in sync without holding the bytes
-          // (nbd-protocol.md §1.2 "the length lets a server skip any option it does not know").
+          // (docs/requirements/nbd.md §1.2 "the length lets a server skip any option it does not know").
           this.take(16);
           this.skipLeft = length;
           this.pendingTooBig = { option, length, streamOffset: at };

@@ -1,4 +1,4 @@
-// NBD wire constants (nbd-protocol.md §1; doc/proto.md "Values"). Numbers only, no behaviour.
+// NBD wire constants (docs/requirements/nbd.md §1; doc/proto.md "Values"). Numbers only, no behaviour.
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
@@ -46,7 +46,7 @@ export const REP = {
 
 export const INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
 
-/** Transmission flags (nbd-protocol.md §1.4). */
+/** Transmission flags (docs/requirements/nbd.md §1.4). */
 export const TFLAG = {
   HAS_FLAGS: 1 << 0,
   READ_ONLY: 1 << 1,
@@ -73,7 +73,7 @@ export const CMD = {
   BLOCK_STATUS: 7,
 } as const;
 
-/** Command flags (nbd-protocol.md §1.5). */
+/** Command flags (docs/requirements/nbd.md §1.5). */
 export const CMD_FLAG = {
   FUA: 1 << 0,
   NO_HOLE: 1 << 1,
@@ -92,11 +92,11 @@ export const CHUNK = {
 } as const;
 export const CHUNK_FLAG_DONE = 1;
 
-/** base:allocation extent flags (nbd-protocol.md §1.9). */
+/** base:allocation extent flags (docs/requirements/nbd.md §1.9). */
 export const STATE_HOLE = 1 << 0;
 export const STATE_ZERO = 1 << 1;
 
-/** Transmission error values (nbd-protocol.md §1.10). */
+/** Transmission error values (docs/requirements/nbd.md §1.10). */
 export const NBD_ERR = {
   EPERM: 1,
   EIO: 5,

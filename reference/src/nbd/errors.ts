@@ -1,7 +1,7 @@
 // From block-layer failures to NBD error values. QEMU maps -errno with nbd_errno_of()
 // (nbd/server.c); we follow it except where the spec's SHOULDs differ and the issue asks us to
 // follow the spec: EPERM for writes on a read-only export and ENOSPC for writes past the end are
-// decided by the session before the backend is called (nbd-protocol.md §1.10, §2 cases 46, 63).
+// decided by the session before the backend is called (docs/requirements/nbd.md §1.10, §2 cases 46, 63).
 import { isBlockError } from '../block/errors.ts';
 import { NBD_ERR } from './constants.ts';
 
@@ -13,7 +13,7 @@ export interface WireError {
 /**
  * Maps a thrown value to the NBD error sent to the client.
  * - EACCES (snapshot-access on a discarded or clean cluster) becomes EINVAL, as on QEMU 7.2:
- *   -EACCES is not in its map (qemu-fleecing.md §6 B7).
+ *   -EACCES is not in its map (docs/requirements/qemu-fleecing.md §6 B7).
  * - ENOTSUP may only be sent for FAST_ZERO (§1.5 "without FAST_ZERO the server MUST NOT return
  *   ENOTSUP"); elsewhere it becomes EINVAL, QEMU's default.
  * - Anything that is not a BlockError is an internal fault: EIO, with the message kept.

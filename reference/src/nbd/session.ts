@@ -2,7 +2,7 @@
 // BlockBackends, and produces encoded replies through a small output interface. No sockets here:
 // the I/O edge (server.ts) feeds bytes in and writes buffers out.
 //
-// States (nbd-protocol.md §1.2): client-flags → options → transmission → closed.
+// States (docs/requirements/nbd.md §1.2): client-flags → options → transmission → closed.
 import type { BlockBackend, Extent } from '../block/types.ts';
 import { readBuffers } from '../block/node.ts';
 import {
@@ -89,7 +89,7 @@ export interface SessionLimits {
   readonly maxInFlightBytes?: number;
 }
 
-/** Transmission flags for an export (nbd-protocol.md §1.4). Read-only exports advertise what
+/** Transmission flags for an export (docs/requirements/nbd.md §1.4). Read-only exports advertise what
  * QEMU does (0x48f with SR: FLUSH FUA DF CACHE); writable ones add TRIM, WRITE_ZEROES, FAST_ZERO.
  * CAN_MULTI_CONN: every connection shares one backend in this process and FLUSH flushes it
  * whole, so flush/FUA effects are visible on every connection (§1.7). */
@@ -452,7 +452,7 @@ export class NbdSession {
     else this.drainWaiters.push(f);
   }
 
-  /** Validates a request (nbd-protocol.md §1.5, §1.8, §1.10) and runs it against the backend. */
+  /** Validates a request (docs/requirements/nbd.md §1.5, §1.8, §1.10) and runs it against the backend. */
   private async handle(req: Request): Promise<void> {
     const exp = this.exp!;
     const be = exp.backend;

@@ -1,4 +1,4 @@
-// QMP commands over the block graph's breakpoints (issue 7 outcome 1), in the spirit of QEMU's
+// QMP commands over the block graph's breakpoints (docs/design.md "Interleavings"), in the spirit of QEMU's
 // blkdebug `break`/`resume`/`wait_break` and qemu-io's `break`, `resume`, `wait_break`, but graph
 // wide and over QMP, so a conformance runner can hold an in-flight NBD request at a named event
 // and let it go later:

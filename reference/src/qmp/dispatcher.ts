@@ -1,6 +1,6 @@
 // QMP command dispatch (QEMU qapi/qmp-dispatch.c semantics): request validation, capability
 // negotiation, the command table, and errors as {"class", "desc"}. Commands are registered by
-// whoever owns them (the daemon; later the breakpoint commands of issue 7).
+// whoever owns them (the daemon; later the breakpoint commands of qmp/breakpoints.ts).
 
 /** A failed command: QEMU's error class (GenericError, CommandNotFound, DeviceNotFound,
  * DeviceNotActive) and the human-readable description. */

@@ -1,4 +1,4 @@
-// Builders for the two fleecing graphs of qemu-fleecing.md §1.5 / §5, in-process.
+// Builders for the two fleecing graphs of docs/requirements/qemu-fleecing.md §1.5 / §5, in-process.
 import {
   BlockGraph,
   exportPerms,

@@ -1,4 +1,4 @@
-// The fleecing data plane at the granularity where the race lives (qemu-fleecing.md §3, §2.3):
+// The fleecing data plane at the granularity where the race lives (docs/requirements/qemu-fleecing.md §3, §2.3):
 //   guest write W: submit (block-copy claims the dirty clusters of its range and reads their old
 //     data from the source) -> [S3: mark the temp write serialising] -> copyWrite (old data to
 //     the target; cbw: set done) -> write (cbw: after reqlist_wait_all on frozen reads) -> done
@@ -10,7 +10,7 @@
 // One interpreter serves every Scheme; the scheme's flags decide guards and order.
 //
 // Hot path: enabled/step/key run millions of times, so they are plain switches (exhaustive via
-// `never`) over small immutable records, not ts-pattern chains (verification.md §3).
+// `never`) over small immutable records, not ts-pattern chains (docs/verification.md §3).
 
 import type { ActionLabel, Behaviour, Invariant, TraceStep } from '../../explorer/behaviour.ts';
 import { SpecError } from '../../explorer/errors.ts';
@@ -54,7 +54,7 @@ export interface FleecingParams {
    * snapshot read is reading it from the target. Two steps, `discard` then `discard(punch)`.
    * Unpacked only (the explorer's packed form does not have it). */
   readonly discardWaitsTargetReads: boolean;
-  /** Clients writing the temp/target image through a writable export on it (research §6 B6,
+  /** Clients writing the temp/target image through a writable export on it (docs/requirements/qemu-fleecing.md §6 B6,
    * accepted by QEMU 7.2's permissions): each writes one request of writeSize clusters. */
   readonly tempWriters: number;
 }
@@ -451,7 +451,7 @@ export function fleecingModel(scheme: Scheme, params: Partial<FleecingParams> = 
     });
   }
   invariants.push({
-    // qemu-fleecing.md §2.3 invariant (i): the source is overwritten only after the old data is
+    // docs/requirements/qemu-fleecing.md §2.3 invariant (i): the source is overwritten only after the old data is
     // on the target (unless the cluster is outside the snapshot or the snapshot is broken).
     name: 'copied-before-overwritten',
     check(s) {

@@ -1,10 +1,10 @@
-// The fleecing schemes as data: which protection each design has (qemu-fleecing.md §2.3, §3,
+// The fleecing schemes as data: which protection each design has (docs/requirements/qemu-fleecing.md §2.3, §3,
 // §6 B0-B4). One model (model.ts) interprets a Scheme; a known-bad variant is the same record
 // with one protection dropped, so "the check can fail" is shown on the closest possible design.
 
 /** How snapshot reads are ordered against copy-before-write (the thing the seed argued about). */
 export type ReaderProtection =
-  /** S1: nothing orders the NBD read on temp against the backup's CBW (qemu-fleecing.md §3). */
+  /** S1: nothing orders the NBD read on temp against the backup's CBW (docs/requirements/qemu-fleecing.md §3). */
   | 'none'
   /** S2, the seed's fleecing-filter: wait for overlapping CoW, then hold a cow request on the
    * range for the whole read so CBW waits (backup_wait_for_overlapping_requests +
@@ -50,7 +50,7 @@ export interface Scheme {
   readonly donePrefixNotDone: boolean;
   /** What the explorer must conclude with default parameters. */
   readonly expect: 'holds' | 'violates';
-  /** The research section the scheme mirrors. */
+  /** The section of docs/requirements/qemu-fleecing.md the scheme mirrors. */
   readonly cites: string;
   /** Parameter defaults that differ from the common ones (a variant needs its feature on). */
   readonly defaults?: {
@@ -78,7 +78,7 @@ export const S1: Scheme = {
   kind: 'legacy',
   readers: 'none',
   expect: 'violates',
-  cites: 'qemu-fleecing.md §3, §6 B0; seed steps 1-7',
+  cites: 'docs/requirements/qemu-fleecing.md §3, §6 B0; docs/design.md "The race" steps 1-7',
 };
 
 export const S2: Scheme = {
@@ -88,7 +88,7 @@ export const S2: Scheme = {
   kind: 'legacy',
   readers: 'cow-freeze',
   expect: 'holds',
-  cites: 'qemu-fleecing.md §3 (fleecing-filter patch)',
+  cites: 'docs/requirements/qemu-fleecing.md §3 (fleecing-filter patch)',
 };
 
 export const S3: Scheme = {
@@ -99,7 +99,7 @@ export const S3: Scheme = {
   readers: 'temp-tracked',
   serialisedCopy: true,
   expect: 'holds',
-  cites: 'qemu-fleecing.md §2.1, §3',
+  cites: 'docs/requirements/qemu-fleecing.md §2.1, §3',
 };
 
 export const S4: Scheme = {
@@ -109,7 +109,7 @@ export const S4: Scheme = {
   kind: 'cbw',
   readers: 'frozen-reqs',
   expect: 'holds',
-  cites: 'qemu-fleecing.md §2.3, §6 B1-B4',
+  cites: 'docs/requirements/qemu-fleecing.md §2.3, §6 B1-B4',
 };
 
 /** Known-bad variants: each drops exactly one protection of a scheme that holds. */
@@ -184,7 +184,7 @@ export const S4_QEMU_EARLY_RETURN: Scheme = {
   errorEarlyReturn: true,
   defaults: { onCbwError: 'break-snapshot' },
   expect: 'violates',
-  cites: 'qemu-fleecing.md §2.3 step 2; PULL 02/10 "add on-cbw-error open parameter" (June 2022)',
+  cites: 'docs/requirements/qemu-fleecing.md §2.3 step 2; PULL 02/10 "add on-cbw-error open parameter" (June 2022)',
 };
 
 /** QEMU 7.2's done-bitmap query (finding F1/F3, conformance/fleecing/README.md): hbitmap_status

@@ -11,7 +11,7 @@ export const UNALLOCATED = -1; // legacy temp overlay: cluster not allocated, re
 export const GARBAGE = -2; // cbw raw target: never written, holds whatever was there
 export const DISCARDED = -3; // target range released by a snapshot discard
 /** Data written straight into the temp/target image by client `t` of a writable export on it
- * (research §6 B6): TEMP_DATA + t. Guest data stays below this value. */
+ * (docs/requirements/qemu-fleecing.md §6 B6): TEMP_DATA + t. Guest data stays below this value. */
 export const TEMP_DATA = 64;
 
 /** Post-snapshot guest data: writer k writes k + 1. */

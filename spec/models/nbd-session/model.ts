@@ -1,4 +1,4 @@
-// One NBD session, fixed newstyle, as the protocol orders it (nbd-protocol.md §1.2-§1.7):
+// One NBD session, fixed newstyle, as the protocol orders it (docs/requirements/nbd.md §1.2-§1.7):
 // greeting -> client flags -> option haggling (one option at a time, each answered by zero or
 // more partial replies and one final reply) -> transmission (pipelined requests with cookies,
 // replies in any order, structured replies only once negotiated) -> NBD_CMD_DISC (no reply;

@@ -1,5 +1,5 @@
 // Each driver's child-permission rule (.bdrv_child_perm), as pure functions of the node's
-// cumulative (perm, shared) pair. qemu-fleecing.md §1.3 (block.c defaults), §1.5 (cbw,
+// cumulative (perm, shared) pair. docs/requirements/qemu-fleecing.md §1.3 (block.c defaults), §1.5 (cbw,
 // snapshot-access, measured on 7.2) and §6 B2 (the 9.1 cbw fix).
 import { match } from 'ts-pattern';
 import {
@@ -32,13 +32,13 @@ export function roleNames(role: Role): string[] {
   return out;
 }
 
-/** The drivers of qemu-fleecing.md §1 that fleecing graphs are built from. */
+/** The drivers of docs/requirements/qemu-fleecing.md §1 that fleecing graphs are built from. */
 export type Driver = 'file' | 'qcow2' | 'raw' | 'copy-before-write' | 'snapshot-access';
 export const DRIVERS: readonly Driver[] = ['file', 'qcow2', 'raw', 'copy-before-write', 'snapshot-access'];
 
 /** Which cbw_child_perm to model. Both only act once cbw has a parent. 7.2 adds
  * CONSISTENT_READ on the source only when a parent writes (bug B2) and unshares WRITE|RESIZE;
- * the 9.1 fix adds CONSISTENT_READ whenever cbw has any parent. qemu-fleecing.md §1.5 notes, §6 B2. `buggy-no-unshare` is a known-bad variant
+ * the 9.1 fix adds CONSISTENT_READ whenever cbw has any parent. docs/requirements/qemu-fleecing.md §1.5 notes, §6 B2. `buggy-no-unshare` is a known-bad variant
  * that forgets to unshare WRITE on the source: the tests must catch it. */
 export type CbwRule = '7.2' | '9.1' | 'buggy-no-unshare';
 
@@ -66,14 +66,14 @@ export function filterDefaults(perm: PermSet, shared: PermSet): PermPair {
 }
 
 /** bdrv_default_perms_for_cow: a node only reads its backing file, and lets others write it
- * only if its own parents let others write (qemu-fleecing.md §1.3). */
+ * only if its own parents let others write (docs/requirements/qemu-fleecing.md §1.3). */
 export function cowDefaults(perm: PermSet, shared: PermSet): PermPair {
   let nshared = (shared & WRITE) !== 0 ? WRITE | RESIZE : NONE;
   nshared |= CONSISTENT_READ | WRITE_UNCHANGED;
   return { perm: perm & CONSISTENT_READ, shared: nshared };
 }
 
-/** bdrv_default_perms_for_storage: the file child of a format driver (qemu-fleecing.md §1.3). */
+/** bdrv_default_perms_for_storage: the file child of a format driver (docs/requirements/qemu-fleecing.md §1.3). */
 export function storageDefaults(role: Role, writable: boolean, perm: PermSet, shared: PermSet): PermPair {
   let { perm: p, shared: s } = filterDefaults(perm, shared);
   if (role & ROLE_METADATA) {
@@ -160,7 +160,7 @@ export function childPerm(ctx: ChildPermContext, perm: PermSet, shared: PermSet)
     .with('qcow2', 'raw', () => defaultPerms(ctx.role, ctx.writable, perm, shared))
     .with('copy-before-write', () => cbwChildPerm(ctx, perm, shared))
     // snapshot_access_child_perm: it only uses the snapshot API, so it takes nothing and
-    // shares everything (qemu-fleecing.md §1.5).
+    // shares everything (docs/requirements/qemu-fleecing.md §1.5).
     .with('snapshot-access', () => ({ perm: NONE, shared: ALL }))
     .exhaustive();
 }

@@ -2,7 +2,7 @@
 // (perm, shared); a node's cumulative permission is the OR of its parents' perm and the AND of
 // their shared; a refresh runs top-down in topological order, checks every ordered pair of
 // parents (bdrv_parent_perms_conflict) and derives each child edge with the driver's rule; a
-// refused change is rolled back whole. qemu-fleecing.md §1.2-§1.5.
+// refused change is rolled back whole. docs/requirements/qemu-fleecing.md §1.2-§1.5.
 //
 // The model is a pure function: a graph state and an operation in, a new state or a refusal
 // (with QEMU's message) out. `evaluate` runs a sequence of operations the way a QMP session
@@ -222,7 +222,7 @@ export function cumulative(edges: readonly Edge[], node: string): { perm: PermSe
   return { perm, shared };
 }
 
-/** The conflict message of bdrv_a_allow_b since 6.1 (qemu-fleecing.md §1.4). */
+/** The conflict message of bdrv_a_allow_b since 6.1 (docs/requirements/qemu-fleecing.md §1.4). */
 export function conflictMessage(node: string, perms: PermSet, b: Pick<Edge, 'parent' | 'name'>, a: Pick<Edge, 'parent' | 'name'>): string {
   return (
     `Permission conflict on node '${node}': permissions '${permText(perms)}' are both required by ` +
@@ -338,7 +338,7 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
     })
     .with({ op: 'blockdev-del' }, ({ nodeName }) => {
       if (!hasNode(w, nodeName)) return usage(op.op, `Failed to find node with node-name='${nodeName}'`);
-      // A user check, not a permission check (qemu-fleecing.md §1.4).
+      // A user check, not a permission check (docs/requirements/qemu-fleecing.md §1.4).
       if (w.edges.some((e) => e.child === nodeName)) {
         return new PermissionModelError('in-use', `Node ${nodeName} is in use`, { node: nodeName });
       }
@@ -350,7 +350,7 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
       if (w.exports.some((e) => e.id === id)) return usage(op.op, `Block export id '${id}' is already in use`);
       if (!hasNode(w, nodeName)) return usage(op.op, `Cannot find device='${nodeName}' nor node-name='${nodeName}'`);
       // blk_exp_add: perm CONSISTENT_READ (+WRITE), shared ALL; then the NBD export unshares
-      // RESIZE with blk_set_perm (qemu-fleecing.md §1.6): two refreshes, either may fail.
+      // RESIZE with blk_set_perm (docs/requirements/qemu-fleecing.md §1.6): two refreshes, either may fail.
       const perm = CONSISTENT_READ | (writable ? WRITE : NONE);
       attach(w, { kind: 'export', id }, nodeName, 'root', 0, perm, ALL);
       const first = refresh(w);
@@ -391,7 +391,7 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
       if (inserted !== undefined) return inserted;
       // backup_job_create: the job's BlockBackend and its "main node" child on the filter, and
       // its "target" child, all 0 / ALL: "Required permissions are already taken by
-      // block-copy-state target" (qemu-fleecing.md §1.5 notes).
+      // block-copy-state target" (docs/requirements/qemu-fleecing.md §1.5 notes).
       attach(w, { kind: 'job-blk', id: jobId }, filter, 'root', 0, NONE, ALL);
       attach(w, { kind: 'job', id: jobId }, filter, 'main node', 0, NONE, ALL);
       attach(w, { kind: 'job', id: jobId }, target, 'target', 0, NONE, ALL);

@@ -1,4 +1,4 @@
-// Public surface of the permission model (qemu-fleecing.md §1): bits, driver rules, the graph
+// Public surface of the permission model (docs/requirements/qemu-fleecing.md §1): bits, driver rules, the graph
 // oracle (`evaluate`: commands in, accepted edges or a refusal with QEMU's message out) and the
 // standard fleecing scenarios.
 export * from './perm.ts';

@@ -1,5 +1,5 @@
 // Permission bits of the QEMU block layer as of 7.2: four bits, GRAPH_MOD (0x10) gone since 6.2.
-// qemu-fleecing.md §1.1 (include/block/block-common.h, enum BLK_PERM_*).
+// docs/requirements/qemu-fleecing.md §1.1 (include/block/block-common.h, enum BLK_PERM_*).
 
 /** A permission set: a bit mask over the four BLK_PERM_* bits. */
 export type PermSet = number;
@@ -8,7 +8,7 @@ export const CONSISTENT_READ: PermSet = 0x01;
 export const WRITE: PermSet = 0x02;
 export const WRITE_UNCHANGED: PermSet = 0x04;
 export const RESIZE: PermSet = 0x08;
-/** BLK_PERM_ALL is 0x0f on 7.2: GRAPH_MOD was dropped in 6.2 (qemu-fleecing.md §1.1). */
+/** BLK_PERM_ALL is 0x0f on 7.2: GRAPH_MOD was dropped in 6.2 (docs/requirements/qemu-fleecing.md §1.1). */
 export const ALL: PermSet = 0x0f;
 export const NONE: PermSet = 0;
 

@@ -1,4 +1,4 @@
-// The fleecing graphs of qemu-fleecing.md §5 as command sequences, in the order the verified
+// The fleecing graphs of docs/requirements/qemu-fleecing.md §5 as command sequences, in the order the verified
 // qemu-storage-daemon command lines build them, plus the measured conflicts of §1.4 and the
 // accepted-but-unsafe graphs of §6 B6.
 import type { GraphOp, NodeSpec } from './graph.ts';
@@ -54,7 +54,7 @@ export const READONLY_EXPORT_ON_SOURCE: GraphOp = exportAdd('exp-ro-source', 'so
 /** §1.4: blockdev-del of a node in use. */
 export const DELETE_CBW: GraphOp = { op: 'blockdev-del', nodeName: 'fl-cbw' };
 
-/** The measured messages, verbatim from qemu-fleecing.md §1.4 (the resize one is abridged
+/** The measured messages, verbatim from docs/requirements/qemu-fleecing.md §1.4 (the resize one is abridged
  * there; its full form follows the same format). */
 export const MEASURED = {
   writableExportOnSource:

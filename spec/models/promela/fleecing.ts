@@ -4,13 +4,13 @@
 //  S1  legacy fleecing, backup sync=none WITHOUT serialization (before QEMU 3.0): the seed's
 //      race. A snapshot read of the temp image looks the cluster up, finds it unallocated and
 //      decides to read the backing source; a guest write then copies the old data into temp
-//      and lands on the source; the read returns post-snapshot data (qemu-fleecing.md §3, §6 B0).
+//      and lands on the source; the read returns post-snapshot data (docs/requirements/qemu-fleecing.md §3, §6 B0).
 //  S3  the QEMU 3.0 fix: the copy-before-write write into temp is BDRV_REQ_SERIALISING, so it
 //      waits for overlapping in-flight reads of temp, and new reads wait for it (§2.1 rules
 //      (a) and (b), §3 "use serialized writes", commit f8d59dfb40bb).
 //
 // Granularity (one Promela atomic step per model step, so interleavings match the TS twin in
-// mirror.ts). Each actor's cluster is chosen up front, in init (verification.md §2 lesson (c)):
+// mirror.ts). Each actor's cluster is chosen up front, in init (docs/verification.md §2 lesson (c)):
 //   guest write Wi of cluster c: claim the copy (or skip: already copied) | read old data from
 //     source | [S3: serialising begin: wait for no reader of c on temp] write temp + allocate |
 //     [S3: serialising end] release claim | write source

@@ -1,7 +1,7 @@
 // The TypeScript twin of fleecing.ts's Promela: the same variables, the same atomic steps, as a
 // Behaviour for our explorer. Because the two state vectors match (minus SPIN's program
 // counters and process table), state counts are comparable, not only verdicts
-// (verification.md §2, "compare counts only on a Promela model written to mirror our state
+// (docs/verification.md §2, "compare counts only on a Promela model written to mirror our state
 // vector").
 //
 // State layout (one Uint8Array, so copying and keying are cheap):

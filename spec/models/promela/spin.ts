@@ -1,6 +1,6 @@
 // Runs SPIN as an external checker: `spin -a model.pml` writes pan.c, gcc compiles it with
 // -DSAFETY (and -DNOREDUCE to switch partial-order reduction off, -DBFS for shortest trails),
-// ./pan searches, and we parse its summary (verification.md §2). SPIN is a peer: when it or gcc
+// ./pan searches, and we parse its summary (docs/verification.md §2). SPIN is a peer: when it or gcc
 // is missing we fail and say how to install it, never skip.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,7 +1,7 @@
 // A Promela port of the explorer's own legacy fleecing models (spec/models/fleecing, schemes S1
 // and S3, one-cluster requests): the same variables and the same atomic steps as
 // fleecingModel(S1|S3), so SPIN and our explorer search the same state space and their state
-// counts are comparable, not only their verdicts (verification.md §2: "compare counts only on a
+// counts are comparable, not only their verdicts (docs/verification.md §2: "compare counts only on a
 // Promela model written to mirror our state vector").
 //
 // Steps (each one `atomic`), from spec/models/fleecing/model.ts with writeSize = readSize = 1:

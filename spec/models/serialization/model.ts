@@ -1,4 +1,4 @@
-// Request serialization on one block node (qemu-fleecing.md §2.1, block/io.c): every request is
+// Request serialization on one block node (docs/requirements/qemu-fleecing.md §2.1, block/io.c): every request is
 // a tracked request for its whole life; a serialising one (BDRV_REQ_SERIALISING, RMW padding,
 // copy-on-read) has its overlap window rounded out to the cluster size. Waiting follows
 // bdrv_find_conflicting_request / bdrv_wait_serialising_requests:
@@ -10,7 +10,7 @@
 //
 // Units are request-alignment sectors. Requests pick their offset nondeterministically.
 // Written with ts-pattern so a missing action or program counter fails to compile; this model
-// is small, so readability wins over the last bit of speed (verification.md §3).
+// is small, so readability wins over the last bit of speed (docs/verification.md §3).
 
 import { match } from 'ts-pattern';
 import type { ActionLabel, Behaviour, Invariant } from '../../explorer/behaviour.ts';

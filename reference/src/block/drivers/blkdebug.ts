@@ -1,6 +1,6 @@
 // `blkdebug`: error injection in the shape of QEMU's blkdebug (child `image`, rules
 // `inject-error: [{event, errno, once, sector}]`), so tests can make a copy-before-write target
-// fail (qemu-fleecing.md §4.2).
+// fail (docs/requirements/qemu-fleecing.md §4.2).
 import { BlockError, type Errno } from '../errors.ts';
 import { FilterNode } from '../node.ts';
 import type { RequestFlags } from '../types.ts';

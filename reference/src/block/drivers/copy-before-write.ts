@@ -1,4 +1,4 @@
-// `copy-before-write` (block/copy-before-write.c, QEMU 7.0+ fleecing; qemu-fleecing.md §2.3).
+// `copy-before-write` (block/copy-before-write.c, QEMU 7.0+ fleecing; docs/requirements/qemu-fleecing.md §2.3).
 // Children: `file` (the source, filtered: guest I/O passes through) and `target` (where old data
 // is copied). Before a guest write, write-zeroes or discard reaches the source, the old data of
 // the touched clusters is copied to the target, the done bitmap is set, and the write waits for

@@ -1,7 +1,7 @@
 // `overlay`: an allocating image with a `file` child for data and an optional `backing` child
 // (the legacy fleecing temp image, standing in for qcow2). As in qcow2, a read first looks up
 // allocation (qcow2_get_host_offset) and only then reads the file or falls through to the
-// backing: two separate steps, and the seed's race lives between them (qemu-fleecing.md §3).
+// backing: two separate steps, and the seed's race lives between them (docs/requirements/qemu-fleecing.md §3).
 // Allocation metadata lives in memory: the temp image of a fleecing setup is thrown away.
 import { ClusterBitmap } from '../bitmap.ts';
 import { BlockNode, type BdrvChild } from '../node.ts';
