@@ -350,7 +350,17 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
 
   /** Restarts a dead target, with a new healthy client (the old connection died with it). */
   async function revive(): Promise<void> {
-    if (!(t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x)))) return;
+    const isDead = () => Boolean(t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x)));
+    if (!isDead() && t.pids) {
+      // A server that just aborted refuses connections before its exit is seen: make sure the
+      // next case (a shrink candidate, say) does not run against a corpse and get the blame.
+      const ref = t.exports.rw ?? t.exports.ro;
+      if (ref) {
+        const refused = await connectRaw(ref.address, o.timeoutMs).then((s) => (s.destroy(), false), () => true);
+        for (let i = 0; refused && i < 40 && !isDead(); i++) await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    if (!isDead()) return;
     t = await handle.restart();
     health.close();
     const ref = t.exports.ro ?? t.exports.rw!;
