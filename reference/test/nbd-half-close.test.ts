@@ -63,6 +63,16 @@ async function halfCloseTrial(addr: string, exportName: string, t: Trial, extra 
   }
 }
 
+/** The trials of `n` that went wrong, each with what went wrong. */
+async function failedTrials(addr: string, trial: Trial, n: number): Promise<string[]> {
+  const failures: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const f = await halfCloseTrial(addr, 'disk', trial);
+    if (f) failures.push(`trial ${i}: ${f}`);
+  }
+  return failures;
+}
+
 describe('NBD server: replies survive a half-close (in process, every operation asynchronous)', () => {
   const t = tmpDir();
   const sock = path.join(t.dir, 'nbd.sock');
@@ -77,12 +87,7 @@ describe('NBD server: replies survive a half-close (in process, every operation 
   });
 
   it.each(TRIALS.map((x) => [x.name, x] as const))('%s, 20 trials: every reply delivered, then EOF', async (_n, trial) => {
-    const failures: string[] = [];
-    for (let i = 0; i < 20; i++) {
-      const f = await halfCloseTrial(sock, 'disk', trial);
-      if (f) failures.push(`trial ${i}: ${f}`);
-    }
-    expect(failures).toEqual([]);
+    expect(await failedTrials(sock, trial, 20)).toEqual([]);
   });
 
   it('requests held back by flow control are answered too (70 pipelined reads, 64 in flight at most)', async () => {
@@ -123,12 +128,7 @@ describe('fleece serve: replies survive a half-close (file driver, QMP-free comm
   });
 
   it.each(TRIALS.map((x) => [x.name, x] as const))('%s, 20 trials: every reply delivered, then EOF', async (_n, trial) => {
-    const failures: string[] = [];
-    for (let i = 0; i < 20; i++) {
-      const f = await halfCloseTrial(sock, 'disk', trial);
-      if (f) failures.push(`trial ${i}: ${f}`);
-    }
-    expect(failures).toEqual([]);
+    expect(await failedTrials(sock, trial, 20)).toEqual([]);
   });
 
   it('the FUA writes reached the image (qemu-io reads them back)', async () => {
