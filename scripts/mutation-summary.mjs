@@ -81,7 +81,7 @@ function section(score) {
     if (dry) line.push(`dry run (unmutated) ${(dry.ms / 1000).toFixed(1)} s`);
     if (timed.length) {
       const mean = timed.reduce((s, r) => s + r.ms, 0) / timed.length;
-      line.push(`${timed.length} mutant runs, mean ${(mean / 1000).toFixed(1)} s per mutant (min ${(Math.min(...timed.map((r) => r.ms)) / 1000).toFixed(1)}, max ${(Math.max(...timed.map((r) => r.ms)) / 1000).toFixed(1)})`);
+      line.push(`${timed.length} mutant runs, mean ${(mean / 1000).toFixed(1)} s per mutant (min ${(Math.min(...timed.map((r) => r.ms)) / 1000).toFixed(1)}, max ${(Math.max(...timed.map((r) => r.ms)) / 1000).toFixed(1)}; a mutant Stryker stops at its timeout is not timed here)`);
     }
     out.push(`${line.join('; ')}.`, '');
   }
@@ -93,7 +93,8 @@ function section(score) {
   for (const f of files) {
     const { source, mutants } = report.files[f];
     const c = Object.fromEntries(counted.map((k) => [k, 0]));
-    for (const m of mutants) {
+    const byPlace = (a, b) => a.location.start.line - b.location.start.line || a.location.start.column - b.location.start.column;
+    for (const m of [...mutants].sort(byPlace)) {
       c[m.status] = (c[m.status] ?? 0) + 1;
       total[m.status] = (total[m.status] ?? 0) + 1;
       const where = `${f}:${m.location.start.line}:${m.location.start.column}`;
