@@ -5,7 +5,7 @@
 // reports/mutation/survivors.json; a survivor without one is listed as "not yet reviewed".
 // Run by scripts/mutate.mjs after each Stryker run; `npm run mutation-summary` reruns it alone.
 //
-// survivors.json: [{ "file", "line", "mutator", "replacement", "verdict": "equivalent" |
+// survivors.json: [{ "file", "line", "column"? (when one line has two alike), "mutator", "replacement", "verdict": "equivalent" |
 //   "not yet killed", "reason", "score"?: "conform" | "unit" }]  (no score: applies to both)
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mutate as configured } from '../stryker.shared.mjs';
@@ -42,6 +42,7 @@ function reasonFor(score, file, m) {
     (a) =>
       a.file === file &&
       a.line === m.location.start.line &&
+      (a.column === undefined || a.column === m.location.start.column) &&
       a.mutator === m.mutatorName &&
       a.replacement === m.replacement &&
       (a.score === undefined || a.score === score),
