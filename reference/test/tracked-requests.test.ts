@@ -92,4 +92,20 @@ describe('range list', () => {
     expect(await settled(w2)).toBe(true);
     expect(l.entries()).toHaveLength(0);
   });
+
+  it('abutting ranges do not conflict; waitAll waits until every overlapping entry is gone', async () => {
+    const l = new RangeList();
+    const a = l.add(100, 100, 'a');
+    expect(l.findConflict(0, 100)).toBeUndefined(); // ends where a starts
+    expect(l.findConflict(200, 50)).toBeUndefined(); // starts where a ends
+    expect(l.findConflict(199, 1)).toBe(a);
+    expect(l.findConflict(0, 101)).toBe(a);
+    // reqlist_wait_all: a write over two frozen reads must outwait both, not just the first.
+    const b = l.add(150, 100, 'b');
+    const waited = l.waitAll(180, 10);
+    l.remove(a);
+    expect(await settled(waited)).toBe(false);
+    l.remove(b);
+    expect(await settled(waited)).toBe(true);
+  });
 });

@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// npm run mutate / npm run mutate:unit: run one mutation score with Stryker, then regenerate
+// reports/mutation/summary.md from the JSON reports of both scores (scripts/mutation-summary.mjs).
+// Usage: node scripts/mutate.mjs conform|unit [stryker options...], e.g.
+//   npm run mutate -- --mutate reference/src/block/reqlist.ts
+// A narrowed run's JSON report holds only what it mutated, and the summary says so (partial).
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+
+const [score, ...rest] = process.argv.slice(2);
+if (score !== 'conform' && score !== 'unit') {
+  process.stderr.write('usage: node scripts/mutate.mjs conform|unit [stryker options...]\n');
+  process.exit(2);
+}
+const dir = `reports/mutation/${score}`;
+mkdirSync(dir, { recursive: true });
+// One line per command run of this Stryker run (scripts/mutation-conform.mjs); mutant ids are per run.
+rmSync(`${dir}/runs.jsonl`, { force: true });
+const started = new Date();
+const stryker = spawnSync(
+  process.execPath,
+  ['node_modules/@stryker-mutator/core/bin/stryker.js', 'run', `stryker.${score}.config.mjs`, ...rest],
+  { stdio: 'inherit' },
+);
+const finished = new Date();
+writeFileSync(
+  `${dir}/run-info.json`,
+  JSON.stringify(
+    { startedAt: started.toISOString(), finishedAt: finished.toISOString(), wallMs: finished - started, args: rest, exit: stryker.status, machine: `${process.platform} ${process.arch}, node ${process.version}` },
+    null,
+    2,
+  ) + '\n',
+);
+const summary = spawnSync(process.execPath, ['scripts/mutation-summary.mjs'], { stdio: 'inherit' });
+process.exit(stryker.status !== 0 ? (stryker.status ?? 1) : (summary.status ?? 1));
