@@ -16,6 +16,7 @@ declare -A PEERS=(
   [nbd-server]=nbd-server
   [spin]=spin
   [fio]=fio
+  [strace]=strace
 )
 # qemu-block-extra has no command of its own (it adds block drivers, e.g. blkdebug is built in,
 # curl/iscsi/... are modules); check its package status instead.
