@@ -51,7 +51,9 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
                   (repeatable; default: reference)
   --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite); it writes
                   guest data into the live export, so it needs --allow-writes
-  --allow-writes  let the fleecing suite write to the --live export (a scratch setup)
+  --allow-writes  let the suites write to exports you run yourself: the --live export, and
+                  an NBD URI target's export (without it, cases that would write there are
+                  skipped, saying so)
   --suite S       suite to run (repeatable; default: every suite: %SUITES%)
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
   --case ID       run exactly the case ID (repeatable; beside --filter)
@@ -206,7 +208,7 @@ const command: Subcommand = {
       }
       const external = args.live && args.snapshot ? [fleeceTargetDef(externalFlavor(args.live, args.snapshot))] : [];
       if (args.live) (args.json ? process.stderr : process.stdout).write(`fleece conform: the fleecing suite will write to the live export ${args.live} (--allow-writes)\n`);
-      const targets = [...(args.targets.length || !external.length ? (args.targets.length ? args.targets : ['reference']).map(resolveTarget) : []), ...external];
+      const targets = [...(args.targets.length || !external.length ? (args.targets.length ? args.targets : ['reference']).map((t) => resolveTarget(t, { allowWrites: args.allowWrites })) : []), ...external];
       const log = args.json ? process.stderr : process.stdout;
       const result = await run({
         targets,

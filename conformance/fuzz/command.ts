@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { Subcommand } from '../../cli/main.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { listTargets, resolveTarget } from '../targets/registry.ts';
-import { NbdUriError } from '../targets/uri.ts';
+import { NbdUriError, isNbdUri } from '../targets/uri.ts';
 import '../targets/builtin.ts';
 import { CaseError, parseReplayFile, type FuzzCase } from './case.ts';
 import { replayCase, runCampaign } from './campaign.ts';
@@ -17,12 +17,13 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 
 const USAGE = `usage: fleece fuzz --target T [--seconds N] [--inputs N] [--seed S] [--corpus DIR]
                    [--protocol nbd|qmp|both] [--pipeline N] [--timeout MS] [--rss-limit MIB]
-                   [--keep-going] [--out DIR]
+                   [--keep-going] [--out DIR] [--allow-writes]
        fleece fuzz --target T --replay FILE
 
   --target T      a built-in target (%TARGETS%)
                   or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH);
-                  the fuzzer WRITES to the export
+                  the fuzzer WRITES to the export, so a URI needs --allow-writes
+  --allow-writes  let the fuzzer write to a URI target's export (a scratch export)
   --seconds N     stop after N seconds (default 60 unless --inputs is given)
   --inputs N      stop after N inputs (options, requests, QMP texts)
   --seed S        fast-check seed (default: random, printed)
@@ -52,6 +53,7 @@ export interface FuzzArgs {
   keepGoing: boolean;
   replay?: string;
   out: string;
+  allowWrites: boolean;
   help: boolean;
 }
 
@@ -61,7 +63,7 @@ function intArg(name: string, v: string, lo: number, hi: number): number {
 }
 
 export function parseFuzzArgs(argv: readonly string[]): FuzzArgs {
-  const a: FuzzArgs = { protocols: ['nbd', 'qmp'], pipeline: 32, timeoutMs: 3000, rssLimitMiB: 1024, keepGoing: false, out: path.join(REPO, 'reports'), help: false };
+  const a: FuzzArgs = { protocols: ['nbd', 'qmp'], pipeline: 32, timeoutMs: 3000, rssLimitMiB: 1024, keepGoing: false, allowWrites: false, out: path.join(REPO, 'reports'), help: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -109,6 +111,9 @@ export function parseFuzzArgs(argv: readonly string[]): FuzzArgs {
       case '--keep-going':
         a.keepGoing = true;
         break;
+      case '--allow-writes':
+        a.allowWrites = true;
+        break;
       case '--replay':
         a.replay = path.resolve(value());
         break;
@@ -124,6 +129,8 @@ export function parseFuzzArgs(argv: readonly string[]): FuzzArgs {
     }
   }
   if (!a.help && a.target === undefined) throw new UsageError('--target is required');
+  // A server the user runs is written by the fuzzer (WRITE, TRIM, WRITE_ZEROES): only if asked.
+  if (a.target !== undefined && isNbdUri(a.target) && !a.allowWrites) throw new UsageError(`--target ${a.target}: the fuzzer writes to the export, over what it holds; point it at a scratch export and pass --allow-writes`);
   if (a.replay !== undefined && (a.seconds !== undefined || a.inputs !== undefined || a.corpus !== undefined)) throw new UsageError('--replay runs one case: it takes no --seconds, --inputs or --corpus');
   return a;
 }

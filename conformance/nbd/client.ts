@@ -348,9 +348,21 @@ export class NbdConnection {
     return randomBytes(8).readBigUInt64BE(0);
   }
 
+  private writePolicy: { size: bigint; reason: string } | undefined;
+
+  /** From now on, refuse to send a request that would change data inside [0, size): the export
+   * is someone else's. Requests wholly past the end (which must fail) still go out. */
+  forbidWrites(size: bigint, reason: string): void {
+    this.writePolicy = { size, reason };
+  }
+
   /** Encodes a request without sending it (for pipelining several in one write). */
   prepare(input: RequestInput): { bytes: Buffer; reply: Promise<Reply> } {
     if (!this.transmission) throw new NbdClientError('usage', 'request before the handshake ended');
+    const changes = input.type === Cmd.WRITE || input.type === Cmd.WRITE_ZEROES || input.type === Cmd.TRIM;
+    if (changes && this.writePolicy && BigInt(input.offset ?? 0) < this.writePolicy.size) {
+      throw new NbdClientError('not-allowed', `${cmdName(input.type)} at ${input.offset ?? 0} not sent: ${this.writePolicy.reason}`);
+    }
     const next = () => (this.random ? (BigInt(Math.floor(this.random() * 2 ** 32)) << 32n) | BigInt(Math.floor(this.random() * 2 ** 32)) : NbdConnection.randomCookie());
     let cookie = input.cookie ?? next();
     while (input.cookie === undefined && this.inflight.has(cookie)) cookie = next();

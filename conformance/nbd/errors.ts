@@ -26,8 +26,9 @@ export class NbdProtocolError extends Error {
   }
 }
 
-/** 'unreachable': no connection could be made at all (nothing listens, or it stopped accepting). */
-export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused' | 'unreachable';
+/** 'unreachable': no connection could be made at all (nothing listens, or it stopped accepting).
+ * 'not-allowed': the request would write an export the user did not allow us to write. */
+export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused' | 'unreachable' | 'not-allowed';
 
 export class NbdClientError extends Error {
   override readonly name = 'NbdClientError';

@@ -148,6 +148,9 @@ export async function runCase<Env>(
       checks.push({ level: 'MUST', ok: false, what: 'every reply is well-formed (proto.md framing rules)', observed: e.message });
       verdict = 'fail';
       reason = `protocol error: ${e.message}`;
+    } else if (e instanceof NbdClientError && e.kind === 'not-allowed') {
+      verdict = 'skipped';
+      reason = e.message;
     } else if (e instanceof NbdClientError && e.kind === 'unreachable') {
       // Nothing to judge: the target did not take the connection. The runner stops there.
       verdict = 'error';

@@ -16,20 +16,20 @@ export function listTargets(): TargetDef[] {
 
 /** A target for a server the user runs: `nbd://` or `nbd+unix://`. Its export plays 'rw' and 'ro'
  *  (cases check the READ_ONLY flag themselves); the content is unknown to the runner. */
-export function uriTarget(uri: string): TargetDef {
+export function uriTarget(uri: string, opts: { allowWrites?: boolean } = {}): TargetDef {
   const ref = parseNbdUri(uri);
   return {
     name: uri,
     summary: 'a server started by the user',
     peers: [],
     async start(): Promise<RunningTarget> {
-      return { name: uri, description: `external server at ${uri}`, exports: { rw: ref, ro: ref }, logs: () => '', stop: async () => undefined };
+      return { name: uri, description: `external server at ${uri}${opts.allowWrites ? ' (writes allowed)' : ', not written (no --allow-writes)'}`, exports: { rw: ref, ro: ref }, writesAllowed: opts.allowWrites === true, logs: () => '', stop: async () => undefined };
     },
   };
 }
 
-export function resolveTarget(spec: string): TargetDef {
-  if (isNbdUri(spec)) return uriTarget(spec);
+export function resolveTarget(spec: string, opts: { allowWrites?: boolean } = {}): TargetDef {
+  if (isNbdUri(spec)) return uriTarget(spec, opts);
   const def = TARGETS.get(spec);
   if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd:// / nbd+unix:// URI)`);
   return def;

@@ -17,6 +17,9 @@ export interface RunningTarget {
   readonly exports: Readonly<Record<string, ExportRef>>;
   /** Layout of the generated image behind the exports, when the runner generated it. */
   readonly image?: ImageLayout;
+  /** false for an export the user runs and did not allow writing (a URI without --allow-writes):
+   * cases that would write inside it are skipped, saying why. */
+  readonly writesAllowed?: boolean;
   /** QMP monitor socket, for targets that have one (used by later suites). */
   readonly qmp?: string;
   /** Anything else a suite-specific target wants to hand to its cases. */

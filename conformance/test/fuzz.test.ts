@@ -111,5 +111,8 @@ describe('fleece fuzz arguments', () => {
     expect(() => parseFuzzArgs(['--target', 'reference', '--replay', 'f.json', '--inputs', '5'])).toThrow(/--replay runs one case/);
     expect(() => parseFuzzArgs(['--target', 'reference', '--bogus'])).toThrow(/unknown argument '--bogus'/);
     expect(parseFuzzArgs(['--target=nbdkit', '--inputs', '10', '--seed', '3'])).toMatchObject({ target: 'nbdkit', inputs: 10, seed: 3 });
+    // A server of the user's is written only when they say so.
+    expect(() => parseFuzzArgs(['--target', 'nbd+unix:///?socket=/tmp/s'])).toThrow(/the fuzzer writes to the export.*--allow-writes/);
+    expect(parseFuzzArgs(['--target', 'nbd+unix:///?socket=/tmp/s', '--allow-writes'])).toMatchObject({ allowWrites: true });
   });
 });

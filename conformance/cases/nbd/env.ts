@@ -135,6 +135,8 @@ export async function connect(ctx: Ctx, role: 'rw' | 'ro' = 'rw'): Promise<NbdCo
   if (!ref) ctx.skip(`target has no '${role}' export`);
   const conn = await NbdConnection.connect(ref.address, { timeoutMs: ctx.timeoutMs, log: ctx.wire, random: ctx.random });
   ctx.defer(() => conn.close());
+  // The user's own export: nothing inside it is changed unless they allowed it.
+  if (ctx.target.writesAllowed === false) conn.forbidWrites(ctx.env.rw.size, `${ctx.target.name} is the user's export; --allow-writes lets the cases that write in it run`);
   return conn;
 }
 
