@@ -2,6 +2,7 @@
 // as `nbdsh` scripts and simple clients do) still reads: every request already received gets
 // its reply before the server closes (proto.md "Terminating the transmission phase": the server
 // finishes outstanding requests before it closes). Asynchronous requests are the ones at risk.
+// With the same slow backend: pooled WRITE payloads are reused only after their write is done.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -136,5 +137,40 @@ describe('fleece serve: replies survive a half-close (file driver, QMP-free comm
     const r = await run('qemu-io', ['-f', 'raw', '-r', '-U', '-c', 'read -P 0x5a 0 64k', img]);
     expect(r.stdout + r.stderr).not.toMatch(/Pattern verification failed/);
     expect(r.code).toBe(0);
+  });
+});
+
+describe('NBD server: pooled WRITE payloads are reused only once their write is done', () => {
+  const t = tmpDir();
+  const sock = path.join(t.dir, 'nbd.sock');
+  const server = new NbdServer();
+  beforeAll(async () => {
+    // Every write copies its payload 5 ms late: a payload handed to the next WRITE too early
+    // would be overwritten before it is copied.
+    server.addExport({ name: 'disk', backend: new SlowBackend(16 * MiB), writable: true });
+    await server.listen({ type: 'unix', path: sock });
+  });
+  afterAll(async () => {
+    await server.close();
+    t.cleanup();
+  });
+
+  it('8 pipelined WRITEs of 1 MiB, each with its own pattern, then 4 rounds more: every byte reads back', async () => {
+    const c = await RawClient.connect(sock);
+    try {
+      await openExport(c, 'disk');
+      for (let round = 0; round < 4; round++) {
+        const reqs = Array.from({ length: 8 }, (_, i) => request(CMD.WRITE, i * MiB, MiB, { cookie: BigInt(100 + i), data: Buffer.alloc(MiB, 1 + i + round * 8) }));
+        c.send(Buffer.concat(reqs));
+        for (let i = 0; i < 8; i++) expect((await readReply(c)).error).toBe(0);
+        for (let i = 0; i < 8; i++) {
+          c.send(request(CMD.READ, i * MiB, MiB, { cookie: BigInt(200 + i) }));
+          const r = await readReply(c, MiB);
+          expect(r.data!.equals(Buffer.alloc(MiB, 1 + i + round * 8)), `round ${round}, MiB ${i}`).toBe(true);
+        }
+      }
+    } finally {
+      c.close();
+    }
   });
 });

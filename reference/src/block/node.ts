@@ -123,6 +123,13 @@ export class ReadBufferPool {
 
 export const readBuffers = new ReadBufferPool();
 
+/** WRITE payloads of 1-32 MiB, reused once the write they carried has completed: a fresh buffer
+ * of that size is new anonymous memory the kernel faults in and zeroes on every request, which
+ * cost a 32 MiB WRITE several milliseconds and made its time vary. The NBD session gives a payload
+ * back only after a successful write: by then no driver holds it (every write path awaits its
+ * children, memory copies). */
+export const writeBuffers = new ReadBufferPool(1024 * 1024, 32 * 1024 * 1024, 64 * 1024 * 1024);
+
 export abstract class BlockNode implements Parent {
   readonly children: BdrvChild[] = [];
   /** Newest first, as QLIST_INSERT_HEAD leaves bs->parents; conflict messages depend on order. */

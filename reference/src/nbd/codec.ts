@@ -179,6 +179,8 @@ interface PendingWrite {
  */
 export class Parser {
   phase: Phase = 'client-flags';
+  /** Where a WRITE payload's buffer comes from (the session lends pooled ones). */
+  constructor(private readonly allocPayload: (bytes: number) => Buffer = (n) => Buffer.allocUnsafe(n)) {}
   /** Set by the session to stop taking messages (flow control): the rest stays buffered until the
    * next parse() call after it is cleared. */
   held = false;
@@ -291,7 +293,7 @@ export class Parser {
       this.take(28);
       if (type === CMD.WRITE) {
         // The payload lands in place as it arrives; the request is emitted once it is whole.
-        (req as { data?: Buffer }).data = Buffer.allocUnsafe(length);
+        (req as { data?: Buffer }).data = this.allocPayload(length);
         this.pendingWrite = { req: req as PendingWrite['req'], filled: 0 };
         continue;
       }

@@ -4,7 +4,7 @@
 //
 // States (docs/requirements/nbd.md §1.2): client-flags → options → transmission → closed.
 import type { BlockBackend, Extent } from '../block/types.ts';
-import { readBuffers } from '../block/node.ts';
+import { readBuffers, writeBuffers } from '../block/node.ts';
 import {
   BLOCK_SIZE_MIN,
   BLOCK_SIZE_PREFERRED,
@@ -131,7 +131,7 @@ const FLAGS_FOR: Record<number, number> = {
 };
 
 export class NbdSession {
-  private readonly parser = new Parser();
+  private readonly parser = new Parser((n) => writeBuffers.take(n));
   private noZeroes = false;
   private structured = false;
   private meta: MetaContext[] = [];
@@ -478,6 +478,8 @@ export class NbdSession {
       case CMD.WRITE:
         if (end > size) fail(NBD_ERR.ENOSPC, `WRITE [${req.offset}, ${end}) past the end of the export (${size} bytes)`);
         if (req.length > 0) await be.write(req.offset, req.data!, { fua });
+        // Written: no driver holds the payload any more (see writeBuffers).
+        writeBuffers.give(req.data!);
         return this.sendOk(req);
       case CMD.WRITE_ZEROES: {
         if (end > size) fail(NBD_ERR.ENOSPC, `WRITE_ZEROES [${req.offset}, ${end}) past the end of the export (${size} bytes)`);
