@@ -48,12 +48,6 @@ export class ClusterBitmap {
     return true;
   }
 
-  anySet(offset: number, bytes: number): boolean {
-    const [first, last] = this.clusterRange(offset, bytes);
-    for (let c = first; c < last; c++) if (this.bits[c] === 1) return true;
-    return false;
-  }
-
   /** bdrv_dirty_bitmap_status: whether the byte at `offset` is set, and how many bytes from
    * `offset` (at most `bytes`) share that state. */
   status(offset: number, bytes: number): { set: boolean; bytes: number } {

@@ -1,7 +1,6 @@
 // A range list (block/reqlist.c, docs/requirements/qemu-fleecing.md §2.2): in-flight byte ranges where every entry
 // excludes every overlapping waiter; no serialising distinction. copy-before-write keeps its
 // frozen snapshot reads here, block-copy its in-flight copy tasks.
-import { Watchers } from './watchers.ts';
 
 export class RangeReq {
   private resolveDone!: () => void;
@@ -34,19 +33,17 @@ export class RangeReq {
 
 export class RangeList {
   private readonly reqs: RangeReq[] = [];
-  private readonly watchers = new Watchers();
 
   /** reqlist_init_req */
   add(offset: number, bytes: number, tag = ''): RangeReq {
     const r = new RangeReq(offset, bytes, tag);
     this.reqs.push(r);
-    this.notify();
     return r;
   }
 
   /** reqlist_find_conflict */
-  findConflict(offset: number, bytes: number, except?: RangeReq): RangeReq | undefined {
-    return this.reqs.find((r) => r !== except && r.overlaps(offset, bytes));
+  findConflict(offset: number, bytes: number): RangeReq | undefined {
+    return this.reqs.find((r) => r.overlaps(offset, bytes));
   }
 
   /** reqlist_wait_one: wait for one conflicting entry to change; true if it waited. */
@@ -66,7 +63,6 @@ export class RangeList {
   shrink(r: RangeReq, newBytes: number): void {
     r.bytes = newBytes;
     r.wake();
-    this.notify();
   }
 
   /** reqlist_remove_req */
@@ -74,19 +70,10 @@ export class RangeList {
     const i = this.reqs.indexOf(r);
     if (i >= 0) this.reqs.splice(i, 1);
     r.finish();
-    this.notify();
   }
 
   entries(): ReadonlyArray<RangeReq> {
     return [...this.reqs];
-  }
-
-  until(pred: (reqs: ReadonlyArray<RangeReq>) => boolean): Promise<void> {
-    return this.watchers.until(() => pred(this.reqs));
-  }
-
-  private notify(): void {
-    this.watchers.notify();
   }
 
 }
