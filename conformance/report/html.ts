@@ -37,26 +37,60 @@ function legend(): string {
   return `<p class="legend">${(Object.keys(BG) as Verdict[]).map((v) => `<span style="background:${BG[v]}">${v}</span>`).join('')}</p>`;
 }
 
+/** The section a case id belongs to: `nbd/handshake/go` -> `nbd/handshake`. */
+const sectionOf = (id: string): string => id.split('/').slice(0, -1).join('/') || id;
+
+/** Filters on the matrix, in the page itself: failures only, rows where the targets differ. */
+const FILTER_SCRIPT = `<p><label><input type="checkbox" id="f-bad"> failures only (fail, non-strict, error)</label>
+<label><input type="checkbox" id="f-diff"> only where the targets differ</label></p>
+<script>
+function applyFilters(){var bad=document.getElementById('f-bad').checked,diff=document.getElementById('f-diff').checked;
+document.querySelectorAll('tr.case').forEach(function(tr){var v=tr.dataset.verdicts.split(' ');
+var show=(!bad||v.some(function(x){return x==='fail'||x==='non-strict'||x==='error'}))&&(!diff||new Set(v.filter(Boolean)).size>1);
+tr.style.display=show?'':'none'});
+document.querySelectorAll('tr.section').forEach(function(h){var n=h.nextElementSibling,any=false;
+while(n&&n.classList.contains('case')){if(n.style.display!=='none')any=true;n=n.nextElementSibling}h.style.display=any?'':'none'})}
+document.getElementById('f-bad').onchange=applyFilters;document.getElementById('f-diff').onchange=applyFilters;
+</script>`;
+
 function renderIndex(run: RunResult): string {
   const ids = [...new Set(run.results.map((r) => r.id))];
   const byKey = new Map(run.results.map((r) => [`${r.target}\u0000${r.id}`, r]));
   const first = new Map<string, CaseResult>();
   for (const r of run.results) if (!first.has(r.id)) first.set(r.id, r);
   const head = `<tr><th>case</th><th>level</th>${run.targets.map((t) => `<th title="${htmlEscape(t.description)}">${htmlEscape(t.name)}</th>`).join('')}</tr>`;
-  const rows = ids.map((id) => {
+  // Per-target totals in the same vocabulary as the terminal.
+  const totals = `<tr><th colspan="2">totals</th>${run.targets
+    .map((t) => {
+      const rs = run.results.filter((r) => r.target === t.name);
+      const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
+      return `<td><small>${n('pass')} pass, ${n('fail')} fail, ${n('non-strict')} warn, ${n('info')} info, ${n('skipped')} skip, ${n('error')} error${t.notApplicable?.length ? `; not applicable: ${htmlEscape(t.notApplicable.map((x) => x.suite).join(', '))}` : ''}</small></td>`;
+    })
+    .join('')}</tr>`;
+  const rows: string[] = [];
+  let section = '';
+  for (const id of ids) {
     const c = first.get(id)!;
+    if (sectionOf(id) !== section) {
+      section = sectionOf(id);
+      rows.push(`<tr class="section"><th colspan="${2 + run.targets.length}" style="text-align:left">${htmlEscape(section)}</th></tr>`);
+    }
     const link = `cases/${casePage(id)}`;
     const up = upstreamLinks(c.section)[0];
     const spec = up ? ` <small><a href="${htmlEscape(up)}" title="upstream specification section">spec</a></small>` : '';
-    return `<tr><td><a href="${link}">${htmlEscape(id)}</a>${spec}<br><small>${htmlEscape(c.title)}</small></td><td>${c.level}</td>${run.targets.map((t) => cell(byKey.get(`${t.name}\u0000${id}`), link)).join('')}</tr>`;
-  });
+    const verdicts = run.targets.map((t) => byKey.get(`${t.name}\u0000${id}`)?.verdict ?? '').join(' ');
+    rows.push(`<tr class="case" data-verdicts="${verdicts}"><td><a href="${link}">${htmlEscape(id)}</a>${spec}<br><small>${htmlEscape(c.title)}</small></td><td>${c.level}</td>${run.targets.map((t) => cell(byKey.get(`${t.name}\u0000${id}`), link)).join('')}</tr>`);
+  }
   const targets = run.targets
-    .map((t) => `<li><b>${htmlEscape(t.name)}</b>: ${htmlEscape(t.description)}${t.error ? ` <b style="color:#c00">error: ${htmlEscape(t.error)}</b>` : ''}<pre>${htmlEscape(JSON.stringify(t.facts, null, 2))}</pre></li>`)
+    .map((t) => {
+      const na = (t.notApplicable ?? []).map((x) => `<li>not applicable: suite ${htmlEscape(x.suite)}: ${htmlEscape(x.reason)}</li>`).join('');
+      return `<li><b>${htmlEscape(t.name)}</b>: ${htmlEscape(t.description)}${t.error ? ` <b style="color:#c00">error: ${htmlEscape(t.error)}</b>` : ''}${na ? `<ul>${na}</ul>` : ''}<pre>${htmlEscape(JSON.stringify(t.facts, null, 2))}</pre></li>`;
+    })
     .join('');
   return page(
     'fleece conform',
     `<h1>fleece conform</h1><p>${htmlEscape(run.startedAt)} - suites ${htmlEscape(run.suites.join(', '))} - seed ${run.seed}${run.strict ? ' - strict' : ''}${run.filter.length ? ` - filter ${htmlEscape(run.filter.join(' '))}` : ''}</p>
-<p><b>${htmlEscape(countLine(run))}</b></p>${legend()}<table>${head}${rows.join('\n')}</table><h2>Targets</h2><ul>${targets}</ul>`,
+<p><b>${htmlEscape(countLine(run))}</b></p>${legend()}${FILTER_SCRIPT}<table>${head}${totals}${rows.join('\n')}</table><h2>Targets</h2><p>Each target's facts: the peers' versions and the command lines it was started with, where the runner started it, and what the suites probed.</p><ul>${targets}</ul>`,
   );
 }
 

@@ -1,5 +1,6 @@
 // The runner: for each target, start it in a private temp dir, prepare each suite, run the
 // selected cases one by one, judge each from its checks, stop the target, clean up.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -195,6 +196,18 @@ export async function runCase<Env>(
   };
 }
 
+const versions = new Map<string, string>();
+/** The first line `CMD --version` prints (cached per run of the process). */
+export function peerVersion(cmd: string): string {
+  let v = versions.get(cmd);
+  if (v === undefined) {
+    const r = spawnSync(cmd, ['--version'], { encoding: 'utf8', timeout: 5000 });
+    v = `${r.stdout ?? ''}\n${r.stderr ?? ''}`.split('\n').map((l) => l.trim()).find(Boolean) ?? `no version (${r.error?.message ?? `exit ${r.status}`})`;
+    versions.set(cmd, v);
+  }
+  return v;
+}
+
 /** The reason of a case that could not connect at all; the target's remaining cases are not run. */
 export const UNREACHABLE = 'target unreachable';
 
@@ -255,6 +268,9 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       const stop = t.stop.bind(t);
       target = { ...t, stop: async () => { live.delete(t); await stop(); } };
       summary.description = target.description;
+      // What was tested, exactly: the peers' versions and the command lines started.
+      if (def.peers.length) summary.facts.peers = Object.fromEntries(def.peers.map((p) => [p, peerVersion(p)]));
+      if (t.commands) summary.facts.commands = t.commands();
       return target;
     };
     let index = 0;

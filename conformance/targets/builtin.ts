@@ -47,6 +47,7 @@ async function startAll(
     image: DEFAULT_LAYOUT,
     ...(qmp !== undefined ? { qmp } : {}),
     pids: () => procs.flatMap((p) => (p.proc.child.pid !== undefined ? [p.proc.child.pid] : [])),
+    commands: () => procs.map((p) => p.proc.child.spawnargs.join(' ')),
     logs: () => procs.map((p) => `--- ${p.proc.label}\n${p.proc.output}`).join('\n'),
     died: () => {
       const dead = procs.find((p) => p.proc.hasExited);
@@ -244,6 +245,7 @@ const nbdServer: TargetDef = {
       description: 'nbd-server, generated config (flush, fua, trim)',
       exports: { rw: { address, name: 'disk' }, ro: { address, name: 'ro' } },
       image: DEFAULT_LAYOUT,
+      commands: () => [launcher.child.spawnargs.join(' ')],
       logs: () => launcher.output,
       pids: () => {
         const pid = readPid();

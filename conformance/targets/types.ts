@@ -20,6 +20,8 @@ export interface RunningTarget {
   /** false for an export the user runs and did not allow writing (a URI without --allow-writes):
    * cases that would write inside it are skipped, saying why. */
   readonly writesAllowed?: boolean;
+  /** The command lines of the processes the runner started for this target (for reports). */
+  readonly commands?: () => string[];
   /** QMP monitor socket, for targets that have one (used by later suites). */
   readonly qmp?: string;
   /** Anything else a suite-specific target wants to hand to its cases. */

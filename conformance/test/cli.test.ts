@@ -40,8 +40,16 @@ describe('fleece conform', () => {
     expect(junit).toMatch(/<testsuites name="fleece conform" tests="3" failures="0" errors="0" skipped="0" time="\d+\.\d{3}"/);
     expect(junit).toMatch(/<testsuite name="qemu-nbd" tests="3" failures="0" errors="0" skipped="0" time="\d+\.\d{3}"/);
     expect(junit).toMatch(/<testcase classname="nbd\.handshake" name="go" time="\d+\.\d{3}"><properties><property name="id" value="nbd\/handshake\/go"\/><property name="section" value="[^"]*NBD_OPT_GO[^"]*"\/>/);
+    // What was tested, exactly: the peer's version and the command line it was started with.
+    expect(json.targets[0].facts.peers['qemu-nbd']).toMatch(/qemu-nbd.*7\.2/);
+    expect(json.targets[0].facts.commands.join(' ')).toMatch(/^qemu-nbd .*-k .*rw\.sock/);
     const index = fs.readFileSync(path.join(dir, 'html/index.html'), 'utf8');
     expect(index).toMatch(/nbd\/handshake\/go/);
+    // The matrix: per-target totals, rows grouped by section, the two filters.
+    expect(index).toMatch(/<th colspan="2">totals<\/th><td><small>2 pass, 0 fail, 1 warn, 0 info, 0 skip, 0 error<\/small><\/td>/);
+    expect(index).toMatch(/<tr class="section"><th colspan="3" style="text-align:left">nbd\/handshake<\/th><\/tr>/);
+    expect(index).toMatch(/id="f-bad"[\s\S]*id="f-diff"/);
+    expect(index).toMatch(/<tr class="case" data-verdicts="non-strict">/);
     const page = fs.readFileSync(path.join(dir, 'html/cases/nbd__bounds__write-past-end.html'), 'utf8');
     expect(page).toMatch(/Expectation/);
     expect(page).toMatch(/NBD_CMD_WRITE offset/); // the wire log
