@@ -321,6 +321,19 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
   };
   const throughWait = (where: string, actor: string, what: string, b: BlockedStep) =>
     new StepFailure(`${where}: ${actor} reached ${what} while the model has it waiting for ${b.waitsFor.join(' and ') || '(nobody)'} (${WAIT_TEXT[b.wait]})`);
+  /** A waiting request just let go (`after`: 'it was sent' or 'its release'): it must not reach
+   * `event` within the grace period; it stays released, held, for the later steps. */
+  const expectHeld = async (b: BlockedStep, run: ActorRun, tag: string, event: string, where: string, after: string) => {
+    blocking.tried++;
+    const got = await graceWait(tag, run);
+    if (got) {
+      log(b.actor, `reached ${got}`);
+      throw throughWait(where, b.actor, got, b);
+    }
+    blocking.held++;
+    run.held = { tag, event, why: b.waitsFor.join(' and ') };
+    log(b.actor, `held: not at ${event} ${ctx.blockedGraceMs} ms after ${after}`);
+  };
   /** A guest write not submitted yet that waits for another's in-flight copy of its clusters
    * (block_copy_wait_one): sent with the event that ends its submit step armed. It may go only
    * when nothing can confuse the breakpoints: it claims nothing once let go (so it crosses no
@@ -340,15 +353,7 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
     await arm(b.actor, event, tag);
     submit(b.actor, run);
     log(b.actor, `(blocking check: the model has ${b.actor} waiting for ${b.waitsFor.join(' and ')})`);
-    blocking.tried++;
-    const got = await graceWait(tag, run);
-    if (got) {
-      log(b.actor, `reached ${got}`);
-      throw throughWait(where, b.actor, got, b);
-    }
-    blocking.held++;
-    run.held = { tag, event, why: b.waitsFor.join(' and ') };
-    log(b.actor, `held: not at ${event} ${ctx.blockedGraceMs} ms after it was sent`);
+    await expectHeld(b, run, tag, event, where, 'it was sent');
   };
   const checkBlocked = async (s: FleecingState, where: string) => {
     if (ctx.blockedGraceMs <= 0) return;
@@ -405,15 +410,7 @@ export async function driveInterleaving(ctx: DriveContext, ex: ScenarioExecution
       run.parkedEvent = undefined;
       await qmpOk('x-breakpoint-resume', { tag: p });
       log(b.actor, `x-breakpoint-resume ${p} (blocking check: the model has ${b.actor} waiting for ${b.waitsFor.join(' and ')})`);
-      blocking.tried++;
-      const got = await graceWait(tag, run);
-      if (got) {
-        log(b.actor, `reached ${got}`);
-        throw throughWait(where, b.actor, got, b);
-      }
-      blocking.held++;
-      run.held = { tag, event, why: b.waitsFor.join(' and ') };
-      log(b.actor, `held: not at ${event} ${ctx.blockedGraceMs} ms after its release`);
+      await expectHeld(b, run, tag, event, where, 'its release');
     }
   };
 
