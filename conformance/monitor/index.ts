@@ -177,13 +177,15 @@ const ROWS: readonly Row[] = [
 async function runRow(ctx: Ctx, row: Row): Promise<void> {
   const { env } = ctx;
   const wait = Math.max(ctx.timeoutMs, row.large ? 60_000 : 3000);
-  const m = await RawMonitor.connect(env.qmpPath, wait);
+  // The greeting and the negotiation are the harness's own steps: a loaded machine gets room.
+  const setupWait = Math.max(wait, 15_000);
+  const m = await RawMonitor.connect(env.qmpPath, setupWait);
   ctx.defer(() => m.close());
-  if (!(await m.until(() => m.replies.length >= 1, wait))) throw new HarnessError(`no QMP greeting from ${env.flavor.describe}`);
+  if (!(await m.until(() => m.replies.length >= 1, setupWait))) throw new HarnessError(`no QMP greeting from ${env.flavor.describe}`);
   let base = 1;
   if (!row.beforeCaps) {
     m.socket.write(CAPS);
-    if (!(await m.until(() => m.replies.length >= 2, wait))) throw new HarnessError('qmp_capabilities was not answered');
+    if (!(await m.until(() => m.replies.length >= 2, setupWait))) throw new HarnessError('qmp_capabilities was not answered');
     base = 2;
   }
   m.socket.write(row.input());
