@@ -85,7 +85,10 @@ describe('fleece serve argv', () => {
     [['--chardev', 'socket,id=q,path=/x'], /client mode is not supported/],
     [['--chardev', 'file,id=q,path=/x'], /backend 'file' is not supported/],
     [['--monitor', 'chardev=q,mode=readline'], /mode 'readline' is not supported/],
-    [['--object', 'secret,id=s'], /'--object' is not supported/],
+    [['--object', 'secret,id=s'], /Parameter 'qom-type' does not accept value 'secret'/],
+    [['--object', 'iothread'], /--object: parameter 'id' is missing/],
+    [['--object', 'iothread,id=io0,colour=red'], /--object: invalid parameter 'colour'/],
+    [['--object', 'iothread,id=io0,poll-max-ns=-1'], /parameter 'poll-max-ns' expects a non-negative integer/],
   ])('%j → UsageError %s', (argv, re) => {
     expect(() => parseArgs(argv)).toThrow(UsageError);
     expect(() => parseArgs(argv)).toThrow(re);

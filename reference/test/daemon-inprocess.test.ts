@@ -91,6 +91,28 @@ describe('Daemon in-process', () => {
     }
   });
 
+  it('--object and object-add/object-del: ids unique, QEMU\'s words for a duplicate and a missing id', async () => {
+    const d = new Daemon();
+    try {
+      for (const a of parseArgs(['--object', 'iothread,id=io0', '--object', '{"qom-type":"iothread","id":"io1"}']).actions) await d.apply(a);
+      expect(d.objects.list().map((o) => [o.qomType, o.id])).toEqual([['iothread', 'io0'], ['iothread', 'io1']]);
+      await expect(d.apply(parseArgs(['--object', 'iothread,id=io0']).actions[0]!)).rejects.toThrow(/duplicate property 'io0'/);
+      const s = { negotiated: true };
+      const q = (execute: string, args: object) => d.dispatcher.dispatch({ execute, arguments: args }, s);
+      expect(await q('object-add', { 'qom-type': 'iothread', id: 'io2' })).toEqual({ return: {} });
+      expect(await q('object-add', { 'qom-type': 'iothread', id: 'io2' })).toMatchObject({ error: { class: 'GenericError', desc: expect.stringMatching(/duplicate property 'io2'/) } });
+      expect(await q('object-add', { 'qom-type': 'nope', id: 'x' })).toMatchObject({ error: { desc: expect.stringMatching(/'qom-type' does not accept value 'nope'/) } });
+      expect(await q('object-del', { id: 'missing' })).toMatchObject({ error: { desc: "object 'missing' not found" } });
+      d.objects.use('io2', ['iothread'], "export 'e'", 'test');
+      expect(await q('object-del', { id: 'io2' })).toMatchObject({ error: { desc: "object 'io2' is in use, can not be deleted" } });
+      d.objects.release('io2', "export 'e'");
+      expect(await q('object-del', { id: 'io2' })).toEqual({ return: {} });
+      expect(() => d.objects.use('io0', ['tls-creds-x509'], 'NBD server', 'nbd-server-start')).toThrow(/object 'io0' is a 'iothread', expected 'tls-creds-x509'/);
+    } finally {
+      await d.close();
+    }
+  });
+
   it('extensions registered before construction add QMP commands (the breakpoint commands plug in here)', async () => {
     registerDaemonExtension((d) => d.dispatcher.register('x-test-hello', () => ({ hello: d.graph.allNodes().length })));
     const d = new Daemon();

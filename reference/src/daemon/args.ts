@@ -3,11 +3,12 @@
 // Options act in the order given, as in qemu-storage-daemon: an --export needs its node and the
 // NBD server to exist already.
 import type { ListenAddress } from '../nbd/server.ts';
-import { KeyvalError, parseKeyval, toBool, type KeyvalObject } from './keyval.ts';
+import { KeyvalError, parseKeyval, type KeyvalObject } from './keyval.ts';
+import { Keys, UsageError } from './keys.ts';
+import { parseObjectOptions, type ObjectOptions } from './objects/index.ts';
 
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
+export { UsageError };
+
 
 export interface ExportOptions {
   readonly type: 'nbd';
@@ -38,6 +39,7 @@ export type Action = (
   | { readonly kind: 'export'; readonly options: ExportOptions }
   | { readonly kind: 'chardev'; readonly options: ChardevOptions }
   | { readonly kind: 'monitor'; readonly chardev: string; readonly pretty: boolean }
+  | { readonly kind: 'object'; readonly options: ObjectOptions }
 ) & {
   /** The option as given (`--nbd-server addr.type=unix,...`): errors while acting on it start
    * with it, as qemu-storage-daemon's do. */
@@ -53,52 +55,6 @@ export interface DaemonConfig {
   readonly activationFds: number[];
 }
 
-/** Reads the keys of an options object, rejecting those nobody asked for. */
-class Keys {
-  private readonly used = new Set<string>();
-  constructor(
-    private readonly o: Record<string, unknown>,
-    private readonly where: string,
-  ) {}
-  get(key: string): unknown {
-    this.used.add(key);
-    return this.o[key];
-  }
-  str(key: string): string | undefined {
-    const v = this.get(key);
-    if (v === undefined) return undefined;
-    if (typeof v !== 'string') throw new UsageError(`${this.where}: parameter '${key}' expects a string, got ${JSON.stringify(v)}`);
-    return v;
-  }
-  req(key: string): string {
-    const v = this.str(key);
-    if (v === undefined || v === '') throw new UsageError(`${this.where}: parameter '${key}' is missing`);
-    return v;
-  }
-  bool(key: string, def: boolean): boolean {
-    const v = this.get(key);
-    if (v === undefined) return def;
-    try {
-      return toBool(v, `${this.where}: parameter '${key}'`);
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-  }
-  int(key: string, def: number): number {
-    const v = this.get(key);
-    if (v === undefined) return def;
-    const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-      throw new UsageError(`${this.where}: parameter '${key}' expects a non-negative integer, got ${JSON.stringify(v)}`);
-    }
-    return n;
-  }
-  /** QEMU "Parameter 'x' is unexpected" / "Invalid parameter 'x'". */
-  finish(): void {
-    const extra = Object.keys(this.o).filter((k) => !this.used.has(k));
-    if (extra.length) throw new UsageError(`${this.where}: invalid parameter${extra.length > 1 ? 's' : ''} ${extra.map((k) => `'${k}'`).join(', ')}`);
-  }
-}
 
 /** SocketAddress, flat (`type=unix,path=...`) or QMP's legacy form (`{type, data: {...}}`). */
 export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
@@ -197,6 +153,7 @@ The reference block stack, configured like qemu-storage-daemon.
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
   --nbd-server addr.type=fd,addr.str=<fd>       [,max-connections=<n>]
+  --object <type>,id=<id>[,<properties>]   or a JSON object; types: iothread
   --pidfile <path>       write the process id to <path>
 
 With systemd socket activation (LISTEN_PID/LISTEN_FDS) the NBD server listens on fd 3 and
@@ -277,6 +234,8 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
         value(); // QEMU trace events have no counterpart here; accepted and ignored
         break;
       case '--object':
+        actions.push({ kind: 'object', options: parseObjectOptions(kv('qom-type')) });
+        break;
       case '--daemonize':
         throw new UsageError(`option '${arg}' is not supported by fleece serve`);
       default:

@@ -11,6 +11,7 @@ import type { DirtyBitmapSource, NbdExport } from '../nbd/session.ts';
 import { QmpDispatcher, QmpError, type QmpArgs } from '../qmp/dispatcher.ts';
 import { QmpMonitor } from '../qmp/monitor.ts';
 import { registerBreakpointCommands } from '../qmp/breakpoints.ts';
+import { ObjectStore, parseObjectOptions } from './objects/index.ts';
 import {
   UsageError,
   parseExportOptions,
@@ -56,6 +57,8 @@ export class Daemon {
   private readonly exports = new Map<string, LiveExport>();
   private readonly chardevs = new Map<string, ChardevOptions>();
   private readonly monitors: QmpMonitor[] = [];
+  /** User-creatable objects (--object, object-add), by id. */
+  readonly objects = new ObjectStore();
   private quitRequested!: () => void;
   /** Resolves when a QMP client sent `quit`. */
   readonly quitting: Promise<void> = new Promise((r) => (this.quitRequested = r));
@@ -84,6 +87,9 @@ export class Daemon {
         return;
       case 'export':
         this.addExport(action.options);
+        return;
+      case 'object':
+        await this.objects.add(action.options);
         return;
       case 'chardev':
         if (this.chardevs.has(action.options.id)) throw new UsageError(`--chardev: duplicate chardev id '${action.options.id}'`);
@@ -218,6 +224,18 @@ export class Daemon {
       await this.graph.deleteNode(name);
       return {};
     });
+    d.register('object-add', async (a) => {
+      a.accept(...Object.keys(a.raw));
+      const o = this.usage(() => parseObjectOptions(a.raw as Record<string, unknown>, 'object-add'));
+      await this.usageAsync(() => this.objects.add(o, 'object-add'));
+      return {};
+    });
+    d.register('object-del', async (a) => {
+      const id = a.str('id');
+      a.finish();
+      await this.usageAsync(() => this.objects.delete(id));
+      return {};
+    });
     d.register('nbd-server-start', async (a) => {
       a.accept(...Object.keys(a.raw));
       await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, 'nbd-server-start')));
@@ -346,10 +364,20 @@ export class Daemon {
     }
   }
 
+  private async usageAsync<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      if (e instanceof UsageError) throw new QmpError('GenericError', e.message);
+      throw e;
+    }
+  }
+
   async close(): Promise<void> {
     for (const m of this.monitors.splice(0)) await m.close();
     if (this.nbd) await this.stopNbdServer().catch(() => {});
     await this.graph.close();
+    await this.objects.clear();
   }
 
   /** Writes the pid file (qemu-storage-daemon --pidfile), in QEMU's words when it cannot. */

@@ -1,0 +1,4 @@
+// Every object type the reference knows: importing this module registers them.
+import './iothread.ts';
+
+export { ObjectStore, objectTypes, parseObjectOptions, registerObjectType, type LiveObject, type ObjectOptions, type ObjectType } from './registry.ts';
