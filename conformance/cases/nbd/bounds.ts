@@ -13,15 +13,13 @@ import {
   err,
   expected,
   nbdCase,
-  requireFlag,
-  requireMeta,
   requireWritable,
   session,
   usableAfter,
-  type Ctx,
   type NbdCase,
   seededBytes,
 } from './env.ts';
+import { rejectionCase, type Need } from './rows.ts';
 
 const ERRS = 'proto.md "Error values"';
 const SIZE = 'proto.md "Size constraints"';
@@ -29,15 +27,6 @@ const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}
 const MiB = 1 << 20;
 /** Timeout for 32 MiB transfers: the server may be busy with the data for a while. */
 const BIG = 15_000;
-
-/** A request past the end of the export: MUST fail, SHOULD fail with `want`, then stay usable. */
-async function pastEnd(ctx: Ctx, type: number, name: string, want: number, opts: { meta?: boolean } = {}): Promise<void> {
-  const { conn, s } = await session(ctx, opts.meta ? { meta: ['base:allocation'] } : {});
-  const r = await conn.request({ type, offset: s.size - 512n, length: 1024, ...(type === Cmd.WRITE ? { payload: Buffer.alloc(1024, 0xa5) } : {}) });
-  ctx.must(r.error !== 0, `${name} crossing the end of the export fails`, describeReply(r));
-  ctx.should(r.error === want, `the error is ${err(want)}`, err(r.error));
-  await usableAfter(ctx, conn, `${name} past the end`);
-}
 
 /** Sends a request that may legitimately make the server disconnect; returns the reply or 'closed'. */
 async function mayDisconnect(conn: NbdConnection, req: Parameters<NbdConnection['request']>[0]): Promise<Reply | 'closed'> {
@@ -50,83 +39,50 @@ async function mayDisconnect(conn: NbdConnection, req: Parameters<NbdConnection[
 }
 
 export const boundsCases: NbdCase[] = [
-  nbdCase({
-    id: 'nbd/bounds/read-past-end',
-    section: sec(ERRS, 'C45'),
-    level: 'SHOULD',
-    title: 'READ past the end: EINVAL',
-    description: 'READs [size-512, size+512).',
-    expectation: 'An error (MUST), EINVAL (SHOULD); the connection stays usable.',
-    run: (ctx) => pastEnd(ctx, Cmd.READ, 'READ', Errno.EINVAL),
-  }),
-  nbdCase({
-    id: 'nbd/bounds/write-past-end',
-    section: sec(ERRS, 'C46'),
-    level: 'SHOULD',
-    title: 'WRITE past the end: ENOSPC',
-    description: 'WRITEs [size-512, size+512).',
-    expectation: 'An error (MUST), ENOSPC (SHOULD); the connection stays usable.',
-    async run(ctx) {
-      requireWritable(ctx);
-      await pastEnd(ctx, Cmd.WRITE, 'WRITE', Errno.ENOSPC);
-    },
-  }),
-  nbdCase({
-    id: 'nbd/bounds/write-zeroes-past-end',
-    section: sec(ERRS, 'C47'),
-    level: 'SHOULD',
-    title: 'WRITE_ZEROES past the end: ENOSPC',
-    description: 'WRITE_ZEROES over [size-512, size+512).',
-    expectation: 'An error (MUST), ENOSPC (SHOULD); the connection stays usable.',
-    async run(ctx) {
-      requireWritable(ctx);
-      requireFlag(ctx, TF.SEND_WRITE_ZEROES);
-      await pastEnd(ctx, Cmd.WRITE_ZEROES, 'WRITE_ZEROES', Errno.ENOSPC);
-    },
-  }),
-  nbdCase({
-    id: 'nbd/bounds/trim-past-end',
-    section: sec(ERRS, 'C48'),
-    level: 'SHOULD',
-    title: 'TRIM past the end: EINVAL',
-    description: 'TRIMs [size-512, size+512).',
-    expectation: 'An error (MUST), EINVAL (SHOULD); the connection stays usable.',
-    async run(ctx) {
-      requireWritable(ctx);
-      requireFlag(ctx, TF.SEND_TRIM);
-      await pastEnd(ctx, Cmd.TRIM, 'TRIM', Errno.EINVAL);
-    },
-  }),
-  nbdCase({
+  ...(
+    [
+      { id: 'nbd/bounds/read-past-end', item: 'C45', title: 'READ past the end: EINVAL', what: 'READs', cmd: Cmd.READ, name: 'READ', errno: Errno.EINVAL },
+      { id: 'nbd/bounds/write-past-end', item: 'C46', title: 'WRITE past the end: ENOSPC', what: 'WRITEs', cmd: Cmd.WRITE, name: 'WRITE', errno: Errno.ENOSPC, needs: ['writable'] },
+      { id: 'nbd/bounds/write-zeroes-past-end', item: 'C47', title: 'WRITE_ZEROES past the end: ENOSPC', what: 'WRITE_ZEROES over', cmd: Cmd.WRITE_ZEROES, name: 'WRITE_ZEROES', errno: Errno.ENOSPC, needs: ['writable', { flag: TF.SEND_WRITE_ZEROES }] },
+      { id: 'nbd/bounds/trim-past-end', item: 'C48', title: 'TRIM past the end: EINVAL', what: 'TRIMs', cmd: Cmd.TRIM, name: 'TRIM', errno: Errno.EINVAL, needs: ['writable', { flag: TF.SEND_TRIM }] },
+    ] satisfies { id: `nbd/${string}`; item: string; title: string; what: string; cmd: number; name: string; errno: number; needs?: Need[] }[]
+  ).map(({ item, what, cmd, name, ...row }) =>
+    rejectionCase({
+      ...row,
+      section: sec(ERRS, item),
+      level: 'SHOULD',
+      description: `${what} [size-512, size+512).`,
+      expectation: `An error (MUST), ${err(row.errno)} (SHOULD); the connection stays usable.`,
+      request: (s) => ({ type: cmd, offset: s.size - 512n, length: 1024, ...(cmd === Cmd.WRITE ? { payload: Buffer.alloc(1024, 0xa5) } : {}) }),
+      fails: `${name} crossing the end of the export fails`,
+      after: `${name} past the end`,
+    }),
+  ),
+  rejectionCase({
     id: 'nbd/bounds/block-status-past-end',
     section: sec(ERRS, 'C49'),
     level: 'SHOULD',
     title: 'BLOCK_STATUS starting past the end: EINVAL',
     description: 'BLOCK_STATUS at offset = size.',
     expectation: 'An error (MUST), EINVAL (SHOULD); the connection stays usable.',
-    async run(ctx) {
-      requireMeta(ctx);
-      const { conn, s } = await session(ctx, { meta: ['base:allocation'] });
-      const r = await conn.request({ type: Cmd.BLOCK_STATUS, offset: s.size, length: 512 });
-      ctx.must(r.error !== 0, 'BLOCK_STATUS past the end fails', describeReply(r));
-      ctx.should(r.error === Errno.EINVAL, 'the error is EINVAL', err(r.error));
-      await usableAfter(ctx, conn, 'BLOCK_STATUS past the end');
-    },
+    needs: ['meta'],
+    meta: true,
+    request: (s) => ({ type: Cmd.BLOCK_STATUS, offset: s.size, length: 512 }),
+    fails: 'BLOCK_STATUS past the end fails',
+    errno: Errno.EINVAL,
+    after: 'BLOCK_STATUS past the end',
   }),
-  nbdCase({
+  rejectionCase({
     id: 'nbd/bounds/offset-overflow',
     section: sec(ERRS, 'C50'),
     level: 'SHOULD',
     title: 'Offset + length overflowing 64 bits: EINVAL, no crash',
     description: 'READs 1024 bytes at offset 2^64-512.',
     expectation: 'An error (MUST), EINVAL (SHOULD); the connection stays usable.',
-    async run(ctx) {
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.READ, offset: 2n ** 64n - 512n, length: 1024 });
-      ctx.must(r.error !== 0, 'the overflowing READ fails', describeReply(r));
-      ctx.should(r.error === Errno.EINVAL, 'the error is EINVAL', err(r.error));
-      await usableAfter(ctx, conn, 'an overflowing READ');
-    },
+    request: () => ({ type: Cmd.READ, offset: 2n ** 64n - 512n, length: 1024 }),
+    fails: 'the overflowing READ fails',
+    errno: Errno.EINVAL,
+    after: 'an overflowing READ',
   }),
   nbdCase({
     id: 'nbd/bounds/read-32mib',

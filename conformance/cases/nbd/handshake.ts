@@ -22,6 +22,7 @@ import {
   usableAfter,
   type NbdCase,
 } from './env.ts';
+import { finalIs, hasExportInfo, onlyReply, optionCase } from './rows.ts';
 
 const NEG = 'proto.md "Newstyle negotiation"';
 const FIXED = 'proto.md "Fixed newstyle negotiation"';
@@ -94,54 +95,42 @@ export const handshakeCases: NbdCase[] = [
       ctx.must(finalOf(list)?.final === true, 'NBD_OPT_LIST replies end with a final reply', describeOption(list));
     },
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/unknown-option',
     section: sec(`${FIXED}; proto.md "Compatibility and interoperability"`, 'A5'),
     level: 'MUST',
     title: 'Unknown option: NBD_REP_ERR_UNSUP, and the next option still parses',
     description: 'Sends option 0x7654321 with 4 bytes of data, then NBD_OPT_GO.',
     expectation: 'NBD_REP_ERR_UNSUP (baseline MUST); the option stream stays in sync.',
-    async run(ctx) {
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(0x7654321, Buffer.from([1, 2, 3, 4]));
-      ctx.must(finalOf(r)?.type === Rep.ERR_UNSUP, 'an unknown option is answered with NBD_REP_ERR_UNSUP', describeOption(r));
-      await optionsInSync(ctx, conn, 'an unknown option');
-    },
+    option: 0x7654321,
+    data: () => Buffer.from([1, 2, 3, 4]),
+    checks: [{ level: 'MUST', claim: 'an unknown option is answered with NBD_REP_ERR_UNSUP', ok: finalIs(Rep.ERR_UNSUP) }],
+    inSync: 'an unknown option',
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/info-bad-name-length',
     section: sec(`${OPTS} NBD_OPT_INFO`, 'A6, A13'),
     level: 'MUST',
     title: 'INFO whose name length exceeds its data: ERR_INVALID, payload consumed',
     description: 'Sends NBD_OPT_INFO with a name length of 256 in 10 bytes of data, then NBD_OPT_GO.',
     expectation: 'NBD_REP_ERR_INVALID; the server consumes the whole option payload, so the following GO is answered normally.',
-    async run(ctx) {
-      const conn = await connect(ctx);
-      await greet(conn);
-      const data = Buffer.alloc(10);
-      data.writeUInt32BE(256, 0);
-      data.write('disk', 4);
-      data.writeUInt16BE(0, 8);
-      const r = await conn.option(Opt.INFO, data);
-      ctx.must(finalOf(r)?.type === Rep.ERR_INVALID, 'the malformed NBD_OPT_INFO is answered with NBD_REP_ERR_INVALID', describeOption(r));
-      await optionsInSync(ctx, conn, 'a malformed NBD_OPT_INFO');
-    },
+    option: Opt.INFO,
+    // u32 name length 256, then only "disk" and u16 zero information requests: 10 bytes.
+    data: () => Buffer.from('00000100' + Buffer.from('disk').toString('hex') + '0000', 'hex'),
+    checks: [{ level: 'MUST', claim: 'the malformed NBD_OPT_INFO is answered with NBD_REP_ERR_INVALID', ok: finalIs(Rep.ERR_INVALID) }],
+    inSync: 'a malformed NBD_OPT_INFO',
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/list-with-data',
     section: sec(`${OPTS} NBD_OPT_LIST`, 'A7'),
     level: 'SHOULD',
     title: 'LIST with data: ERR_INVALID as the only final reply',
     description: 'Sends NBD_OPT_LIST with 4 bytes of data, then NBD_OPT_GO.',
     expectation: 'NBD_REP_ERR_INVALID (SHOULD), and nothing else for that option (MUST: one final reply per option, or the stream desyncs).',
-    async run(ctx) {
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(Opt.LIST, Buffer.from([0, 0, 0, 0]));
-      ctx.should(finalOf(r)?.type === Rep.ERR_INVALID, 'NBD_OPT_LIST with data is answered with NBD_REP_ERR_INVALID', describeOption(r));
-      await optionsInSync(ctx, conn, 'NBD_OPT_LIST with data');
-    },
+    option: Opt.LIST,
+    data: () => Buffer.alloc(4),
+    checks: [{ level: 'SHOULD', claim: 'NBD_OPT_LIST with data is answered with NBD_REP_ERR_INVALID', ok: finalIs(Rep.ERR_INVALID) }],
+    inSync: 'NBD_OPT_LIST with data',
   }),
   nbdCase({
     id: 'nbd/handshake/list',
@@ -231,21 +220,20 @@ export const handshakeCases: NbdCase[] = [
       await usableAfter(ctx, conn, 'NBD_OPT_GO');
     },
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/info',
     section: sec(`${OPTS} NBD_OPT_INFO`, 'A12'),
     level: 'MUST',
     title: 'INFO: INFO_EXPORT and ACK, negotiation continues',
     description: 'Sends NBD_OPT_INFO, then NBD_OPT_GO.',
     expectation: 'NBD_REP_INFO with NBD_INFO_EXPORT then NBD_REP_ACK; the server stays in negotiation.',
-    async run(ctx) {
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(Opt.INFO, encodeInfoRequest(ctx.target.exports.rw!.name, []));
-      ctx.must(finalOf(r)?.type === Rep.ACK, 'NBD_OPT_INFO ends with NBD_REP_ACK', describeOption(r));
-      ctx.must(r.some((m) => m.body.reply === 'info' && m.body.info === 'export'), 'NBD_OPT_INFO success includes NBD_INFO_EXPORT', describeOption(r));
-      await optionsInSync(ctx, conn, 'NBD_OPT_INFO');
-    },
+    option: Opt.INFO,
+    data: (ctx) => encodeInfoRequest(ctx.target.exports.rw!.name, []),
+    checks: [
+      { level: 'MUST', claim: 'NBD_OPT_INFO ends with NBD_REP_ACK', ok: finalIs(Rep.ACK) },
+      { level: 'MUST', claim: 'NBD_OPT_INFO success includes NBD_INFO_EXPORT', ok: hasExportInfo },
+    ],
+    inSync: 'NBD_OPT_INFO',
   }),
   nbdCase({
     id: 'nbd/handshake/info-unknown-export',
@@ -268,20 +256,17 @@ export const handshakeCases: NbdCase[] = [
       await optionsInSync(ctx, conn, 'NBD_OPT_INFO on an unknown export');
     },
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/info-unknown-type',
     section: sec(`${OPTS} NBD_OPT_INFO`, 'A15'),
     level: 'MUST',
     title: 'Unknown information requests are ignored',
     description: 'Sends NBD_OPT_INFO asking for info type 0x7777 and NBD_INFO_BLOCK_SIZE.',
     expectation: 'The server MUST ignore the unknown type: success with NBD_INFO_EXPORT.',
-    async run(ctx) {
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(Opt.INFO, encodeInfoRequest(ctx.target.exports.rw!.name, [0x7777, Info.BLOCK_SIZE]));
-      ctx.must(finalOf(r)?.type === Rep.ACK && r.some((m) => m.body.reply === 'info' && m.body.info === 'export'), 'NBD_OPT_INFO succeeds with NBD_INFO_EXPORT', describeOption(r));
-      await optionsInSync(ctx, conn, 'NBD_OPT_INFO with an unknown info type');
-    },
+    option: Opt.INFO,
+    data: (ctx) => encodeInfoRequest(ctx.target.exports.rw!.name, [0x7777, Info.BLOCK_SIZE]),
+    checks: [{ level: 'MUST', claim: 'NBD_OPT_INFO succeeds with NBD_INFO_EXPORT', ok: (r) => finalIs(Rep.ACK)(r) && hasExportInfo(r) }],
+    inSync: 'NBD_OPT_INFO with an unknown info type',
   }),
   nbdCase({
     id: 'nbd/handshake/info-go-consistent',
@@ -426,56 +411,48 @@ export const handshakeCases: NbdCase[] = [
       ctx.observe(`GO flags ${hex(f)}, EXPORT_NAME flags ${hex(e.transmissionFlags)}`);
     },
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/structured-reply-with-data',
     section: sec(`${OPTS} NBD_OPT_STRUCTURED_REPLY`, 'A21'),
     level: 'SHOULD',
     title: 'STRUCTURED_REPLY with data: ERR_INVALID',
     description: 'Sends NBD_OPT_STRUCTURED_REPLY with 4 bytes of data, then NBD_OPT_GO.',
     expectation: 'NBD_REP_ERR_INVALID; the stream stays in sync.',
-    async run(ctx) {
-      requireStructured(ctx);
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(Opt.STRUCTURED_REPLY, Buffer.from([0, 0, 0, 0]));
-      ctx.should(finalOf(r)?.type === Rep.ERR_INVALID, 'answered with NBD_REP_ERR_INVALID', describeOption(r));
-      await optionsInSync(ctx, conn, 'NBD_OPT_STRUCTURED_REPLY with data', finalOf(r)?.type === Rep.ACK);
-    },
+    needs: ['structured'],
+    option: Opt.STRUCTURED_REPLY,
+    data: () => Buffer.alloc(4),
+    checks: [{ level: 'SHOULD', claim: 'answered with NBD_REP_ERR_INVALID', ok: finalIs(Rep.ERR_INVALID) }],
+    inSync: 'NBD_OPT_STRUCTURED_REPLY with data',
+    // A server that acknowledged it anyway has structured replies on.
+    structured: finalIs(Rep.ACK),
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/structured-reply-twice',
     section: sec(`${OPTS} NBD_OPT_STRUCTURED_REPLY`, 'A22'),
     level: 'MAY',
     title: 'STRUCTURED_REPLY twice: ACK or ERR_INVALID',
     description: 'Negotiates structured replies twice, then GO and a structured READ.',
     expectation: 'The second request gets NBD_REP_ACK or NBD_REP_ERR_INVALID (both allowed); structured replies stay on.',
-    async run(ctx) {
-      requireStructured(ctx);
-      const conn = await connect(ctx);
-      await greet(conn);
-      await conn.option(Opt.STRUCTURED_REPLY);
-      const r = await conn.option(Opt.STRUCTURED_REPLY);
-      const t = finalOf(r)?.type;
-      ctx.must(t === Rep.ACK || t === Rep.ERR_INVALID, 'the second NBD_OPT_STRUCTURED_REPLY gets ACK or ERR_INVALID', describeOption(r));
-      ctx.observe(`second request answered ${describeOption(r)}`);
-      await optionsInSync(ctx, conn, 'a repeated NBD_OPT_STRUCTURED_REPLY', true);
-    },
+    needs: ['structured'],
+    before: [Opt.STRUCTURED_REPLY],
+    option: Opt.STRUCTURED_REPLY,
+    checks: [{ level: 'MUST', claim: 'the second NBD_OPT_STRUCTURED_REPLY gets ACK or ERR_INVALID', ok: finalIs(Rep.ACK, Rep.ERR_INVALID) }],
+    observe: 'second request answered',
+    inSync: 'a repeated NBD_OPT_STRUCTURED_REPLY',
+    structured: true,
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/set-meta-before-structured',
     section: sec(`${META}`, 'A23'),
     level: 'SHOULD',
     title: 'SET_META_CONTEXT before structured replies: ERR_INVALID',
     description: 'Sends NBD_OPT_SET_META_CONTEXT for base:allocation without negotiating structured replies first.',
     expectation: 'NBD_REP_ERR_INVALID; the stream stays in sync.',
-    async run(ctx) {
-      requireMeta(ctx);
-      const conn = await connect(ctx);
-      await greet(conn);
-      const r = await conn.option(Opt.SET_META_CONTEXT, encodeMetaRequest(ctx.target.exports.rw!.name, ['base:allocation']));
-      ctx.should(finalOf(r)?.type === Rep.ERR_INVALID, 'answered with NBD_REP_ERR_INVALID', describeOption(r));
-      await optionsInSync(ctx, conn, 'NBD_OPT_SET_META_CONTEXT before structured replies');
-    },
+    needs: ['meta'],
+    option: Opt.SET_META_CONTEXT,
+    data: (ctx) => encodeMetaRequest(ctx.target.exports.rw!.name, ['base:allocation']),
+    checks: [{ level: 'SHOULD', claim: 'answered with NBD_REP_ERR_INVALID', ok: finalIs(Rep.ERR_INVALID) }],
+    inSync: 'NBD_OPT_SET_META_CONTEXT before structured replies',
   }),
   nbdCase({
     id: 'nbd/handshake/list-meta-all',
@@ -498,39 +475,36 @@ export const handshakeCases: NbdCase[] = [
       await optionsInSync(ctx, conn, 'NBD_OPT_LIST_META_CONTEXT', true);
     },
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/list-meta-unknown-namespace',
     section: sec(META, 'A25'),
     level: 'MUST',
     title: 'A query in an unknown namespace is ignored',
     description: 'Lists meta contexts with the query "x-nonexist:foo".',
     expectation: 'Just NBD_REP_ACK: no context, no error.',
-    async run(ctx) {
-      requireMeta(ctx);
-      const conn = await connect(ctx);
-      await greet(conn);
-      await conn.option(Opt.STRUCTURED_REPLY);
-      const r = await conn.option(Opt.LIST_META_CONTEXT, encodeMetaRequest(ctx.target.exports.rw!.name, ['x-nonexist:foo']));
-      ctx.must(r.length === 1 && r[0]?.type === Rep.ACK, 'answered with NBD_REP_ACK only', describeOption(r));
-      await optionsInSync(ctx, conn, 'a query in an unknown namespace', true);
-    },
+    needs: ['meta'],
+    before: [Opt.STRUCTURED_REPLY],
+    option: Opt.LIST_META_CONTEXT,
+    data: (ctx) => encodeMetaRequest(ctx.target.exports.rw!.name, ['x-nonexist:foo']),
+    checks: [{ level: 'MUST', claim: 'answered with NBD_REP_ACK only', ok: onlyReply(Rep.ACK) }],
+    inSync: 'a query in an unknown namespace',
+    structured: true,
   }),
-  nbdCase({
+  optionCase({
     id: 'nbd/handshake/list-meta-no-colon',
     section: sec(META, 'A26'),
     level: 'MAY',
     title: 'A query without a colon: ERR_INVALID or ignored',
     description: 'Lists meta contexts with the query "nocolon".',
     expectation: 'Either is allowed; the stream stays in sync.',
-    async run(ctx) {
-      requireMeta(ctx);
-      const conn = await connect(ctx);
-      await greet(conn);
-      await conn.option(Opt.STRUCTURED_REPLY);
-      const r = await conn.option(Opt.LIST_META_CONTEXT, encodeMetaRequest(ctx.target.exports.rw!.name, ['nocolon']));
-      ctx.observe(`answered ${describeOption(r)}`);
-      await optionsInSync(ctx, conn, 'a query without a colon', true);
-    },
+    needs: ['meta'],
+    before: [Opt.STRUCTURED_REPLY],
+    option: Opt.LIST_META_CONTEXT,
+    data: (ctx) => encodeMetaRequest(ctx.target.exports.rw!.name, ['nocolon']),
+    checks: [],
+    observe: 'answered',
+    inSync: 'a query without a colon',
+    structured: true,
   }),
   nbdCase({
     id: 'nbd/handshake/set-meta',

@@ -9,12 +9,12 @@ import {
   err,
   expected,
   nbdCase,
-  requireFlag,
   requireStructured,
   session,
   usableAfter,
   type NbdCase,
 } from './env.ts';
+import { probeCase, rejectionCase } from './rows.ts';
 
 const TX = 'proto.md "Transmission"';
 type NbdConnectionLike = Awaited<ReturnType<typeof session>>['conn'];
@@ -182,48 +182,41 @@ export const transmissionCases: NbdCase[] = [
       if (refused.length) ctx.observe(`${refused.length} delivered replies were errors, e.g. ${refused[0]}`);
     },
   }),
-  nbdCase({
+  rejectionCase({
     id: 'nbd/transmission/unknown-command',
     section: sec(`${TX} "Request types"; proto.md "Error values"`, 'B38'),
     level: 'SHOULD',
     title: 'Unknown command: EINVAL, connection stays usable',
     description: 'Sends command type 99.',
     expectation: 'An error (EINVAL SHOULD); the connection stays usable.',
-    async run(ctx) {
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: 99, offset: 0, length: 0 });
-      ctx.must(r.error !== 0, 'an unknown command fails', describeReply(r));
-      ctx.should(r.error === Errno.EINVAL, 'the error is EINVAL', err(r.error));
-      await usableAfter(ctx, conn, 'an unknown command');
-    },
+    request: () => ({ type: 99, offset: 0, length: 0 }),
+    fails: 'an unknown command fails',
+    errno: Errno.EINVAL,
+    after: 'an unknown command',
   }),
-  nbdCase({
+  rejectionCase({
     id: 'nbd/transmission/unknown-command-flag',
     section: sec(`${TX} "Command flags"`, 'B39'),
     level: 'SHOULD',
     title: 'Unknown command flag: EINVAL',
     description: 'Sends a READ with command flag bit 15 set.',
     expectation: 'EINVAL; the connection stays usable.',
-    async run(ctx) {
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.READ, flags: 1 << 15, offset: 0, length: 512 });
-      ctx.should(r.error === Errno.EINVAL, 'a READ with an unknown flag fails with EINVAL', describeReply(r));
-      await usableAfter(ctx, conn, 'an unknown command flag');
-    },
+    request: () => ({ type: Cmd.READ, flags: 1 << 15, offset: 0, length: 512 }),
+    errno: Errno.EINVAL,
+    errnoClaim: 'a READ with an unknown flag fails with EINVAL',
+    after: 'an unknown command flag',
   }),
-  nbdCase({
+  rejectionCase({
     id: 'nbd/transmission/flag-not-valid-for-command',
     section: sec(`${TX} "Command flags"`, 'B40'),
     level: 'SHOULD',
     title: 'A flag not valid for the command: EINVAL',
     description: 'Sends a READ with NBD_CMD_FLAG_REQ_ONE (a BLOCK_STATUS flag).',
     expectation: 'EINVAL; the connection stays usable.',
-    async run(ctx) {
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.READ, flags: CF.REQ_ONE, offset: 0, length: 512 });
-      ctx.should(r.error === Errno.EINVAL, 'a READ with REQ_ONE fails with EINVAL', describeReply(r));
-      await usableAfter(ctx, conn, 'an invalid command flag');
-    },
+    request: () => ({ type: Cmd.READ, flags: CF.REQ_ONE, offset: 0, length: 512 }),
+    errno: Errno.EINVAL,
+    errnoClaim: 'a READ with REQ_ONE fails with EINVAL',
+    after: 'an invalid command flag',
   }),
   nbdCase({
     id: 'nbd/transmission/pipelined-64',
@@ -242,57 +235,46 @@ export const transmissionCases: NbdCase[] = [
       ctx.observe(`${order} reply messages received`);
     },
   }),
-  nbdCase({
+  probeCase({
     id: 'nbd/transmission/zero-length-read',
     section: sec(`${TX} NBD_CMD_READ`, 'B42'),
     level: 'MAY',
     title: 'Zero-length READ: unspecified, but no disconnect',
     description: 'Sends a READ of length 0.',
     expectation: 'Success or an error, both allowed (info); the server SHOULD NOT disconnect.',
-    async run(ctx) {
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.READ, offset: 0, length: 0 });
-      ctx.observe(`zero-length READ: ${describeReply(r)}`);
-      await usableAfter(ctx, conn, 'a zero-length READ', 'SHOULD');
-    },
+    requests: () => [['zero-length READ', { type: Cmd.READ, offset: 0, length: 0 }]],
+    after: 'a zero-length READ',
   }),
-  nbdCase({
+  probeCase({
     id: 'nbd/transmission/zero-length-other',
     section: sec(TX, 'B42'),
     level: 'MAY',
     title: 'Zero-length WRITE, TRIM, WRITE_ZEROES, BLOCK_STATUS: no disconnect',
     description: 'Sends each advertised command with length 0.',
     expectation: 'Any reply is allowed (info); the server SHOULD NOT disconnect.',
-    async run(ctx) {
-      const meta = ctx.env.rw.meta && ctx.env.rw.contexts.includes('base:allocation');
-      const { conn, s } = await session(ctx, meta ? { meta: ['base:allocation'] } : {});
-      const off = ctx.env.scratch(65536);
-      const cmds: [string, number][] = [];
-      if (!(s.transmissionFlags & TF.READ_ONLY)) cmds.push(['WRITE', Cmd.WRITE]);
-      if (s.transmissionFlags & TF.SEND_TRIM) cmds.push(['TRIM', Cmd.TRIM]);
-      if (s.transmissionFlags & TF.SEND_WRITE_ZEROES) cmds.push(['WRITE_ZEROES', Cmd.WRITE_ZEROES]);
-      if (meta) cmds.push(['BLOCK_STATUS', Cmd.BLOCK_STATUS]);
-      for (const [name, type] of cmds) {
-        const r = await conn.request({ type, offset: off, length: 0 });
-        ctx.observe(`${name} length 0: ${describeReply(r)}`);
-      }
-      await usableAfter(ctx, conn, 'zero-length requests', 'SHOULD');
+    meta: (ctx) => ctx.env.rw.meta && ctx.env.rw.contexts.includes('base:allocation'),
+    requests(ctx, s) {
+      const offset = ctx.env.scratch(65536);
+      const advertised: [string, number, boolean][] = [
+        ['WRITE', Cmd.WRITE, !(s.transmissionFlags & TF.READ_ONLY)],
+        ['TRIM', Cmd.TRIM, (s.transmissionFlags & TF.SEND_TRIM) !== 0],
+        ['WRITE_ZEROES', Cmd.WRITE_ZEROES, (s.transmissionFlags & TF.SEND_WRITE_ZEROES) !== 0],
+        ['BLOCK_STATUS', Cmd.BLOCK_STATUS, ctx.env.rw.meta && ctx.env.rw.contexts.includes('base:allocation')],
+      ];
+      return advertised.filter(([, , on]) => on).map(([name, type]) => [`${name} length 0`, { type, offset, length: 0 }] as const);
     },
+    after: 'zero-length requests',
   }),
-  nbdCase({
+  probeCase({
     id: 'nbd/transmission/flush-with-length',
     section: sec(`${TX} NBD_CMD_FLUSH`, 'B43'),
     level: 'MAY',
     title: 'FLUSH with a non-zero length: a client error, no disconnect',
     description: 'Sends NBD_CMD_FLUSH with offset 0 and length 512.',
     expectation: 'Accepting or refusing it are both seen (info); the server SHOULD NOT disconnect.',
-    async run(ctx) {
-      requireFlag(ctx, TF.SEND_FLUSH);
-      const { conn } = await session(ctx);
-      const r = await conn.request({ type: Cmd.FLUSH, offset: 0, length: 512 });
-      ctx.observe(`FLUSH length 512: ${describeReply(r)}`);
-      await usableAfter(ctx, conn, 'FLUSH with a length', 'SHOULD');
-    },
+    needs: [{ flag: TF.SEND_FLUSH }],
+    requests: () => [['FLUSH length 512', { type: Cmd.FLUSH, offset: 0, length: 512 }]],
+    after: 'FLUSH with a length',
   }),
   nbdCase({
     id: 'nbd/transmission/survives-errors',
