@@ -26,6 +26,8 @@ const BLOCK = 64 * 1024;
 /** The disk at snapshot time: this byte in the first MiB, zeroes after. */
 const OLD = 0x11;
 const NEW = 0x22;
+/** The second writer's byte (through an alias of the snapshot store). */
+const STORE = 0x33;
 /** The first snapshot read under QEMU's throttle passes at once and fills its bucket; it reads
  * here, a cluster no one writes. */
 const WARM_OFFSET = 512 * 1024;
@@ -46,6 +48,8 @@ export interface AliasStep {
  * a writer the exports are read and must all show the file's content. */
 export interface AliasDrive {
   writer?: string;
+  /** A second write, through this export, after the first (same range). */
+  thenWriter?: string;
   /** Exports that must show the snapshot (the disk's content before any write). */
   snapshots: readonly string[];
   race?: boolean;
@@ -59,6 +63,8 @@ export interface AliasBuilder {
   file(node: string, image: string, opts?: { readOnly?: boolean }): AliasStep;
   /** A zero-filled raw image file node of the disk's size (cbw target). */
   blankFile(node: string): AliasStep;
+  /** The path of the image blankFile(node) made. */
+  blank(node: string): string;
   /** The temp image: qcow2 (QEMU) or overlay (reference) over its own file, backed by `backing`. */
   temp(node: string, backing: string): AliasStep[];
   /** A filter that makes reads on this path slow: delay (reference), throttle (QEMU). */
@@ -143,6 +149,14 @@ export const ALIAS_CASES: readonly AliasCaseSpec[] = [
     drive: { writer: 'live', snapshots: ['fleece'] },
   },
   {
+    name: 'alias/writable-export-on-target-alias',
+    title: 'Modern fleecing, and a writable export on a second file node over the cbw target\'s file',
+    section: 'docs/requirements/qemu-fleecing.md §6 B6 (a writer on the cbw target), §2.3',
+    hazard: 'a write there lands in the snapshot store itself: the snapshot of a copied cluster becomes data that was never on the disk (B6 through an alias: cbw shares write on its target)',
+    steps: (b) => [...modernOverFile(b), b.file('temp-alias', b.blank('temp')), b.exportNbd('alias', 'temp-alias', true)],
+    drive: { writer: 'live', thenWriter: 'alias', snapshots: ['fleece'] },
+  },
+  {
     name: 'alias/readonly-export-on-source-alias',
     title: 'Modern fleecing, and a read-only export on a second file node over the source file (a live reader, not a snapshot)',
     section: 'docs/requirements/qemu-fleecing.md §1.4 (a read-only export on the source, accepted)',
@@ -186,6 +200,7 @@ function builder(s: PermSession, prefix: string, blank: (p: string) => void): Al
       blank(img);
       return file(node, img);
     },
+    blank: (node) => path.join(s.dir, `${p(node)}.raw`),
     temp(node, backing) {
       return [file(`${node}-file`, s.image(p(`${node}-file`))), { command: 'blockdev-add', args: { driver: s.qcow2Driver, 'node-name': p(node), file: p(`${node}-file`), backing: p(backing) } }];
     },
@@ -210,7 +225,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 function postSnapshotByte(data: Buffer, offset: number): string | undefined {
   for (let i = 0; i < data.length; i++) {
     const want = offset + i < MiB ? OLD : 0;
-    if (data[i] !== want) return `byte at offset ${offset + i} is 0x${data[i]!.toString(16)}, the snapshot holds 0x${want.toString(16)}${data[i] === NEW ? ' (the live write\'s byte: post-snapshot data)' : ''}`;
+    if (data[i] !== want) return `byte at offset ${offset + i} is 0x${data[i]!.toString(16)}, the snapshot holds 0x${want.toString(16)}${data[i] === NEW ? ' (the live write\'s byte: post-snapshot data)' : data[i] === STORE ? ' (the byte written through the alias of the snapshot store: data that was never on the disk)' : ''}`;
   }
   return undefined;
 }
@@ -230,7 +245,7 @@ async function drive(ctx: CaseContext<PermEnv>, s: PermSession, spec: AliasCaseS
     conns.set(id, conn);
     return conn;
   };
-  for (const id of [...spec.drive.snapshots, ...(spec.drive.writer ? [spec.drive.writer] : [])]) await connect(id);
+  for (const id of [...spec.drive.snapshots, ...(spec.drive.writer ? [spec.drive.writer] : []), ...(spec.drive.thenWriter ? [spec.drive.thenWriter] : [])]) await connect(id);
   const t0 = Date.now();
   const rel = (t: number) => `${t - t0} ms`;
   let safe = true;
@@ -240,10 +255,10 @@ async function drive(ctx: CaseContext<PermEnv>, s: PermSession, spec: AliasCaseS
     if (r.data && bad) safe = false;
     ctx.must(!r.data || !bad, `a READ of the snapshot on export '${prefix}${id}' returns the disk as it was at the snapshot, never post-snapshot data`, bad ? `${what}: ${bad}` : undefined);
   };
-  const writer = spec.drive.writer ? conns.get(spec.drive.writer)! : undefined;
-  const write = async () => {
-    const r = await writer!.request({ type: Cmd.WRITE, offset: 0, payload: Buffer.alloc(BLOCK, NEW) });
-    ctx.observe(`WRITE offset 0 length ${BLOCK} of 0x${NEW.toString(16)} on export '${prefix}${spec.drive.writer}' replied at ${rel(Date.now())}${r.error ? ` with NBD error ${r.error}` : ''}`);
+  const writer = spec.drive.writer;
+  const write = async (id = spec.drive.writer!, byte = NEW) => {
+    const r = await conns.get(id)!.request({ type: Cmd.WRITE, offset: 0, payload: Buffer.alloc(BLOCK, byte) });
+    ctx.observe(`WRITE offset 0 length ${BLOCK} of 0x${byte.toString(16)} on export '${prefix}${id}' replied at ${rel(Date.now())}${r.error ? ` with NBD error ${r.error}` : ''}`);
     return r;
   };
   const [snap] = spec.drive.snapshots;
@@ -273,6 +288,7 @@ async function drive(ctx: CaseContext<PermEnv>, s: PermSession, spec: AliasCaseS
     await w;
   } else {
     await write();
+    if (spec.drive.thenWriter) await write(spec.drive.thenWriter, STORE);
   }
   for (const id of spec.drive.snapshots) judge('after the write', id, 0, await readAt(conns.get(id)!, 0));
   return safe;

@@ -183,3 +183,46 @@ describe('permissions across the nodes of one file (as QEMU\'s image locks check
     await g.close();
   });
 });
+
+describe('the snapshot store and the reads around copy-before-write', () => {
+  it('a writer on a second node over the cbw target\'s file is refused: its writes change the snapshot behind cbw', () => {
+    const tempImage = path.join(dir, 'temp.img');
+    fs.writeFileSync(tempImage, '');
+    fs.truncateSync(tempImage, SIZE);
+    const g = new BlockGraph();
+    g.addNode({ driver: 'file', 'node-name': 'disk', filename: image });
+    g.addNode({ driver: 'file', 'node-name': 'temp', filename: tempImage });
+    g.addNode({ driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'disk', target: 'temp' });
+    g.addNode({ driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
+    exportOn(g, 'fl-cbw', true);
+    exportOn(g, 'fl-access', false);
+    g.addNode({ driver: 'file', 'node-name': 'temp-alias', filename: tempImage });
+    expect(refusal(() => exportOn(g, 'temp-alias', true))).toMatch(/^copy-before-write node 'fl-cbw' keeps its snapshot in file '.*temp.img' \(device \d+, inode \d+\) \(node 'temp' under its target 'temp'\), which node 'temp-alias' also opens and writes/);
+    exportOn(g, 'temp-alias', false);
+  });
+
+  it('a modern target backed by an alias of the source is accepted (snapshot-access reads only what cbw copied from it) and keeps the snapshot; a reader of that target directly is refused', async () => {
+    const g = new BlockGraph();
+    g.addNode({ driver: 'file', 'node-name': 'disk', filename: image });
+    g.addNode({ driver: 'file', 'node-name': 'disk-alias', filename: image, 'read-only': true });
+    g.addNode({ driver: 'overlay', 'node-name': 'temp', file: { driver: 'memory', size: SIZE }, backing: 'disk-alias' });
+    g.addNode({ driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'disk', target: 'temp' });
+    g.addNode({ driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
+    const live = exportOn(g, 'fl-cbw', true);
+    const fleece = exportOn(g, 'fl-access', false);
+    await live.write(0, Buffer.alloc(4096, NEW));
+    expect((await fleece.read(0, 64 * KiB)).every((b) => b === OLD)).toBe(true);
+    expect(refusal(() => exportOn(g, 'temp', false))).toMatch(/reads of the target reach file .* by 'temp' -> 'disk-alias', not through 'disk'/);
+    await g.close();
+  });
+
+  it('no alias needed: a legacy temp backed by the file node under a raw source (not the source node itself) is refused the same way', async () => {
+    const g = new BlockGraph();
+    g.addNode({ driver: 'file', 'node-name': 'disk', filename: image });
+    g.addNode({ driver: 'raw', 'node-name': 'source', file: 'disk' });
+    g.addNode({ driver: 'overlay', 'node-name': 'temp', file: { driver: 'memory', size: SIZE }, backing: 'disk' });
+    exportOn(g, 'source', true);
+    expect(refusal(() => g.startBackup({ jobId: 'fleecing', device: 'source', target: 'temp', sync: 'none' }))).toMatch(/by 'temp' -> 'disk', not through 'source'/);
+    await g.close();
+  });
+});

@@ -131,26 +131,38 @@ export class StorageChecker {
     }
   }
 
-  /** Copy-before-write `cbw`: does its target reach the source's storage other than through the
-   * node cbw filters, while that storage can be written? */
+  /** Copy-before-write `cbw`: can a reader of its snapshot see a write that bypasses it? */
   private checkBypass(cbw: BlockNode, nodes: readonly BlockNode[]): void {
     const file = cbw.children.find((c) => c.name === 'file')?.node;
     const target = cbw.children.find((c) => c.name === 'target')?.node;
     if (!file || !target) return;
-    // The source's storages: every protocol node the filtered source stands on.
-    const sourceStorage = new Map<string, BlockNode>();
-    const below = (n: BlockNode, f: (m: BlockNode) => void, seen = new Set<BlockNode>()): void => {
-      if (seen.has(n)) return;
-      seen.add(n);
-      f(n);
-      for (const c of n.children) below(c.node, f, seen);
-    };
-    below(file, (n) => {
-      const s = n.storage();
-      if (s && !sourceStorage.has(s.key)) sourceStorage.set(s.key, n);
-    });
-    if (sourceStorage.size === 0) return;
-    // Depth-first from the target, not through the source node itself (that way is serialised).
+    const writersOf = (key: string, except: ReadonlySet<BlockNode>) =>
+      nodes.filter((m) => !except.has(m) && m.storage()?.key === key && cumulative(m).perm & PERM.WRITE);
+    const names = (ns: readonly BlockNode[]) => ns.map((w) => `node '${w.nodeName}'`).join(', ');
+
+    // (a) Where cbw's copies land: the target and its data children (not its backing, which is
+    // only read). Another writer of that storage changes the snapshot behind cbw's back.
+    const store = storagesBelow(target, (c) => c.role !== 'cow');
+    for (const [key, holder] of store.byKey) {
+      const writers = writersOf(key, store.nodes);
+      if (writers.length > 0) {
+        throw new BlockError(
+          'EPERM',
+          `copy-before-write node '${cbw.nodeName}' keeps its snapshot in ${where(holder.storage()!)} (node '${holder.nodeName}' under its target '${target.nodeName}'), ` +
+            `which ${names(writers)} also opens and writes: those writes bypass copy-before-write and change the snapshot`,
+          { node: cbw.nodeName },
+        );
+      }
+    }
+
+    // (b) A target read other than through cbw's snapshot API (the legacy temp image, read by
+    // the export and held by the backup job) falls through to its backing for what cbw has not
+    // copied. If that reaches the source's storage by another node than the one cbw filters,
+    // the read sees the guest's writes with no copy first and no serialisation against it.
+    const readOutside = target.parents.some((e) => e.parent !== cbw);
+    if (!readOutside) return;
+    const source = storagesBelow(file, () => true);
+    if (source.byKey.size === 0) return;
     const path: BlockNode[] = [];
     const seen = new Set<BlockNode>();
     const walk = (n: BlockNode): void => {
@@ -158,16 +170,16 @@ export class StorageChecker {
       seen.add(n);
       path.push(n);
       const s = n.storage();
-      const src = s && sourceStorage.get(s.key);
+      const src = s && source.byKey.get(s.key);
       if (s && src) {
-        const writers = nodes.filter((m) => m.storage()?.key === s.key && cumulative(m).perm & PERM.WRITE);
+        const writers = writersOf(s.key, new Set());
         if (writers.length > 0) {
           const route = path.map((m) => `'${m.nodeName}'`).join(' -> ');
           throw new BlockError(
             'EPERM',
             `copy-before-write node '${cbw.nodeName}' cannot keep its target '${target.nodeName}' a snapshot of '${file.nodeName}': ` +
               `reads of the target reach ${where(s)} by ${route}, not through '${file.nodeName}', and that file is the storage of node '${src.nodeName}' under the source, ` +
-              `written through ${writers.map((w) => `node '${w.nodeName}'`).join(', ')}; those reads bypass copy-before-write and the serialisation of its copies into the target, ` +
+              `written through ${names(writers)}; those reads bypass copy-before-write and the serialisation of its copies into the target, ` +
               `so they can return data written after the snapshot (use '${file.nodeName}' itself in the target's chain)`,
             { node: cbw.nodeName },
           );
@@ -178,4 +190,19 @@ export class StorageChecker {
     };
     walk(target);
   }
+}
+
+/** The protocol nodes at or below `top` through the children `follow` accepts, by storage. */
+function storagesBelow(top: BlockNode, follow: (c: BlockNode['children'][number]) => boolean): { byKey: Map<string, BlockNode>; nodes: Set<BlockNode> } {
+  const byKey = new Map<string, BlockNode>();
+  const nodes = new Set<BlockNode>();
+  const visit = (n: BlockNode): void => {
+    if (nodes.has(n)) return;
+    nodes.add(n);
+    const s = n.storage();
+    if (s && !byKey.has(s.key)) byKey.set(s.key, n);
+    for (const c of n.children) if (follow(c)) visit(c.node);
+  };
+  visit(top);
+  return { byKey, nodes };
 }
