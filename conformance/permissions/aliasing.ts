@@ -1,5 +1,5 @@
 // Aliasing graphs: two protocol nodes over one image file (docs/requirements/qemu-fleecing.md §1;
-// docs/design.md "Storage identity"). Each row builds a graph over QMP in which a second `file`
+// docs/design.md "Storage, not nodes"). Each row builds a graph over QMP in which a second `file`
 // node opens the source's file - as the legacy temp image's backing, as a cbw target, exported
 // writable or read-only - or two read-only nodes share a file no one writes. The spec's
 // permission model has no storage yet, so nothing here is an expectation from a model: the wire
@@ -108,7 +108,7 @@ export const ALIAS_CASES: readonly AliasCaseSpec[] = [
   {
     name: 'alias/legacy-backing',
     title: 'Legacy fleecing whose temp image is backed by a second file node over the source file',
-    section: 'docs/requirements/qemu-fleecing.md §3, §5.2 (the serialisation the temp relies on), §1.4',
+    section: 'docs/requirements/qemu-fleecing.md §3, §5.2 (the serialisation the temp relies on), §6 B11',
     hazard: `${BYPASS} (the backup's copies into the temp are serialising only when the temp's chain contains the source node)`,
     steps: (b) => [
       b.file('disk', b.disk('disk')),
@@ -151,7 +151,7 @@ export const ALIAS_CASES: readonly AliasCaseSpec[] = [
   {
     name: 'alias/writable-export-on-target-alias',
     title: 'Modern fleecing, and a writable export on a second file node over the cbw target\'s file',
-    section: 'docs/requirements/qemu-fleecing.md §6 B6 (a writer on the cbw target), §2.3',
+    section: 'docs/requirements/qemu-fleecing.md §6 B6 (a writer on the cbw target), B12',
     hazard: 'a write there lands in the snapshot store itself: the snapshot of a copied cluster becomes data that was never on the disk (B6 through an alias: cbw shares write on its target)',
     steps: (b) => [...modernOverFile(b), b.file('temp-alias', b.blank('temp')), b.exportNbd('alias', 'temp-alias', true)],
     drive: { writer: 'live', thenWriter: 'alias', snapshots: ['fleece'] },
