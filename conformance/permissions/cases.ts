@@ -24,6 +24,7 @@ import {
 import type { CaseContext, CaseDef } from '../runner/model.ts';
 import type { QmpReply } from '../qmp/client.ts';
 import { permLabOf, type PermLab, type PermSession } from './targets.ts';
+import { aliasCases } from './aliasing.ts';
 
 export interface PermEnv {
   lab: PermLab;
@@ -261,7 +262,7 @@ export function buildPermissionCases(model: ModelOptions = QEMU_7_2): CaseDef<Pe
   return PERM_CASES.map((c, i) => permCase(c, i + 1, model));
 }
 
-export const permissionCases: readonly CaseDef<PermEnv>[] = buildPermissionCases();
+export const permissionCases: readonly CaseDef<PermEnv>[] = [...buildPermissionCases(), ...aliasCases];
 
 export async function setupPerm(target: Parameters<typeof permLabOf>[0]): Promise<PermEnv> {
   return { lab: permLabOf(target) };

@@ -8,11 +8,12 @@ import type { CaseResult, RunResult, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
 import { run } from '../runner/run.ts';
 import { OBSERVED, PERM_CASES, permissionCases, setupPerm, type PermEnv } from './cases.ts';
-import { PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
+import { KNOWN_BAD_PERM_FLAVORS, PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
+import { listTargets, registerTarget } from '../targets/registry.ts';
 import { evaluate } from '../../spec/models/permissions/index.ts';
 
 /** A target registered by another module: `reference...` is fleece serve, `qemu...` QEMU. */
-const flavorName = (n: string) => (n.startsWith('qemu') ? 'qemu' : n.startsWith('reference') ? 'reference' : n);
+const flavorName = (n: string) => (findPermFlavor(n) ? n : n.startsWith('qemu') ? 'qemu' : n.startsWith('reference') ? 'reference' : n);
 
 export const permissionsSuite: Suite<PermEnv> = {
   name: 'permissions',
@@ -38,6 +39,9 @@ export const permissionsSuite: Suite<PermEnv> = {
 };
 
 registerSuite(permissionsSuite);
+
+// The known-bad permission targets by name, for `fleece conform --target T --suite permissions`.
+for (const f of KNOWN_BAD_PERM_FLAVORS) if (!listTargets().some((t) => t.name === f.name)) registerTarget(permTargetDef(f));
 
 export async function runPermissions(flavors: readonly PermFlavor[], opts: { filter?: string[]; seed?: number } = {}): Promise<RunResult> {
   return run({ targets: flavors.map(permTargetDef), suites: [permissionsSuite], filter: opts.filter ?? [], seed: opts.seed ?? 1, timeoutMs: 2000, startTimeoutMs: 20_000 });
@@ -108,4 +112,4 @@ export function writeAgreement(rows: readonly AgreementRow[], dir = path.resolve
   return md;
 }
 
-export { PERM_FLAVORS, findPermFlavor, permTargetDef } from './targets.ts';
+export { KNOWN_BAD_PERM_FLAVORS, PERM_FLAVORS, findPermFlavor, permTargetDef } from './targets.ts';

@@ -19,6 +19,8 @@ export interface PermSession {
   readonly dir: string;
   /** The blockdev-add driver this daemon uses for the model's qcow2 nodes. */
   readonly qcow2Driver: string;
+  /** Added to every `file` node the aliasing cases create (a known-bad target's UNSAFE option). */
+  readonly fileOptions?: Readonly<Record<string, unknown>>;
   /** Path of the image behind a `file` node of this name (created on demand). */
   image(nodeName: string): string;
   exited(): string | undefined;
@@ -33,7 +35,7 @@ export interface PermFlavor {
   start(dir: string, timeoutMs: number): Promise<PermSession>;
 }
 
-async function startDaemon(label: string, command: string, args: string[], dir: string, timeoutMs: number, qcow2Driver: string, makeImage: (p: string) => void): Promise<PermSession> {
+async function startDaemon(label: string, command: string, args: string[], dir: string, timeoutMs: number, qcow2Driver: string, makeImage: (p: string) => void, fileOptions?: Record<string, unknown>): Promise<PermSession> {
   const qmpPath = path.join(dir, 'qmp.sock');
   const proc = command === 'fleece'
     ? new ManagedProcess(label, spawn(process.execPath, [path.join(REPO, 'bin/fleece.mjs'), 'serve', ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] }))
@@ -58,6 +60,7 @@ async function startDaemon(label: string, command: string, args: string[], dir: 
     qmp,
     dir,
     qcow2Driver,
+    ...(fileOptions ? { fileOptions } : {}),
     image(nodeName) {
       const p = path.join(dir, `${nodeName.replace(/[^A-Za-z0-9_-]/g, '_')}.img`);
       if (!fs.existsSync(p)) makeImage(p);
@@ -97,8 +100,23 @@ export const PERM_FLAVORS: readonly PermFlavor[] = [
   },
 ];
 
+const blankImage = (p: string) => {
+  fs.writeFileSync(p, '');
+  fs.truncateSync(p, SIZE);
+};
+
+/** Known-bad permission targets: each check of the aliasing cases is shown failing on one. */
+export const KNOWN_BAD_PERM_FLAVORS: readonly PermFlavor[] = [
+  {
+    name: 'reference-no-storage-identity',
+    summary: 'fleece serve with the UNSAFE x-no-storage-identity on every file node of the aliasing cases: nodes over one file are separate disks to it (known bad)',
+    peers: [],
+    start: (dir, timeoutMs) => startDaemon('fleece serve', 'fleece', monitorArgs(dir), dir, Math.max(timeoutMs, 20_000), 'overlay', blankImage, { 'x-no-storage-identity': true }),
+  },
+];
+
 export function findPermFlavor(name: string): PermFlavor | undefined {
-  return PERM_FLAVORS.find((f) => f.name === name);
+  return PERM_FLAVORS.find((f) => f.name === name) ?? KNOWN_BAD_PERM_FLAVORS.find((f) => f.name === name);
 }
 
 /** One daemon for the whole suite run (a fleece serve start costs seconds); every case builds

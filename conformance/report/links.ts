@@ -90,7 +90,7 @@ function docRefs(doc: string, rest: string, href: string): string {
     let anchor: string | undefined;
     if (m[1] !== undefined && !doc.endsWith('design.md')) anchor = m[2] !== undefined ? `s${m[1]}-${m[2]}` : `s${m[1]}`;
     else if (m[3] !== undefined && isNbd && Number(m[4]) >= 1 && Number(m[4]) <= 79) anchor = `${m[3].toLowerCase()}${m[4]}`;
-    else if (m[3] === 'B' && isQemu && Number(m[4]) <= 10) anchor = `b${m[4]}`;
+    else if (m[3] === 'B' && isQemu && Number(m[4]) <= 12) anchor = `b${m[4]}`;
     else if (m[5] !== undefined && (doc.endsWith('design.md') || doc.endsWith('architecture.md'))) anchor = slug(m[5]);
     if (!anchor) continue;
     out += esc(rest.slice(last, m.index)) + a(`${href}#${anchor}`, m[0]);

@@ -27,7 +27,8 @@ describe('permissions: spec model vs qemu-storage-daemon 7.2 vs fleece serve', (
       expect(r.targets.reference?.agrees, `${r.case}: reference\n${table}`).toBe(true);
       expect(r.targetsAgree, `${r.case}\n${table}`).toBe(true);
     }
-    for (const x of result.results) {
+    // The aliasing cases have no model expectation (permissions-aliasing.test.ts covers them).
+    for (const x of result.results.filter((r) => !r.id.startsWith('permissions/alias/'))) {
       if (x.id.endsWith('on-temp')) {
         expect(x.verdict).toBe('non-strict');
         expect(x.reason).toMatch(/^SHOULD: HAZARD: the graph is accepted but unsafe/);

@@ -12,6 +12,7 @@ import type { DriverContext, DriverFactory } from './drivers/registry.ts';
 import { BdrvChild, BlockNode, type Parent } from './node.ts';
 import { OptionReader } from './options.ts';
 import { PERM, PERM_ALL, permListQapi, permNames, type ChildRole } from './perm.ts';
+import { StorageChecker } from './storage.ts';
 
 /** Undo log of one graph change. */
 export class Transaction {
@@ -52,6 +53,8 @@ export class BlockGraph {
   private readonly drivers: Readonly<Record<string, DriverFactory>>;
   /** Breakpoints at named internal events, shared by every node of this graph. */
   readonly breakpoints = new Breakpoints();
+  /** Nodes over one file are one disk: permissions across them, snapshot bypass (storage.ts). */
+  private readonly storageChecker = new StorageChecker();
 
   /** `drivers` replaces the driver table: tests use it to run known-bad driver variants. */
   constructor(opts: { drivers?: Readonly<Record<string, DriverFactory>> } = {}) {
@@ -159,6 +162,9 @@ export class BlockGraph {
     }
     if (!check) return;
     for (const node of this.nodes.values()) this.checkParents(node);
+    const nodes = [...this.nodes.values()];
+    this.storageChecker.check(nodes);
+    this.storageChecker.commit(nodes);
   }
 
   /** bdrv_parent_perms_conflict with bdrv_a_allow_b: a allows b iff (b.perm & a.shared) == b.perm. */

@@ -4,6 +4,7 @@
 // block/io.c: bounds checks, tracked requests and the serialising wait rules, dirty bitmaps.
 import { ClusterBitmap } from './bitmap.ts';
 import type { Breakpoints } from './breakpoints.ts';
+import type { StorageIdentity } from './storage.ts';
 import { BlockError } from './errors.ts';
 import { filterDefaultPerms, PERM, PERM_ALL, permNames, type ChildRole, type PermPair } from './perm.ts';
 import { TrackedRequests, type TrackedRequestType } from './tracked-requests.ts';
@@ -203,6 +204,12 @@ export abstract class BlockNode implements Parent {
   }
 
   async close(): Promise<void> {}
+
+  /** The storage this node opens, for protocol nodes whose storage others can open too (a
+   * file); undefined: private storage, or none of its own (storage.ts). */
+  storage(): StorageIdentity | undefined {
+    return undefined;
+  }
 
   // ---- the generic layer (block/io.c) --------------------------------------------------------
 

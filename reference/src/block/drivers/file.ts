@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import { BlockError, type Errno } from '../errors.ts';
 import { BlockNode, readBuffers } from '../node.ts';
 import type { PermPair } from '../perm.ts';
+import type { StorageIdentity } from '../storage.ts';
 import type { RequestFlags } from '../types.ts';
 import type { DriverContext } from './registry.ts';
 
@@ -36,15 +37,22 @@ export class FileNode extends BlockNode {
   private size: number;
   /** UNSAFE, known bad: flush and FUA do not reach stable storage. */
   private readonly skipFlush: boolean;
+  /** The open file's device and inode (storage.ts); undefined with the UNSAFE
+   * x-no-storage-identity, which makes this node private storage as if no other could alias it. */
+  private readonly storageId: StorageIdentity | undefined;
 
   constructor(ctx: DriverContext) {
     super(ctx.nodeName, 'file', ctx.common);
     this.filename = ctx.opts.requiredString('filename');
     this.skipFlush = ctx.opts.bool('x-skip-flush', false);
+    const noIdentity = ctx.opts.bool('x-no-storage-identity', false);
     ctx.opts.ignore('aio', 'locking', 'cache', 'x-check-cache-dropped', 'pr-manager', 'drop-cache');
     try {
       this.fd = fs.openSync(this.filename, this.readOnly ? 'r' : 'r+');
-      this.size = fs.fstatSync(this.fd).size;
+      // fstat of the descriptor, not stat of the path: identity is what was opened.
+      const st = fs.fstatSync(this.fd, { bigint: true });
+      this.size = Number(st.size);
+      this.storageId = noIdentity ? undefined : { key: `${st.dev}:${st.ino}`, file: this.filename, dev: String(st.dev), ino: String(st.ino) };
     } catch (e) {
       throw new BlockError('ENOENT', `Could not open '${this.filename}': ${(e as Error).message}`, { node: ctx.nodeName });
     }
@@ -52,6 +60,10 @@ export class FileNode extends BlockNode {
 
   length(): number {
     return this.size;
+  }
+
+  override storage(): StorageIdentity | undefined {
+    return this.storageId;
   }
 
   childPerm(): PermPair {
