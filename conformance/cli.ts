@@ -44,7 +44,7 @@ function mkdirs(dir: string): void {
 const colorByDefault = (): boolean => process.stdout.isTTY === true && !process.env.NO_COLOR;
 
 const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PREFIX]... [--case ID]... [--strict]
-                      [--list] [--seed N] [--json] [--out DIR] [--timeout MS] [--no-color]
+                      [--fail-fast] [--list] [--seed N] [--json] [--out DIR] [--timeout MS] [--no-color]
 
   --target T      a built-in target (${'%TARGETS%'})
                   or an NBD URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH
@@ -58,6 +58,8 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
   --case ID       run exactly the case ID (repeatable; beside --filter)
   --strict        SHOULD violations (non-strict) fail the run too
+  --fail-fast     stop at the first failure (a failed MUST, a harness error; with --strict
+                  also a failed SHOULD): the cases after it are skipped, saying so
   --list          list the selected cases and exit
   --seed N        seed for randomised cases (printed with every run)
   --json          print results.json to stdout (progress goes to stderr)
@@ -78,6 +80,7 @@ interface Args {
   filter: string[];
   cases: string[];
   strict: boolean;
+  failFast: boolean;
   list: boolean;
   seed?: number;
   json: boolean;
@@ -88,7 +91,7 @@ interface Args {
 }
 
 export function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { targets: [], suites: [], filter: [], cases: [], strict: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
+  const a: Args = { targets: [], suites: [], filter: [], cases: [], strict: false, failFast: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -124,6 +127,9 @@ export function parseArgs(argv: readonly string[]): Args {
         break;
       case '--strict':
         a.strict = true;
+        break;
+      case '--fail-fast':
+        a.failFast = true;
         break;
       case '--list':
         a.list = true;
@@ -216,6 +222,7 @@ const command: Subcommand = {
         filter: args.filter,
         cases: args.cases,
         strict: args.strict,
+        failFast: args.failFast,
         timeoutMs: args.timeoutMs,
         ...(args.seed !== undefined ? { seed: args.seed } : {}),
         onProgress: (e) => {

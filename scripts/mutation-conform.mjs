@@ -11,6 +11,9 @@
 // the mutant's doing. The log below keeps which of the two it was, so the summary can tell a
 // mutant caught by a MUST from one that only broke the daemon.
 //
+// `--fail-fast`: a mutant is killed by its first failure, so the run stops there; only survivors
+// (and the dry run) pay for the whole catalogue. The log then names that first failure only.
+//
 // Usage: node scripts/mutation-conform.mjs [--log FILE]   (FILE: one JSON line per run)
 import { spawnSync } from 'node:child_process';
 import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -25,7 +28,7 @@ const out = mkdtempSync(path.join(tmpdir(), 'fleece-mutant-'));
 const started = Date.now();
 const res = spawnSync(
   process.execPath,
-  ['bin/fleece.mjs', 'conform', '--target', 'reference', '--target', 'reference-legacy', '--no-color', '--out', out],
+  ['bin/fleece.mjs', 'conform', '--target', 'reference', '--target', 'reference-legacy', '--fail-fast', '--no-color', '--out', out],
   { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, env: { ...process.env, NO_COLOR: '1' } },
 );
 const code = res.status ?? 2;

@@ -37,6 +37,9 @@ export interface RunOptions {
   startTimeoutMs?: number;
   /** Cases run at once against one target (each case uses its own connections and scratch). */
   concurrency?: number;
+  /** Stop at the first failed MUST or harness error: the cases after it are skipped, saying why
+   * (a CI job that only needs to know whether anything fails; the mutation judge). */
+  failFast?: boolean;
   onProgress?: (e: ProgressEvent) => void;
 }
 
@@ -254,7 +257,14 @@ export async function run(opts: RunOptions): Promise<RunResult> {
   const targets: TargetSummary[] = [];
   const selected = opts.suites.map((s) => ({ suite: s, cases: selectCases(s, filter, opts.cases) })).filter((s) => s.cases.length > 0);
   const total = selected.reduce((a, s) => a + s.cases.length, 0);
+  /** Set by the first failure under failFast: why everything after it is not run. */
+  let stopped: string | undefined;
   for (const def of opts.targets) {
+    if (stopped) {
+      targets.push({ name: def.name, description: def.summary, facts: {} });
+      for (const { suite, cases } of selected) results.push(...harnessResults(cases, suite.name, def.name, `not run: ${stopped}`, 'skipped'));
+      continue;
+    }
     const summary: TargetSummary = { name: def.name, description: def.summary, facts: {} };
     targets.push(summary);
     const workDirs: string[] = [];
@@ -298,6 +308,10 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       for (const x of summary.notApplicable ?? []) opts.onProgress?.({ kind: 'not-applicable', target: def.name, suite: x.suite, reason: x.reason });
       for (const { suite, cases } of selected) {
         if (notApplicable.has(suite.name)) continue;
+        if (stopped) {
+          harnessResults(cases, suite.name, def.name, `not run: ${stopped}`, 'skipped').forEach(emit);
+          continue;
+        }
         const missing = suite.roles.filter((r) => !target!.exports[r]);
         if (missing.length) {
           harnessResults(cases, suite.name, def.name, `target has no '${missing.join("', '")}' export for suite ${suite.name}`, 'skipped').forEach(emit);
@@ -330,7 +344,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
           };
           const runSequentially = async (batch: CaseDef<unknown>[]) => {
             for (const c of batch) {
-              if (unreachable) return;
+              if (unreachable || stopped) return;
               const r = await runCase(c, suite.name, target!, env, { seed, timeoutMs });
               const death = await settle([r]);
               if (death) {
@@ -356,10 +370,11 @@ export async function run(opts: RunOptions): Promise<RunResult> {
           const emitHere = (r: CaseResult) => {
             ran.add(r.id);
             if (!unreachable && r.verdict === 'error' && r.reason.startsWith(UNREACHABLE)) unreachable = `${r.reason} (in ${r.id})`;
+            if (opts.failFast && !stopped && (r.verdict === 'fail' || r.verdict === 'error' || (opts.strict && r.verdict === 'non-strict'))) stopped = `--fail-fast: stopped after ${r.id} on ${def.name} (${r.verdict})`;
             emit(r);
           };
           for (const batch of batches) {
-            if (unreachable) break;
+            if (unreachable || stopped) break;
             if (batch.length === 1) {
               await runSequentially(batch);
               continue;
@@ -375,6 +390,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
           }
           // A target that stopped taking connections fails nothing more: one harness error says so.
           if (unreachable) harnessResults(cases.filter((c) => !ran.has(c.id)), suite.name, def.name, `not run: ${unreachable}`).forEach(emit);
+          else if (stopped) harnessResults(cases.filter((c) => !ran.has(c.id)), suite.name, def.name, `not run: ${stopped}`, 'skipped').forEach(emit);
         } finally {
           await suite.teardown?.(env);
         }

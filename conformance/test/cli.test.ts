@@ -25,6 +25,23 @@ describe('fleece conform', () => {
     expect(r.stdout).not.toMatch(/nbd\/transmission\//);
   });
 
+  it('--fail-fast stops at the first failed MUST: every case after it, on this target and the next, is skipped saying why; exit 1', () => {
+    const dir = path.join(out, 'fail-fast');
+    const r = fleece('--target', 'reference-racy', '--target', 'reference', '--suite', 'fleecing', '--fail-fast', '--out', dir, '--seed', '7', '--no-color');
+    expect(r.code, r.stderr).toBe(1);
+    const json = JSON.parse(fs.readFileSync(path.join(dir, 'results.json'), 'utf8'));
+    const results = json.results as { target: string; id: string; verdict: string; reason: string }[];
+    const failed = results.filter((x) => x.verdict === 'fail');
+    expect(failed).toHaveLength(1);
+    const after = results.slice(results.indexOf(failed[0]!) + 1);
+    expect(after.length).toBeGreaterThan(0);
+    expect(after.some((x) => x.target === 'reference')).toBe(true);
+    for (const x of after) {
+      expect(x.verdict).toBe('skipped');
+      expect(x.reason).toBe(`not run: --fail-fast: stopped after ${failed[0]!.id} on reference-racy (fail)`);
+    }
+  });
+
   it('exit 0 when every MUST passes; reports are written; the last line counts', () => {
     const dir = path.join(out, 'ok');
     const r = fleece('--target', 'qemu-nbd', '--filter', 'nbd/handshake/go', '--filter', 'nbd/bounds/write-past-end', '--out', dir, '--seed', '42', '--no-color');
