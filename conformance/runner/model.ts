@@ -43,7 +43,8 @@ export interface CaseContext<Env> {
   /** Default timeout for one expected reply: silence longer than this means hang or desync. */
   readonly timeoutMs: number;
   readonly wire: WireLog;
-  /** Records a requirement; returns `ok` so cases can branch on it. */
+  /** Records a requirement; returns `ok` so cases can branch on it. `observed` says what was seen
+   * instead, and is kept only when the check fails. */
   check(level: Level, ok: boolean, what: string, observed?: string): boolean;
   must(ok: boolean, what: string, observed?: string): boolean;
   should(ok: boolean, what: string, observed?: string): boolean;

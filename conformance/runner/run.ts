@@ -110,7 +110,9 @@ export async function runCase<Env>(
     timeoutMs: opts.timeoutMs,
     wire,
     check(level, ok, what, observed) {
-      checks.push({ level, ok, what, ...(observed !== undefined ? { observed } : {}) });
+      // `observed` describes a violation ("still open"): on a check that held it would read as the
+      // opposite of what happened, so it is kept only when the check fails. Facts go to observe().
+      checks.push({ level, ok, what, ...(observed !== undefined && !ok ? { observed } : {}) });
       return ok;
     },
     must(ok, what, observed) {

@@ -42,6 +42,21 @@ describe('fleece conform', () => {
     }
   });
 
+  it('a check that held carries no "observed" text: that text describes a violation', () => {
+    const dir = path.join(out, 'observed');
+    const r = fleece('--target', 'reference', '--case', 'nbd/handshake/abort', '--out', dir, '--no-color');
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(fs.readFileSync(path.join(dir, 'results.json'), 'utf8'));
+    const checks = json.results[0].checks as { ok: boolean; what: string; observed?: string }[];
+    expect(checks.map((c) => c.what)).toContain('the server closes the connection after acknowledging NBD_OPT_ABORT');
+    expect(checks.every((c) => c.ok && c.observed === undefined)).toBe(true);
+    const pages = fs.readdirSync(path.join(dir, 'html', 'cases'));
+    expect(pages).toHaveLength(1);
+    const page = fs.readFileSync(path.join(dir, 'html', 'cases', pages[0]!), 'utf8');
+    expect(page).toContain('the server closes the connection after acknowledging NBD_OPT_ABORT');
+    expect(page).not.toContain('still open');
+  });
+
   it('exit 0 when every MUST passes; reports are written; the last line counts', () => {
     const dir = path.join(out, 'ok');
     const r = fleece('--target', 'qemu-nbd', '--filter', 'nbd/handshake/go', '--filter', 'nbd/bounds/write-past-end', '--out', dir, '--seed', '42', '--no-color');
