@@ -35,6 +35,8 @@ export interface Pki {
   strangerDn: string;
   /** A CA nobody trusts, with a client certificate it signed: ca-cert.pem is the untrusted CA. */
   untrusted: X509Dir;
+  /** A server certificate for localhost that the untrusted CA signed (a server to refuse). */
+  untrustedServer: X509Dir;
   /** The right CA to trust, and a client certificate the untrusted CA signed. */
   untrustedClient: X509Dir;
   /** A server certificate of the right CA for another host name (wrong.invalid). */
@@ -127,6 +129,7 @@ export function makePki(root: string): Pki {
   const client = issue(ca, path.join(root, 'client'), 'client', ['cn = "fleece-client"', 'tls_www_client'], scratch, 'client');
   const stranger = issue(ca, path.join(root, 'stranger'), 'client', ['cn = "fleece-stranger"', 'tls_www_client'], scratch, 'stranger');
   const untrusted = issue(other, path.join(root, 'untrusted'), 'client', ['cn = "fleece-client"', 'organization = "fleece"', 'tls_www_client'], scratch, 'untrusted');
+  const untrustedServer = issue(other, path.join(root, 'untrusted-server'), 'server', ['cn = "localhost"', 'dns_name = "localhost"', 'ip_address = "127.0.0.1"', 'tls_www_server'], scratch, 'untrusted-server');
   const untrustedClient = issue(other, path.join(root, 'untrusted-client'), 'client', ['cn = "fleece-client"', 'organization = "fleece"', 'tls_www_client'], scratch, 'untrusted-client');
   fs.copyFileSync(ca.cert, untrustedClient.caCert);
   const wrongHost = issue(ca, path.join(root, 'wrong-host'), 'server', ['cn = "wrong.invalid"', 'organization = "fleece"', 'dns_name = "wrong.invalid"', 'tls_www_server'], scratch, 'wrong-host');
@@ -159,6 +162,7 @@ export function makePki(root: string): Pki {
     stranger,
     strangerDn: subjectDn(stranger.cert),
     untrusted,
+    untrustedServer,
     untrustedClient,
     wrongHost,
     psk: {
