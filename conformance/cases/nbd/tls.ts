@@ -80,7 +80,7 @@ async function attempt(ctx: Ctx, creds: TlsClientConfig, role = 'rw'): Promise<O
   try {
     tls = await conn.startTls(creds);
   } catch (e) {
-    if (e instanceof NbdClientError) return { kind: 'handshake-failed', why: e.message };
+    if (e instanceof NbdClientError) return { kind: 'handshake-failed', why: e.message.replace(/^TLS handshake failed: /, '') };
     throw e;
   }
   const go = await optionOutcome(conn, Opt.GO, encodeInfoRequest(ctx.target.exports[role]!.name, []));
