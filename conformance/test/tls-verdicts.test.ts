@@ -4,12 +4,17 @@
 // plaintext injected after STARTTLS (each hands it to GnuTLS, whose handshake then fails: safe,
 // and allowed), and QEMU 7.2 does not apply tls-authz to PSK identities. A few ordinary cases run
 // over TLS too, to show the suite does.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import '../suites.ts';
 import { nbdSuite } from '../cases/nbd/index.ts';
 import type { Verdict } from '../runner/model.ts';
 import { run } from '../runner/run.ts';
 import { resolveTarget } from '../targets/registry.ts';
+import { parseNbdUri } from '../targets/uri.ts';
 
 const OVER_TLS = ['nbd/handshake/go', 'nbd/transmission/structured-read', 'nbd/write/read-back', 'nbd/block-status/extents-valid'];
 
@@ -49,4 +54,27 @@ describe('TLS verdict matrix against the real servers', () => {
       expect(ordinary.filter((r) => r.verdict === 'pass').length).toBeGreaterThanOrEqual(target.startsWith('nbd-server') ? 2 : 4);
     });
   }
+});
+
+describe('nbds URIs as libnbd spells them', () => {
+  it('one URI string reaches qemu-storage-daemon over x509 and PSK from nbdinfo and from fleece conform', async () => {
+    for (const mode of ['x509', 'psk'] as const) {
+      const workDir = fs.mkdtempSync(path.join(os.tmpdir(), `tls-uri-${mode}-`));
+      const t = await resolveTarget(`qemu-storage-daemon-tls-${mode}`).start({ workDir, startTimeoutMs: 10_000 });
+      try {
+        const ref = t.exports.rw!;
+        const sock = (ref.address as { path: string }).path;
+        const tls = ref.tls!;
+        const uri = tls.type === 'x509' ? `nbds+unix:///${ref.name}?socket=${sock}&tls-certificates=${tls.certificates}` : `nbds+unix://${tls.identity}@/${ref.name}?socket=${sock}&tls-psk-file=${tls.pskFile}`;
+        expect(parseNbdUri(uri)).toEqual({ address: ref.address, name: ref.name, tls: tls.type === 'x509' ? { type: 'x509', certificates: tls.certificates, hostname: undefined, verifyPeer: undefined } : tls });
+        expect(execFileSync('nbdinfo', ['--size', uri], { encoding: 'utf8' }).trim()).toBe(String(64 << 20));
+        const ids = ['nbd/handshake/go', 'nbd/tls/starttls-twice', `nbd/tls/${mode}/accepted`];
+        const res = await run({ targets: [resolveTarget(uri)], suites: [nbdSuite], filter: ids, seed: 1 });
+        expect(res.results.filter((r) => ids.includes(r.id)).map((r) => `${r.id}: ${r.verdict}`)).toEqual(ids.map((id) => `${id}: pass`));
+      } finally {
+        await t.stop();
+        fs.rmSync(workDir, { recursive: true, force: true });
+      }
+    }
+  }, 60_000);
 });
