@@ -18,6 +18,7 @@ const TLS = 'proto.md "TLS support"';
 const FORCED = 'proto.md "FORCEDTLS mode"';
 const SELECTIVE = 'proto.md "SELECTIVETLS mode"';
 const STARTTLS = 'proto.md "Option types" NBD_OPT_STARTTLS';
+const AUTH = 'proto.md "Certificates, authentication and authorisation"';
 const sec = (spec: string, n: string) => `${spec}; docs/requirements/nbd.md ${n}`;
 
 function tlsOf(ctx: Ctx): TlsTargetInfo {
@@ -371,7 +372,7 @@ const CREDENTIALS: CredRow[] = [
     expectation: 'The client expecting wrong.invalid fails the handshake: the certificate names localhost and 127.0.0.1.',
   },
   {
-    name: 'x509/no-client-cert', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J87'), level: 'MUST', title: 'verify-peer: a client without a certificate never reaches an export',
+    name: 'x509/no-client-cert', section: sec(AUTH, 'J87'), level: 'MUST', title: 'verify-peer: a client without a certificate never reaches an export',
     creds: (ctx) => {
       needMode(ctx, 'x509');
       if (!tlsOf(ctx).verifyPeer) ctx.skip('the target does not ask for client certificates');
@@ -381,7 +382,7 @@ const CREDENTIALS: CredRow[] = [
     expectation: 'The server refuses the handshake (or closes right after it); GO never succeeds.',
   },
   {
-    name: 'x509/untrusted-client-cert', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J87'), level: 'MUST', title: 'verify-peer: a client certificate from an untrusted CA never reaches an export',
+    name: 'x509/untrusted-client-cert', section: sec(AUTH, 'J87'), level: 'MUST', title: 'verify-peer: a client certificate from an untrusted CA never reaches an export',
     creds: (ctx) => {
       needMode(ctx, 'x509');
       if (!tlsOf(ctx).verifyPeer) ctx.skip('the target does not ask for client certificates');
@@ -391,17 +392,17 @@ const CREDENTIALS: CredRow[] = [
     expectation: 'The server refuses the certificate; GO never succeeds.',
   },
   {
-    name: 'psk/wrong-key', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J88'), level: 'MUST', title: 'PSK: the right identity with a wrong key never reaches an export',
+    name: 'psk/wrong-key', section: sec(AUTH, 'J88'), level: 'MUST', title: 'PSK: the right identity with a wrong key never reaches an export',
     creds: (ctx) => (needMode(ctx, 'psk'), { type: 'psk', pskFile: pkiOf(ctx).psk.wrongKeyFile, identity: pkiOf(ctx).psk.identity }), served: false,
     expectation: 'The handshake fails (the finished messages do not verify).',
   },
   {
-    name: 'psk/unknown-identity', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J88'), level: 'MUST', title: 'PSK: an identity the server does not know never reaches an export',
+    name: 'psk/unknown-identity', section: sec(AUTH, 'J88'), level: 'MUST', title: 'PSK: an identity the server does not know never reaches an export',
     creds: (ctx) => (needMode(ctx, 'psk'), { type: 'psk', pskFile: pkiOf(ctx).psk.wrongIdentityFile, identity: 'nobody' }), served: false,
     expectation: 'The handshake fails.',
   },
   {
-    name: 'authz/deny', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J89'), level: 'MUST', title: 'Authorization: a certificate that verifies but whose name is not on the list never reaches an export',
+    name: 'authz/deny', section: sec(AUTH, 'J89'), level: 'MUST', title: 'Authorization: a certificate that verifies but whose name is not on the list never reaches an export',
     creds: (ctx) => (needMode(ctx, 'x509'), tlsOf(ctx).authzDenied ?? ctx.skip('the target has no authorization list (QEMU tls-authz)')),
     served: false,
     expectation: 'A client certificate of the same CA with another distinguished name is refused at or after the handshake; GO never succeeds.',
@@ -410,7 +411,7 @@ const CREDENTIALS: CredRow[] = [
     // QEMU consults tls-authz for x509 distinguished names only: with PSK credentials its
     // credential check does nothing (crypto/tlssession.c, qcrypto_tls_session_check_credentials),
     // so this is a MAY, reported, not a failure of QEMU.
-    name: 'authz/psk-identity', section: sec(`${TLS} "Certificates, authentication and authorisation"`, 'J89'), level: 'MAY', title: 'Authorization with PSK: an identity the server knows but the list does not name is refused',
+    name: 'authz/psk-identity', section: sec(AUTH, 'J89'), level: 'MAY', title: 'Authorization with PSK: an identity the server knows but the list does not name is refused',
     creds: (ctx) => (needMode(ctx, 'psk'), tlsOf(ctx).authzDenied ?? ctx.skip('the target has no authorization list (QEMU tls-authz)')),
     served: false,
     expectation: 'A second identity from the server\'s keys.psk, not the one on the authorization list, never reaches an export (QEMU does not apply tls-authz to PSK).',
