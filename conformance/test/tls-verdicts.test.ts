@@ -31,14 +31,14 @@ const SELECTIVE = ['clear-export', 'tls-only-export', 'tls-reqd-only-for-exports
 const passes = (names: string[]) => Object.fromEntries(names.map((n) => [`nbd/tls/${n}`, 'pass' as Verdict]));
 
 const MATRIX: Record<string, Record<string, Verdict>> = {
-  'qemu-nbd-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice', 'authz/deny']), ...INJECTION },
-  'qemu-nbd-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice']), ...INJECTION, 'nbd/tls/authz/psk-identity': 'info' },
-  'qemu-storage-daemon-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice', 'authz/deny']), ...INJECTION },
-  'qemu-storage-daemon-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice']), ...INJECTION, 'nbd/tls/authz/psk-identity': 'info' },
-  'nbdkit-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice']), ...INJECTION },
-  'nbdkit-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice']), ...INJECTION },
-  'nbdkit-tls-x509-optional': { ...passes([...X509, 'starttls-twice', 'starttls-resets-state']), ...INJECTION },
-  'nbd-server-tls-x509': { ...passes([...X509, ...SELECTIVE, 'starttls-twice']), ...INJECTION },
+  'qemu-nbd-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice', 'stalled-handshake', 'authz/deny']), ...INJECTION },
+  'qemu-nbd-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice', 'stalled-handshake']), ...INJECTION, 'nbd/tls/authz/psk-identity': 'info' },
+  'qemu-storage-daemon-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice', 'stalled-handshake', 'authz/deny']), ...INJECTION },
+  'qemu-storage-daemon-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice', 'stalled-handshake']), ...INJECTION, 'nbd/tls/authz/psk-identity': 'info' },
+  'nbdkit-tls-x509': { ...passes([...FORCED, ...X509, 'starttls-twice', 'stalled-handshake']), ...INJECTION },
+  'nbdkit-tls-psk': { ...passes([...FORCED, ...PSK, 'starttls-twice', 'stalled-handshake']), ...INJECTION },
+  'nbdkit-tls-x509-optional': { ...passes([...X509, 'starttls-twice', 'stalled-handshake', 'starttls-resets-state']), ...INJECTION },
+  'nbd-server-tls-x509': { ...passes([...X509, ...SELECTIVE, 'starttls-twice', 'stalled-handshake']), ...INJECTION },
 };
 
 describe('TLS verdict matrix against the real servers', () => {

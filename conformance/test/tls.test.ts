@@ -38,6 +38,8 @@ describe('nbd/tls: each TLS fault is caught by its case', () => {
     ['x509', 'forced', 'no-client-verify', 'nbd/tls/x509/untrusted-client-cert', 'fail', /never reaches an export - observed: served/],
     ['x509', 'forced', 'ignores-authz', 'nbd/tls/authz/deny', 'fail', /never reaches an export - observed: served/],
     ['psk', 'forced', 'ignores-authz', 'nbd/tls/authz/psk-identity', 'info', /never reaches an export - observed: served/],
+    ['psk', 'forced', 'answers-injection-in-plaintext', 'nbd/tls/starttls-injection', 'fail', /no plaintext reply follows the STARTTLS acknowledgement - observed: 20 plaintext bytes after the ACK/],
+    ['x509', 'forced', 'serial-handshakes', 'nbd/tls/stalled-handshake', 'non-strict', /served while 4 others stall in the handshake - observed: TLS handshake failed: no TLS handshake within/],
     // The client's own checks: a server presenting a certificate it must not trust. The client
     // refuses it in the suite's setup already, so no case runs: each is an error saying why.
     ['x509', 'forced', 'wrong-host-cert', 'nbd/tls/x509/accepted', 'error', /TLS handshake failed: Hostname\/IP does not match certificate's altnames: Host: localhost/],

@@ -318,6 +318,34 @@ const starttlsTwice = nbdCase({
 });
 
 // ------------------------------------------------------------------------------------------
+// J93: clients that stall in the handshake
+
+const STALLED = 4;
+
+const stalledHandshake = nbdCase({
+  id: 'nbd/tls/stalled-handshake',
+  section: sec('proto.md "Security considerations"', 'J93'),
+  level: 'SHOULD',
+  title: 'Clients stalled after STARTTLS do not keep others out',
+  description: `${STALLED} clients send NBD_OPT_STARTTLS, read the acknowledgement and then send nothing (no TLS ClientHello); meanwhile a client with the right credentials connects.`,
+  expectation: 'The client with the right credentials is served while the others stall (QEMU 9.1/10.0 bound the handshake time and the connections for this, CVE-2024-7409; here only the healthy client is judged, no time is measured).',
+  async run(ctx) {
+    tlsOf(ctx);
+    const stalled: NbdConnection[] = [];
+    for (let i = 0; i < STALLED; i++) {
+      const c = await plain(ctx);
+      const r = await c.option(Opt.STARTTLS);
+      if (!ctx.must(finalOf(r)?.type === Rep.ACK, 'NBD_OPT_STARTTLS is acknowledged', describeOption(r))) return;
+      stalled.push(c);
+    }
+    const o = await attempt(ctx, rightCreds(ctx));
+    ctx.should(o.kind === 'served', `a client with the right credentials is served while ${STALLED} others stall in the handshake`, describeOutcome(o));
+    if (o.kind === 'served') await readsRight(ctx, o.conn, 'SHOULD');
+    ctx.observe(`${stalled.filter((c) => c.isClosed).length} of ${STALLED} stalled connections closed by the server by then`);
+  },
+});
+
+// ------------------------------------------------------------------------------------------
 // J85-J90: credentials
 
 interface CredRow {
@@ -524,4 +552,4 @@ const selectiveCases: NbdCase[] = SELECTIVE_ROWS.map((row) =>
   }),
 );
 
-export const tlsCases: NbdCase[] = [...beforeTlsCases, forcedExportName, injection, resetsState, starttlsTwice, ...credentialCases, ...selectiveCases];
+export const tlsCases: NbdCase[] = [...beforeTlsCases, forcedExportName, injection, resetsState, starttlsTwice, stalledHandshake, ...credentialCases, ...selectiveCases];

@@ -26,6 +26,8 @@ export const TLS_FAULTS = {
   'ignores-authz': 'lets in any client that authenticates (no authorization list)',
   'wrong-host-cert': 'x509: presents a certificate for wrong.invalid',
   'untrusted-cert': 'x509: presents a certificate signed by a CA the client does not trust',
+  'answers-injection-in-plaintext': 'answers an option pipelined after STARTTLS in plaintext, right after the ACK',
+  'serial-handshakes': 'runs one TLS handshake at a time, so a client that stalls after STARTTLS holds up every other',
 } as const;
 export type TlsFault = keyof typeof TLS_FAULTS;
 
@@ -128,6 +130,7 @@ export async function startFakeTlsServer(pki: Pki, mode: TlsMode, policy: 'force
           raw.off('data', onData);
           // Conforming: whatever came after STARTTLS in plaintext is dropped.
           const injected = f('acts-on-injection') ? buf : Buffer.alloc(0);
+          if (f('answers-injection-in-plaintext') && buf.length >= 16) raw.write(optReply(buf.readUInt32BE(8), 0x80000005));
           buf = Buffer.alloc(0);
           return upgrade(raw, flags, injected, f('keeps-state') ? plain : undefined, plain);
         }
@@ -144,10 +147,19 @@ export async function startFakeTlsServer(pki: Pki, mode: TlsMode, policy: 'force
     raw.on('data', (d) => void onData(d));
   };
 
+  let previous: Promise<void> = Promise.resolve();
   const upgrade = async (raw: net.Socket, flags: Buffer, injected: Buffer, keep: net.Socket | undefined, old: net.Socket | undefined) => {
+    const before = previous;
+    let finished = () => undefined as void;
+    if (f('serial-handshakes')) {
+      previous = new Promise<void>((r) => (finished = r));
+      await before;
+    }
     const secure = new tls.TLSSocket(raw, { isServer: true, ...tlsOptions });
     secure.on('error', () => raw.destroy());
+    secure.on('close', () => finished());
     await new Promise<void>((resolve) => secure.once('secure', () => resolve()));
+    finished();
     if (mode === 'x509' && !f('no-client-verify')) {
       // A bare TLSSocket neither sets `authorized` nor acts on rejectUnauthorized (only
       // tls.Server does): ask OpenSSL's verify result, as tls.Server does internally.
