@@ -172,6 +172,15 @@ export class NbdConnection {
       this.onClose(e);
       throw e;
     });
+    // With a PSK the key is the only authentication: a server that answered with a certificate
+    // instead (TLS 1.3 allows either) has not shown it knows the key.
+    if (config.type === 'psk' && Object.keys(secure.getPeerCertificate() ?? {}).length > 0) {
+      secure.destroy();
+      const e = new NbdClientError('tls', 'TLS handshake failed: the server authenticated with a certificate, not the pre-shared key');
+      this.log.note(this.id, e.message);
+      this.onClose(e);
+      throw e;
+    }
     secure.setNoDelay(true);
     this.socket = secure;
     this.tlsDone = describeTls(secure);
