@@ -78,13 +78,13 @@ function qemuNbdTls(mode: TlsMode): TargetDef {
       const rw = unix(opts.workDir, 'rw.sock');
       const ro = unix(opts.workDir, 'ro.sock');
       const common = [...qemuObjects(pki, mode), '--tls-creds', 'tls0', '--tls-authz', 'auth0', '-f', 'raw', '-x', 'disk', '--persistent', '--shared=8', '-A', '--cache=writeback'];
-      const path_ = (a: typeof rw) => (a as { path: string }).path;
+      const sockPath = (a: typeof rw) => (a as { path: string }).path;
       const t = await startAll(
         name,
         `qemu-nbd, raw image, ${mode} TLS required, authz-simple`,
         [
-          { proc: ManagedProcess.spawn(`${name} (rw)`, 'qemu-nbd', [...common, '-k', path_(rw), img.rw]), address: rw },
-          { proc: ManagedProcess.spawn(`${name} (ro)`, 'qemu-nbd', [...common, '-r', '-k', path_(ro), img.ro]), address: ro },
+          { proc: ManagedProcess.spawn(`${name} (rw)`, 'qemu-nbd', [...common, '-k', sockPath(rw), img.rw]), address: rw },
+          { proc: ManagedProcess.spawn(`${name} (ro)`, 'qemu-nbd', [...common, '-r', '-k', sockPath(ro), img.ro]), address: ro },
         ],
         { rw: { address: rw, name: 'disk' }, ro: { address: ro, name: 'disk' } },
         opts,
