@@ -2,6 +2,7 @@
 // permissions, interleavings) adds its import line here; the module calls registerSuite() and
 // registerTarget() itself.
 import './targets/builtin.ts';
+import './targets/tls.ts';
 import './cases/nbd/index.ts';
 import './fleecing/index.ts';
 import './permissions/index.ts';

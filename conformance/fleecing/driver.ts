@@ -90,7 +90,7 @@ const SECTOR = 512;
 /** For a setup the runner did not start: the snapshot read once, in 4 MiB requests, is the
  * shadow copy (the snapshot must not change afterwards, which is what the cases check). */
 export async function readWholeSnapshot(setup: FleeceSetup, timeoutMs: number): Promise<Shadow> {
-  const { conn, session } = await open(setup.snapshot.address, { exportName: setup.snapshot.name, timeoutMs });
+  const { conn, session } = await open(setup.snapshot.address, { exportName: setup.snapshot.name, timeoutMs, tls: setup.snapshot.tls });
   try {
     const size = Number(session.size);
     const out = Buffer.alloc(size);
@@ -155,7 +155,7 @@ export class FleeceDriver {
     try {
       const live: NbdConnection[] = [];
       for (let i = 0; i < o.live; i++) {
-        const { conn } = await open(setup.live.address, { exportName: setup.live.name, timeoutMs: o.timeoutMs, log });
+        const { conn } = await open(setup.live.address, { exportName: setup.live.name, timeoutMs: o.timeoutMs, log, tls: setup.live.tls });
         conns.push(conn);
         live.push(conn);
       }
@@ -169,6 +169,7 @@ export class FleeceDriver {
           exportName: setup.snapshot.name,
           timeoutMs: o.timeoutMs,
           log,
+          tls: setup.snapshot.tls,
           ...(wantStructured ? { meta: ['base:allocation'] } : { structured: false }),
         });
         conns.push(conn);

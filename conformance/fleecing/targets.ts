@@ -10,6 +10,9 @@
 //                      hbitmap_status (findings F1/F3) - known bad, fails the straddle cases
 //   qemu               qemu-storage-daemon, §5.1 verbatim
 //   qemu-legacy        qemu-storage-daemon, §5.2 verbatim
+//   reference-tls-x509, reference-tls-psk, qemu-tls-x509, qemu-tls-psk   the modern graph with
+//                      the NBD server behind TLS (--object tls-creds-*, --nbd-server
+//                      tls-creds=tls0): every connection of the suite does STARTTLS first
 //   --live URI --snapshot URI   anything else (a setup the user runs)
 // A case asks the target for a setup with a configuration (content, a delay under the source, a
 // cbw bitmap, snapshot discard, an injected target error); each setup is its own process in its
@@ -27,6 +30,23 @@ import { QmpClient } from '../qmp/client.ts';
 import { Cmd } from '../nbd/constants.ts';
 import { open } from '../nbd/session.ts';
 import { CONTENTS, qemuIoWrites, writeRaw, type Content } from './content.ts';
+import type { TlsClientConfig } from '../nbd/tls.ts';
+import { makePki } from '../tls/pki.ts';
+
+export type FleeceTls = 'x509' | 'psk';
+
+/** The credentials of a TLS setup, made in its directory: the --object arguments (given before
+ * --nbd-server, which refers to them), the --nbd-server suffix, the client's credentials. */
+function tlsSetup(mode: FleeceTls | undefined, dir: string): { objects: string[]; suffix: string; creds?: TlsClientConfig } {
+  if (!mode) return { objects: [], suffix: '' };
+  const pki = makePki(path.join(dir, 'tls'));
+  const creds = mode === 'x509' ? `tls-creds-x509,id=tls0,dir=${pki.server.dir},endpoint=server,verify-peer=on` : `tls-creds-psk,id=tls0,dir=${pki.psk.serverDir},endpoint=server`;
+  return {
+    objects: ['--object', creds],
+    suffix: ',tls-creds=tls0',
+    creds: mode === 'x509' ? { type: 'x509', certificates: pki.client.dir } : { type: 'psk', pskFile: pki.psk.clientFile, identity: pki.psk.identity },
+  };
+}
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -135,14 +155,16 @@ async function startDelayedSource(dir: string, image: string, delayMs: number, s
  * x-hbitmap-status-bug (modern graph). */
 type ReferenceBug = 'racy' | 'hbitmap-status';
 
-function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: ReferenceBug): FleeceFlavor {
+function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: ReferenceBug, tls?: FleeceTls): FleeceFlavor {
   const racy = bug === 'racy';
   const hbitmapBug = bug === 'hbitmap-status';
   return {
     name,
     graph,
-    peers: [],
-    summary: racy
+    peers: tls ? ['certtool', 'psktool'] : [],
+    summary: tls
+      ? `fleece serve, copy-before-write + snapshot-access, NBD over ${tls} TLS (qemu-storage-daemon's --object tls-creds-${tls} and --nbd-server tls-creds)`
+      : racy
       ? 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (the pre-3.0 race, known bad)'
       : hbitmapBug
         ? "fleece serve, copy-before-write + snapshot-access with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3, known bad)"
@@ -163,7 +185,8 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
       fs.truncateSync(tmp, content.size);
       const nbd = path.join(dir, 'nbd.sock');
       const qmp = path.join(dir, 'qmp.sock');
-      const args: string[] = [path.join(REPO, 'bin/fleece.mjs'), 'serve'];
+      const t = tlsSetup(tls, dir);
+      const args: string[] = [path.join(REPO, 'bin/fleece.mjs'), 'serve', ...t.objects];
       const bd = (s: string) => args.push('--blockdev', s);
       if (c.sourceReadDelayMs) {
         bd(`driver=file,node-name=source-file,filename=${src}`);
@@ -174,7 +197,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         // content again through a seed export, then build cbw (bitmap=bitmap0) and
         // snapshot-access over QMP (§5.1 bitmap variant; the QMP order of §5.1's last note).
         bd(`driver=file,node-name=temp,filename=${tmp}`);
-        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-seed,node-name=source,name=seed,writable=on');
       } else if (graph === 'modern') {
         const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
@@ -183,12 +206,12 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
         bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}`);
         bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
-        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
         args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${c.snapshotDiscard ? ',writable=on' : ''}`);
       } else {
         bd(`driver=overlay,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
-        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+        args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
       }
       args.push('--chardev', `socket,id=qmp0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=qmp0');
@@ -205,22 +228,22 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         } else if (c.bitmap) {
           const q = (started.qmp = await QmpClient.connect(qmp));
           await q.ok('block-dirty-bitmap-add', { node: 'source', name: 'bitmap0' });
-          await seedThroughNbd(unix(nbd), 'seed', content, timeoutMs);
+          await seedThroughNbd(unix(nbd), 'seed', content, timeoutMs, t.creds);
           await q.ok('block-export-del', { id: 'exp-seed', mode: 'hard' });
           await q.ok('blockdev-add', { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp', bitmap: { node: 'source', name: 'bitmap0' }, ...(hbitmapBug ? { 'x-hbitmap-status-bug': true } : {}) });
           await q.ok('blockdev-add', { driver: 'snapshot-access', 'node-name': 'fl-access', file: 'fl-cbw' });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'fl-cbw', name: 'live', writable: true });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'fl-access', name: 'fleece' });
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live' }, { address: unix(nbd), name: 'fleece' }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
       });
     },
   };
 }
 
 /** Writes the content's regions through an NBD export (so a dirty bitmap records them). */
-async function seedThroughNbd(address: Address, name: string, content: Content, timeoutMs: number): Promise<void> {
-  const { conn } = await open(address, { exportName: name, timeoutMs: Math.max(timeoutMs, 5000) });
+async function seedThroughNbd(address: Address, name: string, content: Content, timeoutMs: number, tls?: TlsClientConfig): Promise<void> {
+  const { conn } = await open(address, { exportName: name, timeoutMs: Math.max(timeoutMs, 5000), tls });
   try {
     for (const r of content.regions) {
       const reply = await conn.request({ type: Cmd.WRITE, offset: r.offset, payload: Buffer.alloc(r.length, r.byte) });
@@ -252,13 +275,14 @@ function qcow2Source(file: string, raw: string, content: Content, bitmap: boolea
   execFileSync('qemu-io', ['-f', 'qcow2', ...qemuIoWrites(content).flatMap((w) => ['-c', w]), file], { stdio: 'pipe' });
 }
 
-function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
+function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): FleeceFlavor {
   return {
     name,
     graph,
-    peers: ['qemu-storage-daemon', 'qemu-img', 'qemu-io'],
-    summary:
-      graph === 'modern'
+    peers: ['qemu-storage-daemon', 'qemu-img', 'qemu-io', ...(tls ? ['certtool', 'psktool'] : [])],
+    summary: tls
+      ? `qemu-storage-daemon, copy-before-write + snapshot-access (§5.1), NBD over ${tls} TLS (--object tls-creds-${tls}, --nbd-server tls-creds)`
+      : graph === 'modern'
         ? 'qemu-storage-daemon, copy-before-write + snapshot-access (docs/requirements/qemu-fleecing.md §5.1)'
         : 'qemu-storage-daemon, blockdev-backup sync=none into a qcow2 temp backed by the source (§5.2)',
     unsupported(c) {
@@ -274,8 +298,9 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
       const nbd = path.join(dir, 'nbd.sock');
       const qmp = path.join(dir, 'qmp.sock');
       const started: Started = { procs: [] };
+      const t = tlsSetup(tls, dir);
       return guarded(started, async () => {
-        const args: string[] = [];
+        const args: string[] = [...t.objects];
         const bd = (s: string) => args.push('--blockdev', s);
         if (c.sourceReadDelayMs) {
           requirePeer('nbdkit');
@@ -301,14 +326,14 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
           const bitmap = c.bitmap ? ',bitmap.node=source,bitmap.name=bitmap0' : '';
           bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${bitmap}${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}`);
           bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
-          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
           args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
           args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${c.snapshotDiscard ? ',writable=on' : ''}`);
         } else {
           const tmp = path.join(dir, 'tmp.qcow2');
           qemuImg(['create', '-q', '-f', 'qcow2', tmp, String(content.size)]);
           bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
-          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
+          args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
           args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
         }
         args.push('--chardev', `socket,id=qmp0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=qmp0');
@@ -321,7 +346,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy'): FleeceFlavor {
           await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });
           await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live' }, { address: unix(nbd), name: 'fleece' }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
       });
     },
   };
@@ -383,6 +408,10 @@ export const FLAVORS: readonly FleeceFlavor[] = [
   referenceFlavor('reference-hbitmap-status', 'modern', 'hbitmap-status'),
   qemuFlavor('qemu', 'modern'),
   qemuFlavor('qemu-legacy', 'legacy'),
+  referenceFlavor('reference-tls-x509', 'modern', undefined, 'x509'),
+  referenceFlavor('reference-tls-psk', 'modern', undefined, 'psk'),
+  qemuFlavor('qemu-tls-x509', 'modern', 'x509'),
+  qemuFlavor('qemu-tls-psk', 'modern', 'psk'),
 ];
 
 export function findFlavor(name: string): FleeceFlavor | undefined {

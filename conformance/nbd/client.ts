@@ -3,6 +3,7 @@
 // and interleaved chunks of different requests, matches replies by cookie, and turns silence into
 // a timeout that means "the server hung or the stream is out of sync" (docs/requirements/nbd.md §7).
 import net from 'node:net';
+import tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import {
   decodeExportNameReply,
@@ -26,6 +27,7 @@ import {
 import { Cmd, cmdName, optName } from './constants.ts';
 import { NbdClientError, NbdProtocolError } from './errors.ts';
 import { ReplyAssembler, type Reply } from './reply.ts';
+import { describeTls, TlsConfigError, tlsConnectOptions, type TlsClientConfig } from './tls.ts';
 import { WireLog } from './wirelog.ts';
 
 export type Address = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
@@ -40,6 +42,9 @@ export interface ConnectOptions {
   log?: WireLog;
   /** Source of cookies (a seeded PRNG makes a run's wire trace reproducible); default crypto. */
   random?: () => number;
+  /** Credentials for STARTTLS: with them, greet() upgrades the connection before any other
+   * option (session.ts); without them the connection stays plaintext. */
+  tls?: TlsClientConfig | undefined;
 }
 
 type Decoder<T> = (buf: Buffer, base: number) => Decoded<T>;
@@ -85,19 +90,103 @@ export class NbdConnection {
   private broken: NbdProtocolError | undefined;
   private closeWaiters: (() => void)[] = [];
   private needed = 0;
+  /** Set once the TLS handshake has finished: what it agreed on. */
+  private tlsDone: string | undefined;
+  /** Credentials given at connect time (greet() uses them), if any. */
+  readonly tls: TlsClientConfig | undefined;
 
   private constructor(
-    private readonly socket: net.Socket,
+    private socket: net.Socket,
     readonly timeoutMs: number,
     log: WireLog | undefined,
     private readonly random?: () => number,
+    tlsConfig?: TlsClientConfig,
+    private readonly host?: string,
   ) {
     this.log = log ?? new WireLog();
     this.id = this.log.newConnection();
+    this.tls = tlsConfig;
+    this.listen(socket);
+  }
+
+  private listen(socket: net.Socket): void {
     socket.on('data', (d: Buffer) => this.onData(d));
     socket.on('error', (e) => this.onClose(e));
     socket.on('close', () => this.onClose());
     socket.on('end', () => this.onClose());
+  }
+
+  /** The TLS session in use ('TLSv1.3 TLS_AES_256_GCM_SHA384'), or undefined in plaintext. */
+  get tlsSession(): string | undefined {
+    return this.tlsDone;
+  }
+
+  /**
+   * Runs the TLS handshake on this connection, after the server ACKed NBD_OPT_STARTTLS
+   * (proto.md "NBD_OPT_STARTTLS": the TLS handshake starts right after the reply). Bytes the
+   * server sent after the ACK in plaintext are a protocol error (nothing may precede the TLS
+   * handshake). A failed handshake is an NbdClientError 'tls' naming why; the socket is closed.
+   */
+  async startTls(config: TlsClientConfig | undefined = this.tls): Promise<string> {
+    if (!config) throw new NbdClientError('usage', 'startTls without TLS credentials');
+    if (this.tlsDone) throw new NbdClientError('usage', 'TLS is already running on this connection');
+    if (this.closedErr) throw this.closedErr;
+    if (this.buffered > 0) {
+      const bytes = this.view();
+      const err = new NbdProtocolError(`${bytes.length} plaintext bytes after the NBD_OPT_STARTTLS acknowledgement, before the TLS handshake`, this.consumed, bytes.subarray(0, 64));
+      this.protocolFailure(err);
+      throw err;
+    }
+    const raw = this.socket;
+    for (const ev of ['data', 'error', 'close', 'end']) raw.removeAllListeners(ev);
+    let options: tls.ConnectionOptions;
+    try {
+      options = tlsConnectOptions(config, raw, this.host);
+    } catch (e) {
+      raw.destroy();
+      this.onClose(e as Error);
+      throw e instanceof TlsConfigError ? new NbdClientError('usage', e.message) : e;
+    }
+    this.log.note(this.id, `TLS handshake (${config.type}) starts`);
+    const secure = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const s = tls.connect(options);
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(new NbdClientError('timeout', `no TLS handshake within ${this.timeoutMs} ms after NBD_OPT_STARTTLS`));
+      }, this.timeoutMs);
+      const fail = (why: string) => {
+        clearTimeout(timer);
+        s.destroy();
+        reject(new NbdClientError('tls', `TLS handshake failed: ${why}`));
+      };
+      s.once('secureConnect', () => {
+        clearTimeout(timer);
+        s.removeAllListeners('error');
+        s.removeAllListeners('close');
+        resolve(s);
+      });
+      s.once('error', (e) => fail(e.message));
+      s.once('close', () => fail('the server closed the connection during the handshake'));
+    }).catch((e: Error) => {
+      this.log.note(this.id, e.message);
+      this.onClose(e);
+      throw e;
+    });
+    // With a PSK the key is the only authentication: a server that answered with a certificate
+    // instead (TLS 1.3 allows either) has not shown it knows the key.
+    if (config.type === 'psk' && Object.keys(secure.getPeerCertificate() ?? {}).length > 0) {
+      secure.destroy();
+      const e = new NbdClientError('tls', 'TLS handshake failed: the server authenticated with a certificate, not the pre-shared key');
+      this.log.note(this.id, e.message);
+      this.onClose(e);
+      throw e;
+    }
+    secure.setNoDelay(true);
+    this.socket = secure;
+    this.tlsDone = describeTls(secure);
+    this.log.note(this.id, `TLS established: ${this.tlsDone}`);
+    this.listen(secure);
+    return this.tlsDone;
   }
 
   static connect(address: Address, opts: ConnectOptions): Promise<NbdConnection> {
@@ -115,7 +204,7 @@ export class NbdConnection {
         clearTimeout(timer);
         sock.removeAllListeners('error');
         sock.setNoDelay(true);
-        resolve(new NbdConnection(sock, opts.timeoutMs, opts.log, opts.random));
+        resolve(new NbdConnection(sock, opts.timeoutMs, opts.log, opts.random, opts.tls, address.kind === 'tcp' ? address.host : undefined));
       });
     });
   }

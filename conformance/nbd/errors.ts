@@ -27,8 +27,9 @@ export class NbdProtocolError extends Error {
 }
 
 /** 'unreachable': no connection could be made at all (nothing listens, or it stopped accepting).
- * 'not-allowed': the request would write an export the user did not allow us to write. */
-export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused' | 'unreachable' | 'not-allowed';
+ * 'not-allowed': the request would write an export the user did not allow us to write.
+ * 'tls': the TLS handshake after NBD_OPT_STARTTLS failed (certificate, PSK, closed mid-way). */
+export type ClientFailure = 'timeout' | 'closed' | 'usage' | 'refused' | 'unreachable' | 'not-allowed' | 'tls';
 
 export class NbdClientError extends Error {
   override readonly name = 'NbdClientError';

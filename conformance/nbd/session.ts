@@ -30,14 +30,28 @@ export interface Session {
   goReplies: OptionReply[];
 }
 
-/** Greeting + client flags. Returns the handshake flags. */
-export async function greet(conn: NbdConnection, clientFlags?: number): Promise<{ handshakeFlags: number; noZeroes: boolean }> {
+/** Greeting + client flags, then STARTTLS and the TLS handshake when the connection was made
+ * with TLS credentials (unless `plaintext`: cases that test what a server does before TLS).
+ * Returns the handshake flags. */
+export async function greet(conn: NbdConnection, clientFlags?: number, opts: { plaintext?: boolean } = {}): Promise<{ handshakeFlags: number; noZeroes: boolean }> {
   const g = await conn.readGreeting();
   if (g.kind !== 'greeting') throw new NbdClientError('refused', 'server speaks oldstyle negotiation; the suite needs fixed newstyle');
   const noZeroes = (g.handshakeFlags & HS_NO_ZEROES) !== 0;
   const flags = clientFlags ?? ((g.handshakeFlags & HS_FIXED_NEWSTYLE ? CF_FIXED_NEWSTYLE : 0) | (noZeroes ? CF_NO_ZEROES : 0));
   conn.sendClientFlags(flags);
+  // Flags the server must drop the connection for (unknown bits, NO_ZEROES not offered, no
+  // FIXED_NEWSTYLE: proto.md "TLS requires fixed newstyle") are sent as the case asked, in clear.
+  const valid = (flags & ~(CF_FIXED_NEWSTYLE | CF_NO_ZEROES)) === 0 && (flags & CF_FIXED_NEWSTYLE) !== 0 && ((flags & CF_NO_ZEROES) === 0 || noZeroes);
+  if (conn.tls && !opts.plaintext && valid) await startTls(conn);
   return { handshakeFlags: g.handshakeFlags, noZeroes: noZeroes && (flags & CF_NO_ZEROES) !== 0 };
+}
+
+/** NBD_OPT_STARTTLS, which must be ACKed, then the TLS handshake (proto.md "NBD_OPT_STARTTLS"). */
+export async function startTls(conn: NbdConnection): Promise<string> {
+  const r = await conn.option(Opt.STARTTLS);
+  const last = r[r.length - 1];
+  if (last?.body.reply !== 'ack') throw new NbdClientError('tls', `NBD_OPT_STARTTLS refused: ${last ? repName(last.type) : 'no reply'}`);
+  return conn.startTls();
 }
 
 function finalError(replies: OptionReply[]): OptionReply | undefined {

@@ -22,6 +22,8 @@ const PROTO_ANCHORS = new Set([
   'handshake-flags', 'client-flags', 'transmission-flags', 'option-types', 'option-reply-types', 'transmission-phase',
   'command-flags', 'structured-reply-flags', 'structured-reply-types', 'request-types', 'error-values',
   'experimental-extensions', 'compatibility-and-interoperability', 'baseline', 'maximum-interoperability',
+  'certificates-authentication-and-authorisation', 'server-side-requirements', 'forcedtls-mode', 'selectivetls-mode',
+  'client-side-requirements', 'security-considerations', 'tls-versions', 'protocol-downgrade-attacks',
 ]);
 
 /** Names the cases use that are not headings of proto.md, mapped to the section that holds them. */
@@ -83,13 +85,13 @@ export function repoHref(fromDir: string, repoPath: string): string {
 function docRefs(doc: string, rest: string, href: string): string {
   const isNbd = doc === 'docs/requirements/nbd.md';
   const isQemu = doc === 'docs/requirements/qemu-fleecing.md';
-  const token = /§(\d+)(?:\.(\d+))?|\b([A-I])(\d{1,2})\b|"([^"]+)"/g;
+  const token = /§(\d+)(?:\.(\d+))?|\b([A-J])(\d{1,2})\b|"([^"]+)"/g;
   let out = '';
   let last = 0;
   for (const m of rest.matchAll(token)) {
     let anchor: string | undefined;
     if (m[1] !== undefined && !doc.endsWith('design.md')) anchor = m[2] !== undefined ? `s${m[1]}-${m[2]}` : `s${m[1]}`;
-    else if (m[3] !== undefined && isNbd && Number(m[4]) >= 1 && Number(m[4]) <= 79) anchor = `${m[3].toLowerCase()}${m[4]}`;
+    else if (m[3] !== undefined && isNbd && Number(m[4]) >= 1 && Number(m[4]) <= 93) anchor = `${m[3].toLowerCase()}${m[4]}`;
     else if (m[3] === 'B' && isQemu && Number(m[4]) <= 12) anchor = `b${m[4]}`;
     else if (m[5] !== undefined && (doc.endsWith('design.md') || doc.endsWith('architecture.md'))) anchor = slug(m[5]);
     if (!anchor) continue;

@@ -161,9 +161,10 @@ export async function runCase<Env>(
       // Nothing to judge: the target did not take the connection. The runner stops there.
       verdict = 'error';
       reason = `${UNREACHABLE}: ${e.message}`;
-    } else if (e instanceof NbdClientError && (e.kind === 'timeout' || e.kind === 'closed')) {
-      // Silence where a reply was due, or a drop where the spec does not allow one.
-      const what = e.kind === 'timeout' ? 'the server answers (no hang, no desync)' : 'the server keeps the connection open';
+    } else if (e instanceof NbdClientError && (e.kind === 'timeout' || e.kind === 'closed' || e.kind === 'tls')) {
+      // Silence where a reply was due, or a drop where the spec does not allow one, or a TLS
+      // server refusing the credentials it was started with.
+      const what = e.kind === 'timeout' ? 'the server answers (no hang, no desync)' : e.kind === 'tls' ? 'STARTTLS and the TLS handshake succeed with the credentials the target was started with' : 'the server keeps the connection open';
       checks.push({ level: 'MUST', ok: false, what, observed: e.message });
       const j = judge(def.level, checks, observations);
       verdict = j.verdict;

@@ -13,7 +13,7 @@ import type { RunningTarget, TargetDef, TargetStartOptions } from './types.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-function images(dir: string): { rw: string; ro: string } {
+export function images(dir: string): { rw: string; ro: string } {
   const rw = path.join(dir, 'disk.raw');
   const ro = path.join(dir, 'ro.raw');
   writeImage(rw, DEFAULT_LAYOUT);
@@ -21,9 +21,9 @@ function images(dir: string): { rw: string; ro: string } {
   return { rw, ro };
 }
 
-const unix = (dir: string, name: string): Address => ({ kind: 'unix', path: path.join(dir, name) });
+export const unix = (dir: string, name: string): Address => ({ kind: 'unix', path: path.join(dir, name) });
 
-async function startAll(
+export async function startAll(
   name: string,
   description: string,
   procs: { proc: ManagedProcess; address: Address }[],
@@ -171,99 +171,114 @@ const nbdkitPolicy: TargetDef = {
   },
 };
 
+/** nbd-server with a generated config: `generic` lines added to [generic], `extra` sections
+ * (name -> lines) after [disk] and [ro]; `exports` maps roles onto them. */
+export async function launchNbdServer(
+  opts: TargetStartOptions,
+  name: string,
+  description: string,
+  more: { generic?: string[]; disk?: string[]; ro?: string[]; sections?: Record<string, string[]> } = {},
+  exports: (address: Address) => RunningTarget['exports'] = (address) => ({ rw: { address, name: 'disk' }, ro: { address, name: 'ro' } }),
+): Promise<RunningTarget> {
+  const img = images(opts.workDir);
+  const port = await freePort();
+  const conf = path.join(opts.workDir, 'nbd-server.conf');
+  const pidfile = path.join(opts.workDir, 'nbd-server.pid');
+  const sections = Object.entries(more.sections ?? {}).flatMap(([n, lines]) => [`[${n}]`, ...lines.map((l) => l.replace('$RW', img.rw).replace('$RO', img.ro))]);
+  fs.writeFileSync(
+    conf,
+    [
+      '[generic]',
+      `port = ${port}`,
+      'listenaddr = 127.0.0.1',
+      'allowlist = true',
+      ...(more.generic ?? []),
+      '[disk]',
+      `exportname = ${img.rw}`,
+      'flush = true',
+      'fua = true',
+      'trim = true',
+      ...(more.disk ?? []),
+      '[ro]',
+      `exportname = ${img.ro}`,
+      'readonly = true',
+      ...(more.ro ?? []),
+      ...sections,
+      '',
+    ].join('\n'),
+  );
+  requirePeer('nbd-server');
+  // nbd-server daemonizes (forks); -d would serve one connection at a time. Track it by pidfile.
+  const launcher = ManagedProcess.spawn('nbd-server', 'nbd-server', ['-C', conf, '-p', pidfile]);
+  const address: Address = { kind: 'tcp', host: '127.0.0.1', port };
+  const readPid = (): number | undefined => {
+    try {
+      const n = Number(fs.readFileSync(pidfile, 'utf8').trim());
+      return Number.isInteger(n) && n > 0 ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const stop = async () => {
+    await launcher.stop();
+    const pid = readPid();
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+      for (let i = 0; i < 40; i++) {
+        try {
+          process.kill(pid, 0);
+        } catch {
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  };
+  try {
+    await waitListening(address, undefined, opts.startTimeoutMs);
+  } catch (e) {
+    await stop();
+    throw new Error(`${(e as Error).message}\n${launcher.output}`);
+  }
+  return {
+    name,
+    description,
+    exports: exports(address),
+    image: DEFAULT_LAYOUT,
+    commands: () => [launcher.child.spawnargs.join(' ')],
+    logs: () => launcher.output,
+    pids: () => {
+      const pid = readPid();
+      return pid === undefined ? [] : [pid];
+    },
+    died: () => {
+      const pid = readPid();
+      if (pid === undefined) return 'nbd-server: no pid file';
+      try {
+        process.kill(pid, 0);
+        return undefined;
+      } catch {
+        return `nbd-server (pid ${pid}) exited`;
+      }
+    },
+    stop,
+  };
+}
+
 const nbdServer: TargetDef = {
   name: 'nbd-server',
   summary: 'nbd-server (reference implementation) with a generated config, TCP on 127.0.0.1',
   peers: ['nbd-server'],
-  async start(opts) {
-    const img = images(opts.workDir);
-    const port = await freePort();
-    const conf = path.join(opts.workDir, 'nbd-server.conf');
-    const pidfile = path.join(opts.workDir, 'nbd-server.pid');
-    fs.writeFileSync(
-      conf,
-      [
-        '[generic]',
-        `port = ${port}`,
-        'listenaddr = 127.0.0.1',
-        'allowlist = true',
-        '[disk]',
-        `exportname = ${img.rw}`,
-        'flush = true',
-        'fua = true',
-        'trim = true',
-        '[ro]',
-        `exportname = ${img.ro}`,
-        'readonly = true',
-        '',
-      ].join('\n'),
-    );
-    requirePeer('nbd-server');
-    // nbd-server daemonizes (forks); -d would serve one connection at a time. Track it by pidfile.
-    const launcher = ManagedProcess.spawn('nbd-server', 'nbd-server', ['-C', conf, '-p', pidfile]);
-    const address: Address = { kind: 'tcp', host: '127.0.0.1', port };
-    const readPid = (): number | undefined => {
-      try {
-        const n = Number(fs.readFileSync(pidfile, 'utf8').trim());
-        return Number.isInteger(n) && n > 0 ? n : undefined;
-      } catch {
-        return undefined;
-      }
-    };
-    const stop = async () => {
-      await launcher.stop();
-      const pid = readPid();
-      if (pid !== undefined) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          /* already gone */
-        }
-        for (let i = 0; i < 40; i++) {
-          try {
-            process.kill(pid, 0);
-          } catch {
-            return;
-          }
-          await new Promise((r) => setTimeout(r, 25));
-        }
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-    };
-    try {
-      await waitListening(address, undefined, opts.startTimeoutMs);
-    } catch (e) {
-      await stop();
-      throw new Error(`${(e as Error).message}\n${launcher.output}`);
-    }
-    return {
-      name: 'nbd-server',
-      description: 'nbd-server, generated config (flush, fua, trim)',
-      exports: { rw: { address, name: 'disk' }, ro: { address, name: 'ro' } },
-      image: DEFAULT_LAYOUT,
-      commands: () => [launcher.child.spawnargs.join(' ')],
-      logs: () => launcher.output,
-      pids: () => {
-        const pid = readPid();
-        return pid === undefined ? [] : [pid];
-      },
-      died: () => {
-        const pid = readPid();
-        if (pid === undefined) return 'nbd-server: no pid file';
-        try {
-          process.kill(pid, 0);
-          return undefined;
-        } catch {
-          return `nbd-server (pid ${pid}) exited`;
-        }
-      },
-      stop,
-    };
-  },
+  start: (opts) => launchNbdServer(opts, 'nbd-server', 'nbd-server, generated config (flush, fua, trim)'),
 };
 
 /** Our own server (reference/), started with qemu-storage-daemon's command-line syntax. */

@@ -23,7 +23,9 @@ export function uriTarget(uri: string, opts: { allowWrites?: boolean } = {}): Ta
     summary: 'a server started by the user',
     peers: [],
     async start(): Promise<RunningTarget> {
-      return { name: uri, description: `external server at ${uri}${opts.allowWrites ? ' (writes allowed)' : ', not written (no --allow-writes)'}`, exports: { rw: ref, ro: ref }, writesAllowed: opts.allowWrites === true, logs: () => '', stop: async () => undefined };
+      // Over TLS with the user's credentials: the TLS cases that need wrong ones are skipped.
+      const tls = ref.tls ? { extra: { tls: { mode: ref.tls.type, policy: 'unknown' } } } : {};
+      return { name: uri, description: `external server at ${uri}${opts.allowWrites ? ' (writes allowed)' : ', not written (no --allow-writes)'}`, exports: { rw: ref, ro: ref }, writesAllowed: opts.allowWrites === true, ...tls, logs: () => '', stop: async () => undefined };
     },
   };
 }
@@ -31,6 +33,6 @@ export function uriTarget(uri: string, opts: { allowWrites?: boolean } = {}): Ta
 export function resolveTarget(spec: string, opts: { allowWrites?: boolean } = {}): TargetDef {
   if (isNbdUri(spec)) return uriTarget(spec, opts);
   const def = TARGETS.get(spec);
-  if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd:// / nbd+unix:// URI)`);
+  if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd://, nbd+unix://, nbds:// or nbds+unix:// URI)`);
   return def;
 }

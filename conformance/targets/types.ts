@@ -1,11 +1,14 @@
 // What a target is: how to start an implementation and where its exports are.
 // Suites ask for exports by role ('rw', 'ro'; the fleecing suite adds 'live' and 'snapshot').
 import type { Address } from '../nbd/client.ts';
+import type { TlsClientConfig } from '../nbd/tls.ts';
 import type { ImageLayout } from './image.ts';
 
 export interface ExportRef {
   address: Address;
   name: string;
+  /** Credentials to reach it over TLS (STARTTLS first); absent: plaintext. */
+  tls?: TlsClientConfig | undefined;
 }
 
 export interface RunningTarget {

@@ -196,9 +196,22 @@ describe('NBD URIs (doc/uri.md; checklist H75)', () => {
     expect(parseNbdUri('nbd://[::1]:10809/disk')).toEqual({ address: { kind: 'tcp', host: '::1', port: 10809 }, name: 'disk' });
     expect(parseNbdUri('nbd+unix:///disk?socket=/tmp/x.sock')).toEqual({ address: { kind: 'unix', path: '/tmp/x.sock' }, name: 'disk' });
   });
+  it('parses the TLS forms as libnbd spells them', () => {
+    expect(parseNbdUri('nbds://h/disk?tls-certificates=/pki/client&tls-hostname=h.example&tls-verify-peer=false')).toEqual({
+      address: { kind: 'tcp', host: 'h', port: 10809 }, name: 'disk',
+      tls: { type: 'x509', certificates: '/pki/client', hostname: 'h.example', verifyPeer: false },
+    });
+    expect(parseNbdUri('nbds+unix://alice@/disk?socket=/tmp/x.sock&tls-psk-file=/pki/keys.psk')).toEqual({
+      address: { kind: 'unix', path: '/tmp/x.sock' }, name: 'disk', tls: { type: 'psk', pskFile: '/pki/keys.psk', identity: 'alice' },
+    });
+    expect(parseNbdUri('nbds+unix:///?socket=/s&tls-psk-file=/k')).toMatchObject({ name: '', tls: { type: 'psk', pskFile: '/k', identity: undefined } });
+  });
   it('rejects what it cannot or must not do', () => {
     expect(() => parseNbdUri('nbd+unix:///disk')).toThrow(/socket=PATH/);
-    expect(() => parseNbdUri('nbds://h/disk')).toThrow(/requires TLS/);
+    expect(() => parseNbdUri('nbds://h/disk')).toThrow(/requires TLS credentials/);
+    expect(() => parseNbdUri('nbd://h/disk?tls-certificates=/x')).toThrow(/use nbds/);
+    expect(() => parseNbdUri('nbds://h/disk?tls-certificates=/x&tls-psk-file=/y')).toThrow(/not both/);
+    expect(() => parseNbdUri('nbds://h/disk?tls-certificates=/x&tls-verify-peer=maybe')).toThrow(/not a boolean/);
     expect(() => parseNbdUri('nbd://h/disk?frobnicate=1')).toThrow(/unknown query parameter 'frobnicate'/);
     expect(() => parseNbdUri('http://h/disk')).toThrow(/unknown scheme/);
     expect(() => parseNbdUri('nbd://h:99999/')).toThrow(/port/);

@@ -5,6 +5,7 @@ import { NbdConnection } from '../../nbd/client.ts';
 import { Cmd, Errno, HS_NO_ZEROES, Info, Opt, TF, errnoName, flagNames, repName } from '../../nbd/constants.ts';
 import { NbdClientError } from '../../nbd/errors.ts';
 import type { Reply } from '../../nbd/reply.ts';
+import type { TlsClientConfig } from '../../nbd/tls.ts';
 import { greet, negotiate, type NegotiateOptions, type Session } from '../../nbd/session.ts';
 import { encodeInfoRequest } from '../../nbd/codec.ts';
 import type { CaseContext, CaseDef, Level } from '../../runner/model.ts';
@@ -39,7 +40,7 @@ export type Ctx = CaseContext<NbdEnv>;
 export type NbdCase = CaseDef<NbdEnv>;
 
 async function probeExport(ref: ExportRef, timeoutMs: number): Promise<ExportCaps> {
-  const conn = await NbdConnection.connect(ref.address, { timeoutMs });
+  const conn = await NbdConnection.connect(ref.address, { timeoutMs, tls: ref.tls });
   try {
     const { handshakeFlags } = await greet(conn);
     const sr = await conn.option(Opt.STRUCTURED_REPLY);
@@ -69,7 +70,7 @@ async function probeExport(ref: ExportRef, timeoutMs: number): Promise<ExportCap
 }
 
 async function probeExtendedHeaders(ref: ExportRef, timeoutMs: number): Promise<string> {
-  const conn = await NbdConnection.connect(ref.address, { timeoutMs });
+  const conn = await NbdConnection.connect(ref.address, { timeoutMs, tls: ref.tls });
   try {
     await greet(conn);
     const r = await conn.option(Opt.EXTENDED_HEADERS);
@@ -131,9 +132,14 @@ export function nbdCase(def: Omit<NbdCase, 'id'> & { id: `nbd/${string}` }): Nbd
 
 /** A raw connection to an export, logged into the case's wire log and closed after the case. */
 export async function connect(ctx: Ctx, role: 'rw' | 'ro' = 'rw'): Promise<NbdConnection> {
+  return connectTo(ctx, role);
+}
+
+/** As connect(), to any role, with other credentials or none (`tls: undefined`: plaintext). */
+export async function connectTo(ctx: Ctx, role: string, override?: { tls: TlsClientConfig | undefined }): Promise<NbdConnection> {
   const ref = ctx.target.exports[role];
   if (!ref) ctx.skip(`target has no '${role}' export`);
-  const conn = await NbdConnection.connect(ref.address, { timeoutMs: ctx.timeoutMs, log: ctx.wire, random: ctx.random });
+  const conn = await NbdConnection.connect(ref.address, { timeoutMs: ctx.timeoutMs, log: ctx.wire, random: ctx.random, tls: override ? override.tls : ref.tls });
   ctx.defer(() => conn.close());
   // The user's own export: nothing inside it is changed unless they allowed it.
   if (ctx.target.writesAllowed === false) conn.forbidWrites(ctx.env.rw.size, `${ctx.target.name} is the user's export; --allow-writes lets the cases that write in it run`);

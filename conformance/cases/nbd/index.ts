@@ -7,6 +7,7 @@ import { describeNbdEnv, setupNbd, type NbdEnv } from './env.ts';
 import { extendedCases } from './extended.ts';
 import { handshakeCases } from './handshake.ts';
 import { structuredCases } from './structured.ts';
+import { tlsCases } from './tls.ts';
 import { transmissionCases } from './transmission.ts';
 import { writeCases } from './write.ts';
 
@@ -14,7 +15,7 @@ export const nbdSuite: Suite<NbdEnv> = {
   name: 'nbd',
   description: 'NBD wire conformance (doc/proto.md), case list from docs/requirements/nbd.md §2',
   roles: ['rw'],
-  cases: [...handshakeCases, ...transmissionCases, ...boundsCases, ...structuredCases, ...writeCases, ...blockStatusCases, ...extendedCases],
+  cases: [...handshakeCases, ...transmissionCases, ...boundsCases, ...structuredCases, ...writeCases, ...blockStatusCases, ...extendedCases, ...tlsCases],
   setup: (target, opts) => setupNbd(target, opts),
   describeEnv: describeNbdEnv,
 };
