@@ -110,6 +110,9 @@ export class Qcow2Node extends BlockNode {
   /** UNSAFE, known bad: refcount changes stay in memory and never reach the image, which then
    * fails `qemu-img check` (tests show that check failing on it). */
   private readonly skipRefcounts: boolean;
+  /** UNSAFE, known bad: a partial write into a cluster not yet allocated here fills the rest of
+   * the new cluster with zeroes instead of what the backing holds (no copy-on-write). */
+  private readonly skipCow: boolean;
 
   constructor(ctx: DriverContext) {
     super(ctx.nodeName, 'qcow2', ctx.common);
@@ -121,6 +124,7 @@ export class Qcow2Node extends BlockNode {
       'overlap-check', 'cache-size', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-clean-interval');
     if (ctx.opts.bool('lazy-refcounts', false)) fail("lazy-refcounts=on is not supported: the reference always writes refcounts", 'ENOTSUP');
     this.skipRefcounts = ctx.opts.bool('x-skip-refcounts', false);
+    this.skipCow = ctx.opts.bool('x-skip-cow', false);
     const backingOpt = ctx.opts.raw('backing');
     ctx.addChild(this, 'file', 'data+metadata', true);
     const file = this.file.node;
@@ -475,7 +479,7 @@ export class Qcow2Node extends BlockNode {
         buf = seg.length === this.cs ? seg : Buffer.concat([seg, Buffer.alloc(this.cs - seg.length)]);
       } else {
         buf = Buffer.alloc(this.cs);
-        if (e.kind === 'unallocated') (await this.readBacking(gc * this.cs, guestLen, {})).copy(buf);
+        if (e.kind === 'unallocated' && !this.skipCow) (await this.readBacking(gc * this.cs, guestLen, {})).copy(buf);
         seg.copy(buf, inCluster);
       }
       const host = e.kind === 'zero-alloc' ? e.offset : await this.allocCluster();
