@@ -10,10 +10,11 @@
 //   as QEMU says), encryption, external data files, extended L2 entries, a compression type other
 //   than zlib, compressed clusters (when a request reaches one), unknown incompatible feature bits;
 //   and, for writable opens, internal snapshots, persistent dirty bitmaps, dirty or corrupt images.
-// Concurrency (QEMU: s->lock, and l2meta dependencies for allocating writes): a read, or a write
-// into an allocated cluster, holds the metadata lock shared for the whole request; anything that
-// changes a mapping (allocation, zero, discard) holds it exclusively, so no cluster is freed or
-// re-used under a request that looked it up.
+// Concurrency (QEMU: s->lock, and l2meta dependencies for allocating writes): reading or writing
+// an allocated cluster holds the metadata lock shared from the lookup to the end of the data I/O;
+// anything that changes a mapping (allocation, zero, discard) holds it exclusively, so no cluster
+// is freed or re-used under a request that looked it up. A read of an unallocated range drops the
+// lock before it reads the backing, as QEMU does (see coRead).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockError } from '../errors.ts';
@@ -405,12 +406,19 @@ export class Qcow2Node extends BlockNode {
     return out;
   }
 
+  /** Per run of clusters of one kind: look up, then read. Data clusters are read with the lock
+   * held shared, so they cannot be freed and re-used meanwhile. For an unallocated run the lock is
+   * dropped before the backing is read, as qcow2_co_preadv_part drops s->lock after
+   * qcow2_get_host_offset: that gap, between the lookup and the backing read, is where the legacy
+   * fleecing race lives (docs/requirements/qemu-fleecing.md §3), and the breakpoints mark it. */
   protected async coRead(offset: number, bytes: number, flags: RequestFlags): Promise<Buffer> {
-    const release = await this.lock.acquire(false);
-    try {
-      const out = Buffer.alloc(bytes);
-      const end = offset + bytes;
-      for (let pos = offset; pos < end; ) {
+    const out = Buffer.alloc(bytes);
+    const end = offset + bytes;
+    for (let pos = offset; pos < end; ) {
+      const release = await this.lock.acquire(false);
+      let backingRun = false;
+      let n: number;
+      try {
         const gc = Math.floor(pos / this.cs);
         const e = this.entry(gc);
         // Extend over following clusters of the same kind (and, for data, contiguous on the host).
@@ -421,16 +429,22 @@ export class Qcow2Node extends BlockNode {
           if (!same && !(isZero(e) && isZero(f))) break;
           runEnd = Math.min(end, (next + 1) * this.cs);
         }
-        const n = runEnd - pos;
+        n = runEnd - pos;
         if (e.kind === 'compressed') throw this.err('ENOTSUP', 'read', pos, n, `compressed cluster at guest offset 0x${(gc * this.cs).toString(16)}: compressed clusters are not supported by the reference`);
         if (e.kind === 'normal') (await this.file.read(e.offset + (pos - gc * this.cs), n, flags)).copy(out, pos - offset);
-        else if (e.kind === 'unallocated') (await this.readBacking(pos, n, flags)).copy(out, pos - offset);
-        pos = runEnd;
+        backingRun = e.kind === 'unallocated';
+      } finally {
+        release();
       }
-      return out;
-    } finally {
-      release();
+      const bp = this.breakpoints;
+      if (bp.armed) await bp.reach('overlay-lookup-done', this.nodeName, pos, n);
+      if (backingRun) {
+        if (bp.armed && this.backing()) await bp.reach('overlay-backing-read', this.nodeName, pos, n);
+        (await this.readBacking(pos, n, flags)).copy(out, pos - offset);
+      }
+      pos += n;
     }
+    return out;
   }
 
   // ---- writes ----------------------------------------------------------------------------------
