@@ -237,6 +237,12 @@ export class Qcow2Node extends BlockNode {
     return this.header.size;
   }
 
+  /** The image file's name, as query-named-block-nodes shows it (QEMU: bs->filename). */
+  get filename(): string | undefined {
+    const f = this.file.node;
+    return f instanceof FileNode ? f.filename : undefined;
+  }
+
   override clusterSize(): number {
     return this.cs;
   }
