@@ -5,7 +5,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockGraph, PERM, permNames, type BlockBackend } from '../src/block/index.ts';
-import { tmpDir } from './nbd-helpers.ts';
+import { runServe } from './daemon-helpers.ts';
+import { run, tmpDir } from './nbd-helpers.ts';
 import { closeAll, createQcow2, firstDiff, isClean, KiB, MiB, openQcow2, qemuCheck, qemuIo, qemuView } from './qcow2-support.ts';
 
 const t = tmpDir('qcow2-interop-');
@@ -233,6 +234,16 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       },
       re: /persistent dirty bitmaps/,
     },
+    {
+      what: 'the dirty bit, writable',
+      make: async (f) => {
+        await createQcow2(f, '1M', { lazy_refcounts: 'on' });
+        const fd = fs.openSync(f, 'r+');
+        fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]), 0, 8, 72);
+        fs.closeSync(fd);
+      },
+      re: /the image is dirty \(lazy refcounts were not repaired\): run 'qemu-img check -r all' first, or open it read-only/,
+    },
     { what: 'lazy-refcounts=on as an option', make: (f) => createQcow2(f, '1M'), re: /lazy-refcounts=on is not supported/ },
   ];
   it.each(refusals)('refuses $what with an error naming the node', async ({ what, make, re }) => {
@@ -245,16 +256,43 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
     expect(g.allNodes()).toEqual([]);
   });
 
-  it('snapshots and bitmaps: read-only opens work', async () => {
+  it('fleece serve: qcow2 over a raw file fails as qemu-storage-daemon does, exit status 1', async () => {
+    const f = path.join(t.dir, 'plain.raw');
+    fs.writeFileSync(f, Buffer.alloc(MiB));
+    const line = `driver=qcow2,node-name=q,file.driver=file,file.filename=${f}`;
+    const r = await runServe(['--blockdev', line]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`fleece serve: --blockdev ${line}: node 'q' (driver qcow2): Image is not in qcow2 format`);
+    const q = await run('qemu-storage-daemon', ['--blockdev', line]);
+    expect(q.code).toBe(1);
+    expect(q.stderr).toContain(`qemu-storage-daemon: --blockdev ${line}: Image is not in qcow2 format`);
+  });
+
+  it('a dirty image opens read-only (the reference never sets the bit itself)', async () => {
+    const f = img();
+    await createQcow2(f, '1M', { lazy_refcounts: 'on' });
+    await qemuIo(f, ['write -P 0x73 0 64k']);
+    const fd = fs.openSync(f, 'r+');
+    fs.writeSync(fd, Buffer.from([0, 0, 0, 0, 0, 0, 0, 1]), 0, 8, 72);
+    fs.closeSync(fd);
+    const g = new BlockGraph();
+    const b = openQcow2(g, 'q', f, { 'read-only': true }, false);
+    expect((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 0x73))).toBe(true);
+    await closeAll(g, [b]);
+  });
+
+  it('an image with an internal snapshot and a persistent bitmap opens read-only: the active layer reads', async () => {
     const f = img();
     await createQcow2(f, '1M');
     await qemuIo(f, ['write -P 0x71 0 64k']);
     const { runOk } = await import('./nbd-helpers.ts');
     await runOk('qemu-img', ['snapshot', '-c', 's1', f]);
     await qemuIo(f, ['write -P 0x72 0 4k']);
+    await runOk('qemu-img', ['bitmap', '--add', f, 'bitmap0']);
     const g = new BlockGraph();
     const b = openQcow2(g, 'q', f, { 'read-only': true }, false);
     expect(firstDiff(await b.read(0, MiB), await qemuView(t.dir, f))).toBeUndefined();
+    expect((await b.read(0, 4 * KiB)).equals(Buffer.alloc(4 * KiB, 0x72))).toBe(true);
     await closeAll(g, [b]);
   });
 
