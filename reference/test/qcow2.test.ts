@@ -244,13 +244,14 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       },
       re: /the image is dirty \(lazy refcounts were not repaired\): run 'qemu-img check -r all' first, or open it read-only/,
     },
+    { what: 'data-file= as an option', make: (f) => createQcow2(f, '1M'), re: /data-file: external data files are not supported/ },
     { what: 'lazy-refcounts=on as an option', make: (f) => createQcow2(f, '1M'), re: /lazy-refcounts=on is not supported/ },
   ];
   it.each(refusals)('refuses $what with an error naming the node', async ({ what, make, re }) => {
     const f = img();
     await make(f);
     const g = new BlockGraph();
-    const extra = what.startsWith('lazy') ? { 'lazy-refcounts': 'on' } : {};
+    const extra = what.startsWith('lazy') ? { 'lazy-refcounts': 'on' } : what.startsWith('data-file') ? { 'data-file': 'd' } : {};
     expect(() => g.addNode({ driver: 'qcow2', 'node-name': 'q', file: { driver: 'file', filename: f }, ...extra })).toThrow(re);
     // Nothing is left behind: the failed open rolled back.
     expect(g.allNodes()).toEqual([]);

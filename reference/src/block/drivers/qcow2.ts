@@ -123,6 +123,8 @@ export class Qcow2Node extends BlockNode {
     };
     ctx.opts.ignore('lazy-refcounts', 'pass-discard-request', 'pass-discard-snapshot', 'pass-discard-other',
       'overlap-check', 'cache-size', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-clean-interval');
+    if (ctx.opts.has('data-file')) fail("data-file: external data files are not supported by the reference", 'ENOTSUP');
+    if (ctx.opts.has('encrypt')) fail('encrypt: encrypted images are not supported by the reference', 'ENOTSUP');
     if (ctx.opts.bool('lazy-refcounts', false)) fail("lazy-refcounts=on is not supported: the reference always writes refcounts", 'ENOTSUP');
     this.skipRefcounts = ctx.opts.bool('x-skip-refcounts', false);
     this.skipCow = ctx.opts.bool('x-skip-cow', false);
