@@ -593,8 +593,9 @@ export class Qcow2Node extends BlockNode {
 
   // ---- block status ----------------------------------------------------------------------------
 
-  /** From the L2 entries: data clusters are allocated data, zero clusters allocated zeroes (they
-   * hide the backing), unallocated ones fall through to the backing, or read as zeroes without
+  /** From the L2 entries: data clusters are allocated data, zero clusters allocated zeroes without
+   * data (they hide the backing; NBD shows them as holes, as QEMU's qcow2 reports ZERO without
+   * DATA for both kinds), unallocated ones fall through to the backing, or read as zeroes without
    * one or past its end. */
   protected override async coBlockStatus(offset: number, bytes: number): Promise<Extent> {
     const end = offset + bytes;
@@ -608,7 +609,7 @@ export class Qcow2Node extends BlockNode {
     let runEnd = Math.min(end, (gc0 + 1) * this.cs);
     for (let gc = gc0 + 1; runEnd < end && kindAt(gc) === kind; gc++) runEnd = Math.min(end, (gc + 1) * this.cs);
     if (kind === 'data') return { offset, length: runEnd - offset, allocated: true, zero: false };
-    if (kind === 'zero') return { offset, length: runEnd - offset, allocated: true, zero: true };
+    if (kind === 'zero') return { offset, length: runEnd - offset, allocated: true, zero: true, data: false };
     const backing = this.backing();
     if (!backing) return { offset, length: runEnd - offset, allocated: false, zero: true };
     const bl = backing.node.length();
