@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockGraph, PERM, permNames, type BlockBackend } from '../src/block/index.ts';
 import { runServe } from './daemon-helpers.ts';
-import { run, tmpDir } from './nbd-helpers.ts';
+import { run, runOk, tmpDir } from './nbd-helpers.ts';
 import { closeAll, createQcow2, firstDiff, isClean, KiB, MiB, openQcow2, qemuCheck, qemuIo, qemuView } from './qcow2-support.ts';
 
 const t = tmpDir('qcow2-interop-');
@@ -45,7 +45,6 @@ async function zeroMap(b: BlockBackend, size: number, granule: number): Promise<
 
 /** The same from `qemu-img map --output=json`. */
 async function qemuZeroMap(image: string, size: number, granule: number): Promise<boolean[]> {
-  const { runOk } = await import('./nbd-helpers.ts');
   const map = JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', 'qcow2', image])) as Array<{ start: number; length: number; zero: boolean }>;
   const out: boolean[] = [];
   for (const e of map) for (let o = e.start; o < e.start + e.length && o < size; o += granule) out[o / granule] = e.zero;
@@ -104,6 +103,27 @@ describe('qcow2: images made by qemu-img read as qemu-img reads them', () => {
     expect(firstDiff(await b2.read(0, 4 * MiB), alone)).toBeUndefined();
     expect(g2.node('q')!.backing()).toBeUndefined();
     await closeAll(g2, [b2]);
+  });
+
+  it('a missing backing file fails the open as QEMU words it, naming the node; nothing is left behind', async () => {
+    const top = img('top');
+    // -u: qemu-img does not look for the backing file.
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', path.join(t.dir, 'gone.qcow2'), '-F', 'qcow2', top, '1M']);
+    const g = new BlockGraph();
+    expect(() => g.addNode({ driver: 'qcow2', 'node-name': 'q', file: { driver: 'file', filename: top } })).toThrow(/node 'q' \(driver qcow2\): Could not open backing file: Could not open '.*gone\.qcow2'/);
+    expect(g.allNodes()).toEqual([]);
+  });
+
+  it('a corrupt header asking for a huge refcount table is refused before anything is read', async () => {
+    const f = img();
+    await createQcow2(f, '1M');
+    const fd = fs.openSync(f, 'r+');
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(0x100000);
+    fs.writeSync(fd, b, 0, 4, 56);
+    fs.closeSync(fd);
+    const g = new BlockGraph();
+    expect(() => g.addNode({ driver: 'qcow2', 'node-name': 'q', file: { driver: 'file', filename: f } })).toThrow(/Reference count table too large: 1048576 clusters/);
   });
 
   it('backing= as a node name replaces the backing file the image names', async () => {
@@ -203,7 +223,6 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       // qemu-img for LUKS ("Unable to get accurate CPU usage"); both set crypt_method.
       what: 'encryption',
       make: async (f) => {
-        const { runOk } = await import('./nbd-helpers.ts');
         await runOk('qemu-img', ['create', '-q', '--object', 'secret,id=s0,data=123456', '-f', 'qcow2', '-o', 'encrypt.format=aes,encrypt.key-secret=s0', f, '1M']);
       },
       re: /encrypted images are not supported/,
@@ -222,7 +241,6 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       what: 'internal snapshots, writable',
       make: async (f) => {
         await createQcow2(f, '1M');
-        const { runOk } = await import('./nbd-helpers.ts');
         await runOk('qemu-img', ['snapshot', '-c', 's1', f]);
       },
       re: /1 internal snapshot\(s\): the reference opens such images read-only only/,
@@ -231,7 +249,6 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       what: 'persistent dirty bitmaps, writable',
       make: async (f) => {
         await createQcow2(f, '1M');
-        const { runOk } = await import('./nbd-helpers.ts');
         await runOk('qemu-img', ['bitmap', '--add', f, 'bitmap0']);
       },
       re: /persistent dirty bitmaps/,
@@ -288,7 +305,6 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
     const f = img();
     await createQcow2(f, '1M');
     await qemuIo(f, ['write -P 0x71 0 64k']);
-    const { runOk } = await import('./nbd-helpers.ts');
     await runOk('qemu-img', ['snapshot', '-c', 's1', f]);
     await qemuIo(f, ['write -P 0x72 0 4k']);
     await runOk('qemu-img', ['bitmap', '--add', f, 'bitmap0']);

@@ -156,6 +156,10 @@ export class Qcow2Node extends BlockNode {
     this.geo = geometry(h);
     this.cs = this.geo.clusterSize;
     this.checkSupported(fail);
+    // QEMU's QCOW_MAX_L1_SIZE and QCOW_MAX_REFTABLE_SIZE: a corrupt header cannot make us
+    // allocate gigabytes at open.
+    if (h.l1Size * 8 > 32 * 1024 * 1024) fail(`Active L1 table too large: ${h.l1Size} entries`);
+    if (h.refcountTableClusters * this.cs > 8 * 1024 * 1024) fail(`Reference count table too large: ${h.refcountTableClusters} clusters`);
     if (h.l1Size < this.geo.l1Needed) fail(`L1 table is too small: ${h.l1Size} entries for ${h.size} bytes (corrupt image)`);
     this.l1 = h.l1Size > 0 ? at(h.l1TableOffset, h.l1Size * 8) : Buffer.alloc(0);
     for (let i = 0; i < h.l1Size; i++) {
