@@ -1,9 +1,9 @@
 // Fleecing targets: a live (writable) export and a snapshot export of one
 // disk, started privately with the command lines of docs/requirements/qemu-fleecing.md §5.1 (modern:
-// copy-before-write + snapshot-access) and §5.2 (legacy: blockdev-backup sync=none into an
-// overlay backed by the source, over QMP), and torn down afterwards.
+// copy-before-write + snapshot-access) and §5.2 (legacy: blockdev-backup sync=none into a
+// qcow2 temp backed by the source, over QMP), and torn down afterwards.
 //   reference          fleece serve, §5.1 (raw in place of qcow2)
-//   reference-legacy   fleece serve, §5.2 (the `overlay` driver in place of the qcow2 temp)
+//   reference-legacy   fleece serve, §5.2 (the qcow2 temp as written there; source raw)
 //   reference-racy     reference-legacy with the UNSAFE x-unserialized-target-writes: the
 //                      pre-3.0 race (§3, §6 B0) - the known-bad target every check must catch
 //   reference-hbitmap-status   reference with the UNSAFE cbw x-hbitmap-status-bug: QEMU 7.2's
@@ -161,7 +161,8 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
   return {
     name,
     graph,
-    peers: tls ? ['certtool', 'psktool'] : [],
+    // The legacy temp is a qcow2 image, made by qemu-img as in §5.2.
+    peers: [...(tls ? ['certtool', 'psktool'] : []), ...(graph === 'legacy' ? ['qemu-img'] : [])],
     summary: tls
       ? `fleece serve, copy-before-write + snapshot-access, NBD over ${tls} TLS (qemu-storage-daemon's --object tls-creds-${tls} and --nbd-server tls-creds)`
       : racy
@@ -170,7 +171,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         ? "fleece serve, copy-before-write + snapshot-access with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3, known bad)"
         : graph === 'modern'
           ? 'fleece serve, copy-before-write + snapshot-access (docs/requirements/qemu-fleecing.md §5.1, raw for qcow2)'
-          : 'fleece serve, blockdev-backup sync=none into an overlay backed by the source (§5.2)',
+          : 'fleece serve, blockdev-backup sync=none into a qcow2 temp backed by the source (§5.2)',
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && (c.cbwError || c.snapshotDiscard)) return 'the bitmap set-up builds the plain modern graph only';
@@ -210,7 +211,9 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
         args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${c.snapshotDiscard ? ',writable=on' : ''}`);
       } else {
-        bd(`driver=overlay,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
+        const temp = path.join(dir, 'tmp.qcow2');
+        execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', temp, String(content.size)], { stdio: 'pipe' });
+        bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${temp},backing=source`);
         args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
       }

@@ -31,8 +31,8 @@ export interface InterleavingTarget {
 
 export const INTERLEAVING_TARGETS: Readonly<Record<InterleavingTargetName, InterleavingTarget>> = {
   reference: { name: 'reference', summary: 'fleece serve, copy-before-write + snapshot-access', scheme: 's4', graph: 'modern', breakpoints: true, peers: [] },
-  'reference-legacy': { name: 'reference-legacy', summary: 'fleece serve, backup sync=none into an overlay backed by the source (serialised target writes)', scheme: 's3', graph: 'legacy', breakpoints: true, peers: [] },
-  'reference-racy': { name: 'reference-racy', summary: 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (known bad)', scheme: 's1', graph: 'legacy', breakpoints: true, peers: [] },
+  'reference-legacy': { name: 'reference-legacy', summary: 'fleece serve, backup sync=none into a qcow2 temp backed by the source (serialised target writes)', scheme: 's3', graph: 'legacy', breakpoints: true, peers: ['qemu-img'] },
+  'reference-racy': { name: 'reference-racy', summary: 'fleece serve, legacy graph with the UNSAFE x-unserialized-target-writes (known bad)', scheme: 's1', graph: 'legacy', breakpoints: true, peers: ['qemu-img'] },
   'reference-hbitmap-status': { name: 'reference-hbitmap-status', summary: "fleece serve, copy-before-write with the UNSAFE x-hbitmap-status-bug (QEMU 7.2's hbitmap_status, findings F1/F3; known bad)", scheme: 's4-qemu-7.2-hbitmap-status', graph: 'modern', breakpoints: true, peers: [] },
   'reference-no-read-wait': { name: 'reference-no-read-wait', summary: 'fleece serve, copy-before-write with the UNSAFE x-no-frozen-read-wait (guest writes do not wait for frozen snapshot reads; known bad: only the blocking check sees it)', scheme: 's4', graph: 'modern', breakpoints: true, peers: [] },
   qemu: { name: 'qemu', summary: 'qemu-storage-daemon, copy-before-write + snapshot-access', scheme: 's4', graph: 'modern', breakpoints: false, peers: ['qemu-storage-daemon', 'qemu-img'] },
@@ -124,14 +124,9 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
       args.push('--export', `type=nbd,id=exp-fleece,node-name=fl-access,name=fleece${o.snapshotDiscard ? ',writable=on' : ''}`);
-    } else if (reference) {
-      const tmp = path.join(dir, 'tmp.raw');
-      fs.writeFileSync(tmp, '');
-      fs.truncateSync(tmp, o.size);
-      bd(`driver=overlay,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
-      args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
-      args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
     } else {
+      // §5.2 on both: a qcow2 temp backed by the source (the reference's qcow2 reaches the legacy
+      // temp's breakpoints between its lookup and its backing read).
       const tmp = path.join(dir, 'tmp.qcow2');
       execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, String(o.size)], { stdio: 'pipe' });
       bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);

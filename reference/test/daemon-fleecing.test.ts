@@ -4,28 +4,11 @@
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { run, runOk, tmpDir } from './nbd-helpers.ts';
+import { runOk, tmpDir } from './nbd-helpers.ts';
 import { QmpClient, startDaemon, type GraphInfo } from './daemon-helpers.ts';
+import { overwrite, patterns, qemuIo, reads, remainder, writes, zeroes } from './support/image-fleecing.ts';
 
-type Row = readonly [pattern: number, offset: number, length: number];
 const k = 1024;
-const M = 1024 * 1024;
-const patterns: Row[] = [[0x5d, 0, 64 * k], [0xd5, 1 * M, 64 * k], [0xdc, 32 * M, 64 * k], [0xcd, 0x3ff0000, 64 * k]];
-const overwrite: Row[] = [[0xab, 0, 64 * k], [0xad, 0x00f8000, 64 * k], [0x1d, 0x2008000, 64 * k], [0xea, 0x3fe0000, 64 * k]];
-const zeroes: Row[] = [[0, 0x00f8000, 32 * k], [0, 0x2010000, 32 * k], [0, 0x3fe0000, 64 * k]];
-const remainder: Row[] = [[0xd5, 0x108000, 32 * k], [0xdc, 32 * M, 32 * k], [0xcd, 0x3ff0000, 64 * k]];
-
-const reads = (rows: readonly Row[]) => rows.map(([p, o, l]) => `read -P ${p} ${o} ${l}`);
-const writes = (rows: readonly Row[]) => rows.map(([p, o, l]) => `write -P ${p} ${o} ${l}`);
-
-/** qemu-io with every command; returns the failures it printed (pattern mismatches, errors). */
-async function qemuIo(target: string, cmds: string[], readOnly: boolean): Promise<string[]> {
-  const r = await run('qemu-io', [...(readOnly ? ['-r'] : []), '-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), target]);
-  const out = r.stdout + r.stderr;
-  const failures = out.split('\n').filter((l) => /Pattern verification failed|error|failed/i.test(l));
-  if (r.code !== 0 && failures.length === 0) failures.push(`qemu-io exited ${r.code}: ${out}`);
-  return failures;
-}
 
 function makeImages(dir: string): { src: string; tmp: string } {
   const src = path.join(dir, 'src.raw');

@@ -59,20 +59,20 @@ interface LegacyObserved {
   cancelled: Record<string, unknown> | undefined;
 }
 
-/** Legacy fleecing (§5.2) by QMP: the temp image is qcow2 on QEMU and `overlay` on the reference
- * (the issue's stand-in), both with backing=source; the export on the source predates the job. */
+/** Legacy fleecing (§5.2) by QMP: the temp image is qcow2 with backing=source on both; the export
+ * on the source predates the job. */
 async function runLegacy(kind: 'qsd' | 'fleece'): Promise<LegacyObserved> {
   const t = tmpDir(`fleece-cmp-legacy-${kind}-`);
   const d = t.dir;
   let daemon: Daemon | undefined;
   try {
     execFileSync('qemu-img', ['create', '-q', '-f', 'raw', `${d}/src.raw`, '64M']);
-    execFileSync('qemu-img', ['create', '-q', '-f', kind === 'qsd' ? 'qcow2' : 'raw', `${d}/tmp.img`, '64M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', `${d}/tmp.img`, '64M']);
     const qmpSock = path.join(d, 'qmp.sock');
     daemon = await startDaemon(kind, ['--chardev', `socket,id=qmp0,path=${qmpSock},server=on,wait=off`, '--monitor', 'chardev=qmp0'], qmpSock);
     const c = await QmpClient.connect(qmpSock);
     await c.ok('blockdev-add', { driver: 'file', 'node-name': 'source', filename: `${d}/src.raw` });
-    await c.ok('blockdev-add', { driver: kind === 'qsd' ? 'qcow2' : 'overlay', 'node-name': 'temp', file: { driver: 'file', filename: `${d}/tmp.img` }, backing: 'source' });
+    await c.ok('blockdev-add', { driver: 'qcow2', 'node-name': 'temp', file: { driver: 'file', filename: `${d}/tmp.img` }, backing: 'source' });
     await c.ok('nbd-server-start', { addr: { type: 'unix', data: { path: `${d}/nbd.sock` } } });
     await c.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'source', name: 'live', writable: true });
     await c.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });

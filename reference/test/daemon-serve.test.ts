@@ -41,13 +41,14 @@ describe('fleece serve', () => {
   });
 
   it('a bad configuration exits non-zero as a process', async () => {
-    const r = await runServe(['--blockdev', 'driver=qcow2,node-name=x,file=y']);
+    const r = await runServe(['--blockdev', 'driver=vmdk,node-name=x,file=y']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^fleece serve: --blockdev driver=qcow2,node-name=x,file=y: Unknown driver 'qcow2'/);
+    expect(r.stderr).toMatch(/^fleece serve: --blockdev driver=vmdk,node-name=x,file=y: Unknown driver 'vmdk'/);
   });
 
   it.each([
-    [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Unknown driver 'qcow2'.*use 'raw'/],
+    [['--blockdev', 'driver=null-co,node-name=x'], 1, /Unknown driver 'null-co'.*use 'memory'/],
+    [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Cannot find node-name 'y' \(the 'file' child of node 'x'\)/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /node 'm' \(driver memory\): invalid parameter 'colour'/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M', '--export', 'type=nbd,id=e,node-name=m'], 1, /NBD server not running/],
     [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 2, /--export: invalid parameter 'frob'/],

@@ -83,7 +83,7 @@ describe('file', () => {
 describe('blockdev options', () => {
   const g = new BlockGraph();
   it('unknown driver: named, with a hint for QEMU-only drivers', () => {
-    expect(() => g.addNode({ driver: 'qcow2', 'node-name': 'q' })).toThrow(/Unknown driver 'qcow2': the reference does not implement it, use 'raw'/);
+    expect(() => g.addNode({ driver: 'null-co', 'node-name': 'q' })).toThrow(/Unknown driver 'null-co': the reference does not implement it, use 'memory'/);
     expect(() => g.addNode({ driver: 'bogus', 'node-name': 'q' })).toThrow(/Unknown driver 'bogus'/);
   });
   it('unknown option: named', () => {

@@ -6,7 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { KiB, legacyGraph, MiB, modernGraph, pattern, type FleecingSetup } from './support/graphs.ts';
 import { eventually } from './support/wait.ts';
-import type { OverlayNode } from '../src/block/index.ts';
+import * as path from 'node:path';
+import { afterAll } from 'vitest';
+import type { BlockNode } from '../src/block/index.ts';
+import { runOk, tmpDir } from './nbd-helpers.ts';
 
 const OLD = 0x11;
 const NEW = 0x22;
@@ -30,7 +33,7 @@ async function seedSchedule(setup: FleecingSetup, blocked: () => boolean): Promi
 }
 
 const tempWaitsForReader = (setup: FleecingSetup) => () =>
-  (setup.graph.node('temp') as OverlayNode).tracked.inFlight().some((r) => r.serialising && r.waitingFor !== undefined);
+  (setup.graph.node('temp') as BlockNode).tracked.inFlight().some((r) => r.serialising && r.waitingFor !== undefined);
 
 describe('the 2018 fleecing race, deterministic schedule', () => {
   it('legacy graph with x-unserialized-target-writes: the snapshot read returns post-snapshot data', async () => {
@@ -44,6 +47,29 @@ describe('the 2018 fleecing race, deterministic schedule', () => {
     const out = await seedSchedule(setup, tempWaitsForReader(setup));
     expect(out).toEqual({ guestWrite: 'waited-for-read', readByte: OLD });
     // And afterwards the copy is in temp: a new snapshot read finds it allocated there.
+    expect((await setup.fleece.read(0, 64 * KiB))[0]).toBe(OLD);
+    expect((await setup.live.read(0, 64 * KiB))[0]).toBe(NEW);
+  });
+
+  // The same two schedules with the temp image as QEMU's docs have it: qcow2, made by qemu-img.
+  const dir = tmpDir('qcow2-race-');
+  afterAll(() => dir.cleanup());
+  const qcow2Temp = async (name: string): Promise<Record<string, unknown>> => {
+    const filename = path.join(dir.dir, `${name}.qcow2`);
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', filename, String(MiB)]);
+    return { driver: 'qcow2', file: { driver: 'file', filename } };
+  };
+
+  it('legacy graph, qcow2 temp, x-unserialized-target-writes: post-snapshot data (qcow2 drops its lock before the backing read)', async () => {
+    const setup = await legacyGraph({ size: MiB, unsafe: true, prefill, temp: await qcow2Temp('racy') });
+    const out = await seedSchedule(setup, tempWaitsForReader(setup));
+    expect(out).toEqual({ guestWrite: 'landed-before-read', readByte: NEW });
+  });
+
+  it('legacy graph, qcow2 temp, serialising target writes: snapshot data', async () => {
+    const setup = await legacyGraph({ size: MiB, prefill, temp: await qcow2Temp('safe') });
+    const out = await seedSchedule(setup, tempWaitsForReader(setup));
+    expect(out).toEqual({ guestWrite: 'waited-for-read', readByte: OLD });
     expect((await setup.fleece.read(0, 64 * KiB))[0]).toBe(OLD);
     expect((await setup.live.read(0, 64 * KiB))[0]).toBe(NEW);
   });

@@ -3,7 +3,7 @@
 import { BlockError } from './errors.ts';
 import type { BdrvChild, Parent } from './node.ts';
 import { PERM } from './perm.ts';
-import type { BlockBackend, Extent, RequestFlags } from './types.ts';
+import { extentHasData, type BlockBackend, type Extent, type RequestFlags } from './types.ts';
 
 export type RootKind = 'block-backend' | 'block-job';
 
@@ -75,10 +75,11 @@ export class BackendImpl implements BlockBackend, RootParent {
       const e = await this.edge.blockStatus(pos, offset + bytes - pos);
       const length = Math.max(1, Math.min(e.length, offset + bytes - pos));
       const last = out[out.length - 1];
-      if (last && last.allocated === e.allocated && last.zero === e.zero) {
+      const data = extentHasData(e);
+      if (last && last.allocated === e.allocated && last.zero === e.zero && extentHasData(last) === data) {
         out[out.length - 1] = { ...last, length: last.length + length };
       } else {
-        out.push({ offset: pos, length, allocated: e.allocated, zero: e.zero });
+        out.push({ offset: pos, length, allocated: e.allocated, zero: e.zero, ...(data !== e.allocated ? { data } : {}) });
       }
       pos += length;
     }

@@ -10,9 +10,10 @@ import { EventEmitter } from 'node:events';
 import { BlockError, type Errno } from './errors.ts';
 
 export const BREAKPOINT_EVENTS = [
-  /** overlay: allocation lookup finished for a range (the reader has decided where to read). */
+  /** overlay or qcow2 (the legacy temp image): allocation lookup finished for a range (the
+   * reader has decided where to read). */
   'overlay-lookup-done',
-  /** overlay: about to read an unallocated range from the backing. */
+  /** overlay or qcow2: about to read an unallocated range from the backing. */
   'overlay-backing-read',
   /** block-copy: about to read the old data from the source. */
   'cbw-source-read',

@@ -235,8 +235,8 @@ export class BlockGraph {
       opts,
       common: { readOnly, discardUnmap: discard === 'unmap' || discard === 'on', breakpoints: this.breakpoints },
       graph: this,
-      addChild: (parent, key, role, required, childName) => {
-        const ref = opts.raw(key);
+      addChild: (parent, key, role, required, childName, fallback) => {
+        const ref = opts.raw(key) ?? fallback;
         if (ref === undefined) {
           if (required) throw new BlockError('EINVAL', `node '${name}' (driver ${driver}): parameter '${key}' is missing`);
           return undefined;

@@ -9,6 +9,7 @@ export type { BlockBackend, Extent, RequestFlags } from './types.ts';
 export { CopyBeforeWriteNode } from './drivers/copy-before-write.ts';
 export { SnapshotAccessNode } from './drivers/snapshot-access.ts';
 export { OverlayNode } from './drivers/overlay.ts';
+export { Qcow2Node } from './drivers/qcow2.ts';
 export { DelayNode, Gate } from './drivers/delay.ts';
 export { BlkdebugNode } from './drivers/blkdebug.ts';
 export { MemoryNode } from './drivers/memory.ts';

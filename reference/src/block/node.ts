@@ -47,6 +47,8 @@ export class BdrvChild {
 
   async write(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
     this.need(flags.writeUnchanged ? PERM.WRITE | PERM.WRITE_UNCHANGED : PERM.WRITE, 'write', offset, data.length);
+    // A write past the end grows a growable node, which takes RESIZE (bdrv_co_write_req_prepare).
+    if (offset + data.length > this.node.length()) this.need(PERM.RESIZE, 'write past the end', offset, data.length);
     return this.node.write(offset, data, flags);
   }
 
@@ -211,16 +213,28 @@ export abstract class BlockNode implements Parent {
     return undefined;
   }
 
+  /** Whether a write past the end grows the node (a protocol node: the file a format driver
+   * allocates clusters in). Other nodes refuse such writes as past their end. */
+  growable(): boolean {
+    return false;
+  }
+
+  /** A synchronous read for a format driver's open (header, tables), which runs inside the graph
+   * transaction; undefined when this node cannot read synchronously. Filters pass it through. */
+  readAtOpen(offset: number, bytes: number): Buffer | undefined {
+    return this.filtered()?.node.readAtOpen(offset, bytes);
+  }
+
   // ---- the generic layer (block/io.c) --------------------------------------------------------
 
-  private checkRange(op: string, offset: number, bytes: number): void {
+  private checkRange(op: string, offset: number, bytes: number, grows = false): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
       throw new BlockError('EINVAL', `${op} on node '${this.nodeName}': invalid range offset=${offset} bytes=${bytes}`, {
         node: this.nodeName, op, offset, bytes,
       });
     }
     const len = this.length();
-    if (offset + bytes > len) {
+    if (offset + bytes > len && !(grows && this.growable())) {
       throw new BlockError('EIO', `${op} on node '${this.nodeName}' past its end: offset=${offset} bytes=${bytes} length=${len}`, {
         node: this.nodeName, op, offset, bytes,
       });
@@ -234,7 +248,7 @@ export abstract class BlockNode implements Parent {
     flags: RequestFlags,
     body: () => Promise<T>,
   ): Promise<T> {
-    this.checkRange(type, offset, bytes);
+    this.checkRange(type, offset, bytes, type === 'write');
     const req = this.tracked.begin(type, offset, bytes);
     try {
       if (flags.serialising) req.setSerialising(this.clusterSize());

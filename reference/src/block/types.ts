@@ -17,12 +17,20 @@ export interface RequestFlags {
 }
 
 /** One block-status extent (bdrv_co_block_status): `allocated` means the data comes from this
- * node or its file (not from a backing), `zero` means it reads as zeroes. */
+ * node or its file (not from a backing), `zero` means it reads as zeroes. `data` is
+ * BDRV_BLOCK_DATA, what NBD base:allocation's HOLE flag is the negation of; absent, it equals
+ * `allocated`. A qcow2 zero cluster is allocated (it hides the backing) but holds no data. */
 export interface Extent {
   readonly offset: number;
   readonly length: number;
   readonly allocated: boolean;
   readonly zero: boolean;
+  readonly data?: boolean;
+}
+
+/** Whether an extent holds data (not an NBD hole). */
+export function extentHasData(e: Extent): boolean {
+  return e.data ?? e.allocated;
 }
 
 /** The data-path contract an export (NBD) uses: a BlockBackend in QEMU terms. */

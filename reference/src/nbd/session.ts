@@ -3,7 +3,7 @@
 // the I/O edge (server.ts) feeds bytes in and writes buffers out.
 //
 // States (docs/requirements/nbd.md §1.2): client-flags → options → transmission → closed.
-import type { BlockBackend, Extent } from '../block/types.ts';
+import { extentHasData, type BlockBackend, type Extent } from '../block/types.ts';
 import { readBuffers, writeBuffers } from '../block/node.ts';
 import {
   BLOCK_SIZE_MIN,
@@ -522,7 +522,7 @@ export class NbdSession {
       let ext: StatusExtent[];
       if (ctx.name === BASE_ALLOCATION) {
         const e = await exp.backend.blockStatus(req.offset, req.length);
-        ext = e.map((x: Extent) => ({ length: x.length, flags: (x.allocated ? 0 : STATE_HOLE) | (x.zero ? STATE_ZERO : 0) }));
+        ext = e.map((x: Extent) => ({ length: x.length, flags: (extentHasData(x) ? 0 : STATE_HOLE) | (x.zero ? STATE_ZERO : 0) }));
       } else {
         const bm = exp.bitmaps?.get(ctx.name.slice(DIRTY_BITMAP_PREFIX.length));
         if (!bm) fail(NBD_ERR.EINVAL, `meta context ${ctx.name} is gone`);

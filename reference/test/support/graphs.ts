@@ -78,6 +78,9 @@ export interface LegacyOptions {
   unsafe?: boolean;
   prefill?: (disk: BlockBackend) => Promise<void>;
   filterNodeName?: string;
+  /** The temp node's blockdev options in place of the in-memory overlay (e.g. a qcow2 image);
+   * node-name and backing=source are added. */
+  temp?: Record<string, unknown>;
 }
 
 /** Legacy: temp (overlay backed by source), export `live` on source, blockdev-backup sync=none
@@ -88,7 +91,7 @@ export async function legacyGraph(o: LegacyOptions = {}): Promise<FleecingSetup>
   graph.addNode({ driver: 'memory', 'node-name': 'disk0', size });
   const source = graph.addNode({ driver: 'delay', 'node-name': 'source', file: 'disk0' }) as DelayNode;
   await prefillDisk(graph, o.prefill);
-  graph.addNode({ driver: 'overlay', 'node-name': 'temp', file: { driver: 'memory', size }, backing: 'source' });
+  graph.addNode({ ...(o.temp ?? { driver: 'overlay', file: { driver: 'memory', size } }), 'node-name': 'temp', backing: 'source' });
   const le = exportPerms(true);
   const live = graph.attachBackend('an unnamed block device', 'source', le.perm, le.shared);
   const job = graph.startBackup({

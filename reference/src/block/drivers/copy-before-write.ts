@@ -23,7 +23,7 @@ import { BlockError } from '../errors.ts';
 import { BlockNode, type BdrvChild } from '../node.ts';
 import { filterDefaultPerms, PERM, PERM_ALL, type PermPair } from '../perm.ts';
 import { RangeList } from '../reqlist.ts';
-import type { Extent, RequestFlags } from '../types.ts';
+import { extentHasData, type Extent, type RequestFlags } from '../types.ts';
 import type { DriverContext } from './registry.ts';
 
 export type OnCbwError = 'break-guest-write' | 'break-snapshot';
@@ -272,7 +272,9 @@ export class CopyBeforeWriteNode extends BlockNode {
     try {
       const child = lock.fromTarget ? this.target : this.file;
       const ext = await child.blockStatus(offset, lock.bytes);
-      return { offset, length: Math.min(ext.length, lock.bytes), allocated: lock.fromTarget || ext.allocated, zero: ext.zero };
+      const allocated = lock.fromTarget || ext.allocated;
+      const data = lock.fromTarget || extentHasData(ext);
+      return { offset, length: Math.min(ext.length, lock.bytes), allocated, zero: ext.zero, ...(data !== allocated ? { data } : {}) };
     } finally {
       lock.unlock();
     }

@@ -70,6 +70,26 @@ export class FileNode extends BlockNode {
     throw new Error('file has no children');
   }
 
+  /** A writable file grows when written past its end (file-posix with RESIZE permission). */
+  override growable(): boolean {
+    return !this.readOnly;
+  }
+
+  /** Past the end reads as zeroes, as coRead does. */
+  override readAtOpen(offset: number, bytes: number): Buffer {
+    const buf = Buffer.alloc(bytes);
+    try {
+      for (let done = 0; done < bytes; ) {
+        const n = fs.readSync(this.fd, buf, done, bytes - done, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (err) {
+      throw ioError(err, this.nodeName, 'read', offset, bytes);
+    }
+    return buf;
+  }
+
   protected coRead(offset: number, bytes: number): Promise<Buffer> {
     const buf = readBuffers.take(bytes);
     if (bytes <= SYNC_IO_MAX) return this.readSync(buf, offset, bytes);
@@ -113,6 +133,7 @@ export class FileNode extends BlockNode {
 
   protected async coWrite(offset: number, data: Buffer, flags: RequestFlags = {}): Promise<void> {
     await this.writeData(offset, data);
+    this.size = Math.max(this.size, offset + data.length);
     // FUA: durable before the write completes (QEMU emulates it with a flush, BDRV_REQ_FUA).
     if (flags.fua) await this.coFlush();
   }

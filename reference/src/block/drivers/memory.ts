@@ -25,7 +25,15 @@ export class MemoryNode extends BlockNode {
     throw new Error('memory has no children');
   }
 
+  override readAtOpen(offset: number, bytes: number): Buffer {
+    return this.readNow(offset, Math.max(0, Math.min(bytes, this.size - offset)));
+  }
+
   protected async coRead(offset: number, bytes: number): Promise<Buffer> {
+    return this.readNow(offset, bytes);
+  }
+
+  private readNow(offset: number, bytes: number): Buffer {
     const out = Buffer.alloc(bytes);
     for (let pos = offset; pos < offset + bytes; ) {
       const idx = Math.floor(pos / CHUNK);

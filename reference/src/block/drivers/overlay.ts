@@ -3,11 +3,16 @@
 // allocation (qcow2_get_host_offset) and only then reads the file or falls through to the
 // backing: two separate steps, and the seed's race lives between them (docs/requirements/qemu-fleecing.md §3).
 // Allocation metadata lives in memory: the temp image of a fleecing setup is thrown away.
+// Its file holds guest data at guest offsets, so opened over a qcow2 image it would export the
+// image's raw bytes and overwrite its metadata: a file that starts with the qcow2 magic is refused
+// (use driver=qcow2). raw over a qcow2 file is allowed, as in QEMU: it exports the bytes.
 import { ClusterBitmap } from '../bitmap.ts';
+import { BlockError } from '../errors.ts';
 import { BlockNode, type BdrvChild } from '../node.ts';
 import { defaultPerms, type PermPair } from '../perm.ts';
 import { RangeList } from '../reqlist.ts';
 import type { Extent, RequestFlags } from '../types.ts';
+import { isQcow2 } from './qcow2-format.ts';
 import type { DriverContext } from './registry.ts';
 
 export class OverlayNode extends BlockNode {
@@ -20,7 +25,11 @@ export class OverlayNode extends BlockNode {
   constructor(ctx: DriverContext) {
     super(ctx.nodeName, 'overlay', ctx.common);
     this.cluster = ctx.opts.size('cluster-size', 65536);
-    ctx.addChild(this, 'file', 'data+metadata', true);
+    const file = ctx.addChild(this, 'file', 'data+metadata', true)!;
+    const head = file.readAtOpen(0, 4);
+    if (head && isQcow2(head)) {
+      throw new BlockError('EINVAL', `${ctx.opts.where}: the file child '${file.nodeName}' holds a qcow2 image; open it with driver=qcow2 (overlay keeps guest data at guest offsets and would overwrite the image's metadata)`, { node: ctx.nodeName });
+    }
     ctx.addChild(this, 'backing', 'cow', false);
     this.allocation = new ClusterBitmap(this.length(), this.cluster);
   }

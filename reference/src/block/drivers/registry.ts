@@ -11,8 +11,16 @@ export interface DriverContext {
   readonly graph: BlockGraph;
   /** Opens the child named by option `key` (a node-name reference or a nested blockdev object)
    * and links it under `parent` with child name `name` (defaults to `key`). Returns undefined
-   * when the option is absent and not required. */
-  addChild(parent: BlockNode, key: string, role: ChildRole, required: boolean, name?: string): BlockNode | undefined;
+   * when the option is absent and not required. `fallback` is opened instead when the option is
+   * absent (a format driver's default child, e.g. the backing file an image names). */
+  addChild(
+    parent: BlockNode,
+    key: string,
+    role: ChildRole,
+    required: boolean,
+    name?: string,
+    fallback?: Readonly<Record<string, unknown>>,
+  ): BlockNode | undefined;
 }
 
 export type DriverFactory = (ctx: DriverContext) => BlockNode;
