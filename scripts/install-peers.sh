@@ -17,6 +17,8 @@ declare -A PEERS=(
   [spin]=spin
   [fio]=fio
   [strace]=strace
+  [certtool]=gnutls-bin
+  [psktool]=gnutls-bin
 )
 # qemu-block-extra has no command of its own (it adds block drivers, e.g. blkdebug is built in,
 # curl/iscsi/... are modules); check its package status instead.
