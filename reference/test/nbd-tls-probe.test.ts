@@ -9,8 +9,8 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgs } from '../src/daemon/args.ts';
-import { Daemon } from '../src/daemon/daemon.ts';
 import { RawClient, handshake, infoData, opt, readOptReplies, readOptReply, readReply, request, tmpDir } from './nbd-helpers.ts';
+import { serveInProcess, type Addr, type Served } from './support/serve-inprocess.ts';
 import { makeTestPki, type TestPki } from './support/tls-pki.ts';
 
 const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META: 9, SET_META: 10 } as const;
@@ -18,22 +18,7 @@ const REP_ACK = 1;
 const ERR_INVALID = 0x80000003;
 const ERR_TLS_REQD = 0x80000005;
 
-type Addr = string | { host: string; port: number };
-
-interface Served {
-  readonly d: Daemon;
-  readonly addr: Addr;
-  readonly logs: string[];
-}
-
-/** `fleece serve ARGV` in this process (the probe needs its counters). */
-async function serve(argv: string[]): Promise<Served> {
-  const logs: string[] = [];
-  const d = new Daemon({ log: (m) => logs.push(m) });
-  for (const a of parseArgs(argv).actions) await d.apply(a);
-  const b = d.nbdServerAddress!;
-  return { d, logs, addr: b.type === 'unix' ? b.path! : { host: '127.0.0.1', port: b.port! } };
-}
+const serve = serveInProcess;
 
 type ClientCreds = { kind: 'psk'; identity: string; key: Buffer } | { kind: 'x509'; dir: string };
 
