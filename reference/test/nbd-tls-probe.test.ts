@@ -229,6 +229,14 @@ describe('TLS probe against fleece serve', () => {
     expect(await tryTls(off.addr, { kind: 'x509', dir: pki.caOnlyDir })).toBe('served');
   });
 
+  it('x509 with ca-crl.pem: the revoked client certificate is refused; the same server without the CRL serves it', async () => {
+    const s = await start(common('disk', `addr.type=unix,addr.path=${sock('crl')},tls-creds=tls0`, [`tls-creds-x509,id=tls0,dir=${pki.revokingServerDir},endpoint=server`]));
+    expect(await tryTls(s.addr, { kind: 'x509', dir: pki.clientDir })).toMatch(/^refused/);
+    expect(s.logs, s.logs.join('\n')).toContain('nbd: option negotiation failed: The certificate has been revoked');
+    const without = await start(common('disk', `addr.type=unix,addr.path=${sock('no-crl')},tls-creds=tls0`, [x509()]));
+    expect(await tryTls(without.addr, { kind: 'x509', dir: pki.clientDir })).toBe('served');
+  });
+
   it('authz: the x509 DN and the PSK username are checked; a denied client is refused after the handshake with QEMU\'s message', async () => {
     const allowDn = `{"qom-type":"authz-simple","id":"az0","identity":${JSON.stringify(pki.clientDn)}}`;
     const s = await start(common('disk', `addr.type=unix,addr.path=${sock('authz-x509')},tls-creds=tls0,tls-authz=az0`, [x509(), allowDn]));

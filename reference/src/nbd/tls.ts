@@ -127,7 +127,7 @@ function verifyError(t: tls.TLSSocket): string | undefined {
   const h = (t as unknown as { ssl?: { verifyError?(): (Error & { code?: string }) | null } }).ssl;
   if (!h?.verifyError) return 'NO_VERIFY_RESULT';
   const e = h.verifyError();
-  return e ? (e.code ?? e.message) : undefined;
+  return e ? (e.code && e.code !== 'UNSPECIFIED' ? e.code : `${e.code ?? ''}: ${e.message}`) : undefined;
 }
 
 /** OpenSSL's verify error → QEMU's reason text (check_certificate). */

@@ -2,6 +2,7 @@
 // tools QEMU's and nbdkit's own TLS tests use) in a temp dir at test time, never committed.
 // Directories follow the layouts the peers read:
 //   serverDir   ca-cert.pem server-cert.pem server-key.pem     (QEMU tls-creds-x509 endpoint=server)
+//   revokingServerDir  the same and ca-crl.pem revoking the client certificate
 //   clientDir   ca-cert.pem client-cert.pem client-key.pem     (QEMU endpoint=client, libnbd tls-certificates=)
 //   caOnlyDir   ca-cert.pem                                    (a client with no certificate)
 //   rogueDir    ca-cert.pem + a client certificate from another CA
@@ -14,6 +15,8 @@ import { requirePeer, tmpDir } from '../nbd-helpers.ts';
 export interface TestPki {
   readonly root: string;
   readonly serverDir: string;
+  /** serverDir plus ca-crl.pem revoking the client certificate. */
+  readonly revokingServerDir: string;
   readonly clientDir: string;
   readonly caOnlyDir: string;
   readonly rogueDir: string;
@@ -46,9 +49,11 @@ export function makeTestPki(prefix = 'fleece-tls-'): TestPki {
     fs.writeFileSync(p(`${name}.info`), `${lines.join('\n')}\n`);
     return p(`${name}.info`);
   };
+  // crl_signing_key: OpenSSL refuses a CRL from a CA whose key usage lacks cRLSign ("key usage
+  // does not include CRL signing"); QEMU's documented CA template has only cert_signing_key.
   const ca = (name: string, cn: string) => {
     key(p(`${name}-key.pem`));
-    certtool(['--generate-self-signed', '--load-privkey', p(`${name}-key.pem`), '--template', template(name, [`cn = ${cn}`, 'ca', 'cert_signing_key', 'expiration_days = 30']), '--outfile', p(`${name}-cert.pem`)]);
+    certtool(['--generate-self-signed', '--load-privkey', p(`${name}-key.pem`), '--template', template(name, [`cn = ${cn}`, 'ca', 'cert_signing_key', 'crl_signing_key', 'expiration_days = 30']), '--outfile', p(`${name}-cert.pem`)]);
   };
   const issue = (caName: string, name: string, lines: string[]) => {
     key(p(`${name}-key.pem`));
@@ -67,6 +72,14 @@ export function makeTestPki(prefix = 'fleece-tls-'): TestPki {
 
   const serverDir = dir('server');
   for (const f of ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']) fs.copyFileSync(p(f), path.join(serverDir, f));
+  // The same server with a CRL that revokes the client certificate.
+  const revokingServerDir = dir('server-crl');
+  for (const f of ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']) fs.copyFileSync(p(f), path.join(revokingServerDir, f));
+  certtool([
+    '--generate-crl', '--load-ca-privkey', p('ca-key.pem'), '--load-ca-certificate', p('ca-cert.pem'),
+    '--load-certificate', p('client-cert.pem'), '--template', template('crl', ['crl_next_update = 30', 'crl_number = 1']),
+    '--outfile', path.join(revokingServerDir, 'ca-crl.pem'),
+  ]);
   const clientDir = dir('client');
   for (const f of ['ca-cert.pem', 'client-cert.pem', 'client-key.pem']) fs.copyFileSync(p(f), path.join(clientDir, f));
   const caOnlyDir = dir('ca-only');
@@ -93,7 +106,7 @@ export function makeTestPki(prefix = 'fleece-tls-'): TestPki {
   const wrongPsk = clientPsk('psk-wrong', `alice:${wrong}`);
 
   return {
-    root, serverDir, clientDir, caOnlyDir, rogueDir, pskDir, wrongPsk,
+    root, serverDir, revokingServerDir, clientDir, caOnlyDir, rogueDir, pskDir, wrongPsk,
     clientDn: 'C=GB,ST=London,L=London,O=fleece\\, test,CN=client.example.com',
     pskClient: (user) => (user === 'alice' ? alice : bob),
     cleanup: t.cleanup,
