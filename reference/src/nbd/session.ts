@@ -197,7 +197,9 @@ export class NbdSession {
    * in plaintext after STARTTLS is dropped, not parsed: proto.md says all data after the ACK is
    * TLS, and acting on it would let a man in the middle inject options (the STARTTLS injection).
    * Negotiated state is forgotten (NBD_OPT_STARTTLS: "the server MUST NOT preserve any
-   * negotiation state"), so the client negotiates structured replies and contexts again.
+   * negotiation state"), so the client negotiates structured replies and contexts again. In
+   * FORCEDTLS nothing can have been negotiated yet (every other option got TLS_REQD); the reset
+   * keeps the rule true whatever runs before, a SELECTIVETLS mode included.
    */
   tlsEstablished(): void {
     if (this.tls !== 'pending' || this.closed) return;
