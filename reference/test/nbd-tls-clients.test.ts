@@ -100,6 +100,21 @@ describe('real clients against fleece serve over TLS', () => {
       expect(JSON.parse(await runOk('nbdinfo', ['--json', x509Uri('x509')])).exports).toHaveLength(1);
     });
 
+    it('over TCP too: nbdinfo nbds://localhost:PORT and qemu-img with server.type=inet', async () => {
+      const s = await serveInProcess([
+        '--object', x509(),
+        '--blockdev', `driver=file,node-name=f,filename=${img}`,
+        '--nbd-server', 'addr.type=inet,addr.host=127.0.0.1,addr.port=0,tls-creds=tls0',
+        '--export', 'type=nbd,id=e,node-name=f,name=disk',
+      ]);
+      servers.push(s);
+      const port = (s.addr as { port: number }).port;
+      expect((await runOk('nbdinfo', ['--size', `nbds://localhost:${port}/disk?tls-certificates=${pki.clientDir}`])).trim()).toBe(String(8 * MiB));
+      const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', '--object', qemuX509(), '--image-opts', `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},export=disk,tls-creds=c0,tls-hostname=localhost`]));
+      expect(info['virtual-size']).toBe(8 * MiB);
+      expect((await run('nbdinfo', ['--size', `nbd://localhost:${port}/disk`])).code).not.toBe(0);
+    });
+
     it('tls-authz: the DN allowed by authz-simple gets in; authz-list denying it refuses nbdinfo and qemu-img', async () => {
       await start('x509-authz', x509(), [`{"qom-type":"authz-simple","id":"az0","identity":${JSON.stringify(pki.clientDn)}}`], ',tls-authz=az0');
       await runOk('nbdinfo', ['--size', x509Uri('x509-authz')]);
