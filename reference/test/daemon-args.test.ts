@@ -42,7 +42,7 @@ describe('fleece serve argv', () => {
     expect(c.actions.map((a) => a.kind)).toEqual(['blockdev', 'blockdev', 'blockdev', 'blockdev', 'nbd-server', 'export', 'export', 'chardev', 'monitor']);
     // Each action keeps the option as given: errors while acting on it start with it.
     expect(c.actions[2]).toEqual({ kind: 'blockdev', options: { driver: 'copy-before-write', 'node-name': 'fl-cbw', file: 'source', target: 'temp' }, source: '--blockdev driver=copy-before-write,node-name=fl-cbw,file=source,target=temp' });
-    expect(c.actions[4]).toEqual({ kind: 'nbd-server', options: { addr: { type: 'unix', path: `${D}/nbd.sock` }, maxConnections: 0 }, source: `--nbd-server addr.type=unix,addr.path=${D}/nbd.sock` });
+    expect(c.actions[4]).toEqual({ kind: 'nbd-server', options: { addr: { type: 'unix', path: `${D}/nbd.sock` }, maxConnections: 100, handshakeMaxSeconds: 10 }, source: `--nbd-server addr.type=unix,addr.path=${D}/nbd.sock` });
     expect(c.actions[5]).toEqual({ kind: 'export', options: { type: 'nbd', id: 'exp-live', nodeName: 'fl-cbw', name: 'live', writable: true, bitmaps: [] }, source: '--export type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on' });
     expect(c.actions[6]).toMatchObject({ options: { name: 'fleece', writable: false } });
     expect(c.actions[7]).toMatchObject({ kind: 'chardev', options: { id: 'qmp0', path: `${D}/qmp.sock` } });
@@ -81,7 +81,16 @@ describe('fleece serve argv', () => {
     [['--export', 'type=nbd,id=e'], /parameter 'node-name' is missing/],
     [['--nbd-server', 'addr.type=vsock,addr.cid=3'], /address type 'vsock' is not supported/],
     [['--nbd-server', 'addr.type=inet,addr.host=h,addr.port=http'], /port 'http' is not a port number/],
-    [['--nbd-server', 'addr.type=unix,addr.path=/x,tls-creds=t'], /TLS/],
+    [['--nbd-server', 'addr.type=unix,addr.path=/x,tls-authz=a'], /'tls-authz' is not supported without 'tls-creds'/],
+    [['--nbd-server', 'addr.type=unix,addr.path=/x,handshake-max-seconds=-1'], /'handshake-max-seconds' expects a non-negative integer/],
+    [['--object', 'tls-creds-x509,id=t,dir=/d,endpoint=middle'], /Parameter 'endpoint' does not accept value 'middle'/],
+    [['--object', 'tls-creds-x509,id=t,endpoint=server'], /parameter 'dir' is missing/],
+    [['--object', 'tls-creds-psk,id=t,dir=/d,priority=NORMAL'], /'priority' \(a GnuTLS priority string\) is not supported/],
+    [['--object', 'authz-simple,id=a'], /parameter 'identity' is missing/],
+    [['--object', 'authz-list,id=a,policy=maybe'], /Parameter 'policy' does not accept value 'maybe'/],
+    [['--object', 'authz-list,id=a,rules.0.match=x'], /rules\.0: parameter 'policy' is missing/],
+    [['--object', 'authz-list,id=a,rules.0.match=x,rules.0.policy=allow,rules.0.format=regex'], /Parameter 'format' does not accept value 'regex'/],
+    [['--object', 'authz-pam,id=a,service=x'], /Parameter 'qom-type' does not accept value 'authz-pam'/],
     [['--chardev', 'socket,id=q,path=/x'], /client mode is not supported/],
     [['--chardev', 'file,id=q,path=/x'], /backend 'file' is not supported/],
     [['--monitor', 'chardev=q,mode=readline'], /mode 'readline' is not supported/],

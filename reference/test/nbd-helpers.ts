@@ -160,6 +160,10 @@ export class RawClient {
     this.size -= n;
     return out;
   }
+  /** A client over a socket made elsewhere (the TLS socket after STARTTLS). */
+  static over(socket: net.Socket): RawClient {
+    return new RawClient(socket);
+  }
   static connect(addr: string | { port: number; host: string }): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const s = typeof addr === 'string' ? net.connect(addr) : net.connect(addr.port, addr.host);

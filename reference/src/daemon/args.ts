@@ -24,9 +24,24 @@ export interface ExportOptions {
 
 export interface NbdServerOptions {
   readonly addr: ListenAddress;
-  /** 0 = unlimited (QEMU's default). */
+  /** 0 = unlimited. Default DEFAULT_MAX_CONNECTIONS (QEMU 9.1's, not 7.2's unlimited). */
   readonly maxConnections: number;
+  /** Clients that have not reached transmission by then are dropped; 0 = no limit. */
+  readonly handshakeMaxSeconds: number;
+  /** Object id of the tls-creds-x509/psk (endpoint=server): the server is then TLS-only. */
+  readonly tlsCreds?: string;
+  /** Object id of an authz-* object checked against each client's TLS identity. */
+  readonly tlsAuthz?: string;
+  /** UNSAFE, known-bad: act on plaintext bytes the client pipelined after NBD_OPT_STARTTLS
+   * as if they had arrived over TLS (the STARTTLS injection); only for testing checks. */
+  readonly xTlsKeepPlaintext?: boolean;
 }
+
+/** CVE-2024-7409: QEMU 9.1 set nbd-server-start's and qemu-storage-daemon --nbd-server's
+ * default max-connections to 100 (it was unlimited in 7.2); the reference takes the fixed one. */
+export const DEFAULT_MAX_CONNECTIONS = 100;
+/** QEMU 10.0's default handshake-max-seconds (9.1 had the same 10 s, not configurable). */
+export const DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
 
 export interface ChardevOptions {
   readonly id: string;
@@ -95,12 +110,21 @@ export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
 export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd-server'): NbdServerOptions {
   const k = new Keys(o, where);
   const addr = parseSocketAddress(k.get('addr'), where);
-  if (k.get('tls-creds') !== undefined || k.get('tls-authz') !== undefined) {
-    throw new UsageError(`${where}: TLS ('tls-creds', 'tls-authz') is not supported by the reference server`);
-  }
-  const maxConnections = k.int('max-connections', 0);
+  const tlsCreds = k.str('tls-creds');
+  const tlsAuthz = k.str('tls-authz');
+  // QEMU 7.2 accepts this and ignores the authz: a configuration that authorizes nobody it
+  // checks is refused here instead.
+  if (tlsAuthz !== undefined && tlsCreds === undefined) throw new UsageError(`${where}: 'tls-authz' is not supported without 'tls-creds'`);
+  const maxConnections = k.int('max-connections', DEFAULT_MAX_CONNECTIONS);
+  const handshakeMaxSeconds = k.int('handshake-max-seconds', DEFAULT_HANDSHAKE_MAX_SECONDS);
+  const xTlsKeepPlaintext = k.bool('x-tls-keep-plaintext', false);
   k.finish();
-  return { addr, maxConnections };
+  return {
+    addr, maxConnections, handshakeMaxSeconds,
+    ...(tlsCreds !== undefined ? { tlsCreds } : {}),
+    ...(tlsAuthz !== undefined ? { tlsAuthz } : {}),
+    ...(xTlsKeepPlaintext ? { xTlsKeepPlaintext } : {}),
+  };
 }
 
 /** BlockExportOptions for type=nbd (QAPI block-export.json), from --export or block-export-add. */
@@ -152,8 +176,19 @@ The reference block stack, configured like qemu-storage-daemon.
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
-  --nbd-server addr.type=fd,addr.str=<fd>       [,max-connections=<n>]
-  --object <type>,id=<id>[,<properties>]   or a JSON object; types: iothread
+  --nbd-server addr.type=fd,addr.str=<fd>
+           [,tls-creds=<id>[,tls-authz=<id>]][,max-connections=<n>][,handshake-max-seconds=<s>]
+           max-connections defaults to 100 and handshake-max-seconds to 10 (0: no limit);
+           with tls-creds every client must STARTTLS before any other option
+  --object <type>,id=<id>[,<properties>]   or a JSON object; types: iothread,
+           tls-creds-x509,id=<id>,dir=<dir>,endpoint=server[,verify-peer=on|off]
+               (dir: ca-cert.pem server-cert.pem server-key.pem [ca-crl.pem];
+                verify-peer=on, the default, requires a client certificate from that CA)
+           tls-creds-psk,id=<id>,dir=<dir>,endpoint=server   (dir/keys.psk: psktool's lines)
+           authz-simple,id=<id>,identity=<x509 DN or PSK username>
+           authz-list,id=<id>,policy=allow|deny,rules.0.match=<m>,rules.0.policy=allow|deny
+               [,rules.0.format=exact|glob]
+           authz-listfile,id=<id>,filename=<json>[,refresh=on|off]
   --pidfile <path>       write the process id to <path>
 
 With systemd socket activation (LISTEN_PID/LISTEN_FDS) the NBD server listens on fd 3 and

@@ -6,7 +6,7 @@ import { isBlockError } from '../block/errors.ts';
 import { NbdServerError } from '../nbd/server.ts';
 import { sendBufferTuning } from '../nbd/sockopt.ts';
 import { QmpError } from '../qmp/dispatcher.ts';
-import { USAGE, UsageError, parseArgs } from './args.ts';
+import { DEFAULT_HANDSHAKE_MAX_SECONDS, USAGE, UsageError, parseArgs } from './args.ts';
 import { Daemon } from './daemon.ts';
 
 export interface ServeIo {
@@ -49,7 +49,7 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
       delete process.env.LISTEN_PID;
       delete process.env.LISTEN_FDS;
       delete process.env.LISTEN_FDNAMES;
-      await daemon.startNbdServer({ addr: { type: 'fd', fd: config.activationFds[0]! }, maxConnections: 0 });
+      await daemon.startNbdServer({ addr: { type: 'fd', fd: config.activationFds[0]! }, maxConnections: 0, handshakeMaxSeconds: DEFAULT_HANDSHAKE_MAX_SECONDS });
     }
     for (const action of config.actions) {
       try {

@@ -12,6 +12,7 @@ import { QmpDispatcher, QmpError, type QmpArgs } from '../qmp/dispatcher.ts';
 import { QmpMonitor } from '../qmp/monitor.ts';
 import { registerBreakpointCommands } from '../qmp/breakpoints.ts';
 import { ObjectStore, parseObjectOptions } from './objects/index.ts';
+import { serverTlsFor } from './objects/server-tls.ts';
 import {
   UsageError,
   parseExportOptions,
@@ -30,6 +31,8 @@ interface LiveExport {
 
 /** The export's BlockBackend user, as QEMU names it in permission-conflict messages. */
 const EXPORT_USER = 'an unnamed block device';
+/** The holder of the tls-creds and tls-authz objects while the NBD server runs. */
+const NBD_SERVER_USER = 'NBD server';
 
 /** blk_exp_add + the NBD export: CONSISTENT_READ (+WRITE if writable), shared all but RESIZE
  * (docs/requirements/qemu-fleecing.md §1.5-1.6). */
@@ -54,6 +57,7 @@ export class Daemon {
   readonly dispatcher = new QmpDispatcher();
   private nbd: NbdServer | undefined;
   private nbdAddress: BoundAddress | undefined;
+  private nbdOpts: NbdServerOptions | undefined;
   private readonly exports = new Map<string, LiveExport>();
   private readonly chardevs = new Map<string, ChardevOptions>();
   private readonly monitors: QmpMonitor[] = [];
@@ -116,15 +120,35 @@ export class Daemon {
 
   async startNbdServer(opts: NbdServerOptions): Promise<BoundAddress> {
     if (this.nbd) throw new QmpError('GenericError', 'NBD server already running');
-    const srv = new NbdServer({ log: this.log, maxConnections: opts.maxConnections, unixSendBufferBytes: unixSendBufferFromEnv() });
+    // The credentials and authz objects are held while the server runs (object-del refuses).
+    const tls = this.usage(() => serverTlsFor(this.objects, opts, NBD_SERVER_USER));
+    const srv = new NbdServer({
+      log: this.log,
+      maxConnections: opts.maxConnections,
+      handshakeMaxSeconds: opts.handshakeMaxSeconds,
+      unixSendBufferBytes: unixSendBufferFromEnv(),
+      ...(tls ? { tls: { ...tls, ...(opts.xTlsKeepPlaintext ? { keepPlaintext: true } : {}) } } : {}),
+    });
     try {
       this.nbdAddress = await srv.listen(opts.addr);
     } catch (e) {
       await srv.close();
+      this.releaseNbdObjects(opts);
       throw e;
     }
+    this.nbdOpts = opts;
     this.nbd = srv;
     return this.nbdAddress;
+  }
+
+  private releaseNbdObjects(opts: NbdServerOptions): void {
+    if (opts.tlsCreds !== undefined) this.objects.release(opts.tlsCreds, NBD_SERVER_USER);
+    if (opts.tlsAuthz !== undefined) this.objects.release(opts.tlsAuthz, NBD_SERVER_USER);
+  }
+
+  /** The running NBD server (tests read its counters). */
+  get nbdServer(): NbdServer | undefined {
+    return this.nbd;
   }
 
   get nbdServerAddress(): BoundAddress | undefined {
@@ -139,6 +163,8 @@ export class Daemon {
     this.nbd = undefined;
     this.nbdAddress = undefined;
     await srv.close();
+    if (this.nbdOpts) this.releaseNbdObjects(this.nbdOpts);
+    this.nbdOpts = undefined;
   }
 
   addExport(o: ExportOptions): void {

@@ -199,6 +199,17 @@ export class Parser {
     return this.queue.length + (this.pendingWrite?.filled ?? 0);
   }
 
+  /** Takes every byte received but not yet parsed (none may be a partial WRITE payload): the
+   * session drops the plaintext a client pipelined after NBD_OPT_STARTTLS (proto.md "TLS
+   * support": after the ACK all data is TLS). */
+  takeBuffered(): Buffer {
+    const out = this.queue.take(this.queue.length);
+    this.consumed += out.length;
+    this.skipLeft = 0;
+    this.pendingTooBig = undefined;
+    return out;
+  }
+
   parse(chunk: Buffer, emit: (msg: ClientMessage) => void): void {
     if (this.phase === 'closed') return;
     this.queue.push(chunk);

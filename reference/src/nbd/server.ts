@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { NbdSession, type ExportLookup, type NbdExport, type SessionLimits } from './session.ts';
+import { startServerTls, type ServerTls } from './tls.ts';
 import { getSendBuffer, sendBufferTuning, setSendBuffer } from './sockopt.ts';
 
 export type ListenAddress =
@@ -45,8 +46,11 @@ export class NbdServerError extends Error {
 }
 
 interface Conn {
-  readonly socket: net.Socket;
+  /** The plain socket, then the TLS socket once STARTTLS has handed it over. */
+  socket: net.Socket;
   readonly session: NbdSession;
+  /** Bookkeeping when the connection is gone (from whichever socket closes first). */
+  closed?: () => void;
 }
 
 export interface NbdServerOptions {
@@ -56,6 +60,14 @@ export interface NbdServerOptions {
   readonly onConnectionClosed?: (exp: NbdExport | undefined) => void;
   /** Refuse connections beyond this many (nbd-server-start max-connections; 0 = unlimited). */
   readonly maxConnections?: number;
+  /** Drop a client that has not entered transmission this many seconds after it connected
+   * (QEMU 10.0's handshake-max-seconds, CVE-2024-7409; 0 or unset = no limit). */
+  readonly handshakeMaxSeconds?: number;
+  /** TLS credentials: the server is then TLS-only (FORCEDTLS). */
+  readonly tls?: ServerTls & {
+    /** UNSAFE, known-bad (x-tls-keep-plaintext): see SessionTls.keepPlaintext. */
+    readonly keepPlaintext?: boolean;
+  };
   /** Reply bytes queued on one connection before it stops being read (default
    * MAX_QUEUED_REPLY_BYTES; tests use Infinity for the known-bad, unbounded variant). */
   readonly maxQueuedReplyBytes?: number;
@@ -149,12 +161,15 @@ export class NbdServer implements ExportLookup {
     return this.listeners.length > 0;
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(plain: net.Socket): void {
+    // The socket the session talks through: `plain`, then the TLS socket after STARTTLS.
+    let socket: net.Socket = plain;
     const max = this.opts.maxConnections ?? 0;
     if (max > 0 && this.conns.size >= max) {
       // QEMU stops accepting at the limit; we close at once so the client sees EOF, not a hang.
       this.opts.log?.(`nbd: refusing a connection: ${max} already open (max-connections)`);
-      socket.destroy();
+      this.connectionsRefused++;
+      plain.destroy();
       return;
     }
     socket.setNoDelay(true);
@@ -208,21 +223,87 @@ export class NbdServer implements ExportLookup {
         pause: () => socket.pause(),
         resume: () => socket.resume(),
         log: this.opts.log,
+        ...(this.opts.tls ? { startTls: () => this.upgrade(conn, plain, resume, (t) => (socket = t)) } : {}),
       },
       this.opts.limits,
+      this.opts.tls ? { ...(this.opts.tls.keepPlaintext ? { keepPlaintext: true } : {}) } : undefined,
     );
     conn = { socket, session };
     this.conns.add(conn);
-    socket.on('data', (chunk: Buffer) => session.feed(chunk));
-    socket.on('end', () => session.clientEnded());
-    socket.on('error', (e) => this.opts.log?.(`nbd: connection error: ${e.message}`));
-    socket.on('close', () => {
+    this.attach(conn, socket);
+    let gone = false;
+    const onClose = (): void => {
+      if (gone) return;
+      gone = true;
+      clearTimeout(limit);
       session.clientGone();
       this.conns.delete(conn);
       this.opts.onConnectionClosed?.(session.export);
-    });
+    };
+    conn.closed = onClose;
+    socket.on('close', onClose);
+    // A client that connects and never finishes negotiating holds a connection slot; QEMU drops
+    // it after handshake-max-seconds (nbd_client_handshake's timer).
+    const secs = this.opts.handshakeMaxSeconds ?? 0;
+    const limit = secs > 0
+      ? setTimeout(() => {
+          if (gone || session.export !== undefined) return;
+          this.opts.log?.(`nbd: dropping a client that did not finish the handshake in ${secs} s (handshake-max-seconds)`);
+          this.handshakeTimeouts++;
+          session.terminate('handshake-max-seconds');
+          conn.socket.destroy();
+          plain.destroy();
+        }, secs * 1000)
+      : undefined;
+    limit?.unref();
     session.start();
   }
+
+  /** The session's bytes come from `s` (the plain socket, later the TLS one). */
+  private attach(conn: Conn, s: net.Socket): void {
+    const session = conn.session;
+    s.on('data', (chunk: Buffer) => session.feed(chunk));
+    s.on('end', () => session.clientEnded());
+    s.on('error', (e) => this.opts.log?.(`nbd: connection error: ${e.message}`));
+  }
+
+  /** NBD_OPT_STARTTLS was acknowledged: from now on the plain socket carries TLS only. The ACK is
+   * already handed to the kernel, and the client may not start its handshake before reading it,
+   * so bytes already read from the plain socket are plaintext the session will drop. */
+  private upgrade(conn: Conn, plain: net.Socket, resume: () => void, use: (t: net.Socket) => void): void {
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('end');
+    plain.removeAllListeners('drain');
+    const { socket: t, ready } = startServerTls(plain, this.opts.tls!);
+    conn.socket = t;
+    use(t);
+    t.on('error', () => {}); // reported through `ready` or the session
+    ready.then(
+      (identity) => {
+        if (conn.session.phase === 'closed') return;
+        this.opts.log?.(`nbd: TLS established (${t.getProtocol()}, ${t.getCipher().name})${identity ? ` with ${identity}` : ''}`);
+        this.attach(conn, t);
+        t.on('drain', resume);
+        t.on('close', () => conn.closed?.());
+        conn.session.tlsEstablished();
+      },
+      (e: Error) => {
+        // QEMU: "option negotiation failed: <reason>", then the connection is closed.
+        this.opts.log?.(`nbd: option negotiation failed: ${e.message}`);
+        this.tlsRefusals++;
+        conn.session.terminate(e.message);
+        t.destroy();
+        plain.destroy();
+      },
+    );
+  }
+
+  /** Clients refused at or just after the TLS handshake (bad certificate, key, identity). */
+  tlsRefusals = 0;
+  /** Clients dropped by handshake-max-seconds. */
+  handshakeTimeouts = 0;
+  /** Connections refused by max-connections. */
+  connectionsRefused = 0;
 
   private tuneSendBuffer(socket: net.Socket): void {
     const bytes = this.opts.unixSendBufferBytes ?? UNIX_SEND_BUFFER_BYTES;

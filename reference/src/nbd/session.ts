@@ -79,7 +79,17 @@ export interface SessionOutput {
   /** Flow control: stop / restart reading from the client (bounded memory, §1.8). */
   pause(): void;
   resume(): void;
+  /** After the STARTTLS ACK: hand the connection to TLS now (the I/O edge calls
+   * tlsEstablished() once the handshake and the identity checks passed, or closes). */
+  startTls?(): void;
   log?(msg: string): void;
+}
+
+/** FORCEDTLS (proto.md "TLS support"): the server was given TLS credentials. */
+export interface SessionTls {
+  /** UNSAFE, known-bad: feed the plaintext pipelined after STARTTLS to the parser once TLS is up
+   * (the STARTTLS injection), so that tests can show the check catching it. */
+  readonly keepPlaintext?: boolean;
 }
 
 export interface SessionLimits {
@@ -152,11 +162,17 @@ export class NbdSession {
   /** Resolves when every in-flight request has been answered. */
   private drainWaiters: (() => void)[] = [];
 
+  /** TLS state: 'off' (NOTLS server), 'required' (FORCEDTLS, not yet up), 'pending' (ACK sent,
+   * handshake under way), 'active'. */
+  private tls: 'off' | 'required' | 'pending' | 'active';
+
   constructor(
     private readonly exports: ExportLookup,
     private readonly out: SessionOutput,
     limits: SessionLimits = {},
+    private readonly tlsMode?: SessionTls,
   ) {
+    this.tls = tlsMode ? 'required' : 'off';
     this.maxInFlight = limits.maxInFlight ?? 64;
     this.maxInFlightBytes = limits.maxInFlightBytes ?? 64 * 1024 * 1024;
   }
@@ -170,6 +186,31 @@ export class NbdSession {
   }
   get requestsInFlight(): number {
     return this.inFlight;
+  }
+  /** True once TLS is up on a TLS-only server. */
+  get tlsActive(): boolean {
+    return this.tls === 'active';
+  }
+
+  /**
+   * The I/O edge finished the TLS handshake (and the identity checks). Whatever the client sent
+   * in plaintext after STARTTLS is dropped, not parsed: proto.md says all data after the ACK is
+   * TLS, and acting on it would let a man in the middle inject options (the STARTTLS injection).
+   * Negotiated state is forgotten (NBD_OPT_STARTTLS: "the server MUST NOT preserve any
+   * negotiation state"), so the client negotiates structured replies and contexts again. In
+   * FORCEDTLS nothing can have been negotiated yet (every other option got TLS_REQD); the reset
+   * keeps the rule true whatever runs before, a SELECTIVETLS mode included.
+   */
+  tlsEstablished(): void {
+    if (this.tls !== 'pending' || this.closed) return;
+    const plain = this.parser.takeBuffered();
+    if (plain.length) this.out.log?.(`nbd: dropping ${plain.length} bytes sent in plaintext after NBD_OPT_STARTTLS`);
+    this.structured = false;
+    this.meta = [];
+    this.metaExport = undefined;
+    this.tls = 'active';
+    this.release('tls');
+    if (this.tlsMode?.keepPlaintext && plain.length) this.feed(plain);
   }
 
   start(): void {
@@ -267,6 +308,11 @@ export class NbdSession {
       if (option === OPT.EXPORT_NAME) return this.hardClose('server shutting down');
       return this.reply(option, REP.ERR_SHUTDOWN, 'server is shutting down');
     }
+    if ((this.tls === 'required' || this.tls === 'pending') && option !== OPT.STARTTLS && option !== OPT.ABORT) {
+      // FORCEDTLS: EXPORT_NAME cannot be refused with a reply, so the session ends.
+      if (option === OPT.EXPORT_NAME) return this.hardClose('NBD_OPT_EXPORT_NAME before TLS on a TLS-only server');
+      return this.reply(option, REP.ERR_TLS_REQD, `option ${option} not permitted before TLS`);
+    }
     switch (option) {
       case OPT.EXPORT_NAME:
         return this.optExportName(data);
@@ -281,7 +327,15 @@ export class NbdSession {
       case OPT.STARTTLS:
         if (data.length) return this.reply(option, REP.ERR_INVALID, 'NBD_OPT_STARTTLS must not carry data');
         // §1.11: in NOTLS mode STARTTLS MUST be ERR_POLICY or ERR_UNSUP, never ERR_TLS_REQD.
-        return this.reply(option, REP.ERR_POLICY, 'TLS is not configured on this server');
+        if (this.tls === 'off' || !this.out.startTls) return this.reply(option, REP.ERR_POLICY, 'TLS is not configured on this server');
+        // FORCEDTLS: a second STARTTLS once TLS is up MUST get ERR_INVALID.
+        if (this.tls === 'active') return this.reply(option, REP.ERR_INVALID, 'TLS is already negotiated');
+        this.reply(option, REP.ACK);
+        // Nothing more is parsed from the plaintext stream; tlsEstablished() drops what is left.
+        this.tls = 'pending';
+        this.hold('tls');
+        this.out.startTls();
+        return;
       case OPT.INFO:
       case OPT.GO:
         return this.optInfoGo(option, data, at);
