@@ -449,7 +449,7 @@ function storageCheck(before: GraphState, after: GraphState): PermissionModelErr
   }
   if (rule === 'storage-aware') {
     for (const r of snapshotReaders(after)) {
-      const why = readerHazard(r);
+      const why = readerHazard(r, true);
       if (why !== undefined) return new PermissionModelError('storage', `Unprotected snapshot: ${why}`, { node: r.cbw });
     }
   }

@@ -33,14 +33,15 @@ export function driverOf(g: G, node: string): NodeState['driver'] | undefined {
   return g.nodes.find((n) => n.name === node)?.driver;
 }
 
-/** The storage a node's data lives in: a file node's own; a format node's or a raw filter's is
- * their file child's. Copy-before-write and snapshot-access are views, not storage: undefined. */
+/** The storage a node's data lives in: a file node's own; a format node's, a raw filter's or a
+ * copy-before-write filter's is their file child's (cbw reads pass to it). snapshot-access is
+ * a view of the snapshot, not of one storage: undefined. */
 export function storageOf(g: G, node: string, seen: ReadonlySet<string> = new Set()): string | undefined {
   if (seen.has(node)) return undefined;
   const n = g.nodes.find((x) => x.name === node);
   if (n === undefined) return undefined;
   if (n.driver === 'file') return n.storage;
-  if (n.driver === 'qcow2' || n.driver === 'raw') {
+  if (n.driver === 'qcow2' || n.driver === 'raw' || n.driver === 'copy-before-write') {
     const f = childOf(g, node, 'file');
     return f === undefined ? undefined : storageOf(g, f, new Set([...seen, node]));
   }
@@ -170,13 +171,13 @@ export function snapshotReaders(g: G): SnapshotReader[] {
         const tgt = childOf(g, c, 'target');
         if (src === undefined || tgt === undefined || st === undefined) continue;
         const srcSt = storageOf(g, src);
-        if (storageOf(g, tgt) !== st || srcSt === undefined) continue;
-        const backing = backingChain(g, node).find((b) => b === src || storageOf(g, b) === srcSt);
+        if (storageOf(g, tgt) !== st) continue;
+        const backing = backingChain(g, node).find((b) => b === src || (srcSt !== undefined && storageOf(g, b) === srcSt));
         if (backing === undefined) continue;
         // is_fleecing looks at the target node's chain, by node identity.
         const isFleecing = backingChain(g, tgt).includes(src);
         found = !isFleecing
-          ? { scheme: 'S3', cbw: c, readPath: 'alias-backing', readVia: backingChain(g, tgt).find((b) => storageOf(g, b) === srcSt) ?? backing }
+          ? { scheme: 'S3', cbw: c, readPath: 'alias-backing', readVia: backingChain(g, tgt).find((b) => srcSt !== undefined && storageOf(g, b) === srcSt) ?? backing }
           : node !== tgt
             ? { scheme: 'S3', cbw: c, readPath: 'alias-target', readVia: node }
             : { scheme: 'S3', cbw: c, readPath: 'guarded' };
@@ -214,16 +215,24 @@ export function snapshotReaders(g: G): SnapshotReader[] {
 }
 
 /** Why a reader's snapshot is not protected, in one sentence naming nodes, file and path;
- * undefined when nothing bypasses the protection. */
-export function readerHazard(r: SnapshotReader): string | undefined {
+ * undefined when nothing bypasses the protection.
+ *
+ * `reachable` keeps only what can reach the reader in the graph as it is: a write into the
+ * target under snapshot-access (S4) is only read back once a guest write has had a cluster
+ * copied, and the unserialised or untracked legacy paths only race with copies, so without a
+ * writer through cbw these are not yet hazards. The storage-aware rule uses this form: it runs
+ * after every command, so the command that adds the first guest writer is the one refused. */
+export function readerHazard(r: SnapshotReader, reachable = false): string | undefined {
   const file = (s: string | undefined) => (s === undefined ? '' : ` (file '${s}')`);
-  if (r.readPath === 'alias-backing') {
+  const copies = !reachable || r.guestWriters.length > 0;
+  const targetRead = copies || r.scheme === 'S3';
+  if (r.readPath === 'alias-backing' && copies) {
     return `export '${r.exportId}' reads the snapshot of '${r.source}'${file(r.sourceStorage)} through '${r.target}' -> backing '${r.readVia}', another node over that file: the copies of '${r.cbw}' are not serialised against those reads, so a write through '${r.source}' can reach the reader first`;
   }
-  if (r.readPath === 'alias-target') {
+  if (r.readPath === 'alias-target' && copies) {
     return `export '${r.exportId}' reads the snapshot kept in '${r.target}'${file(r.targetStorage)} through '${r.readVia}', another node over that file: the copies of '${r.cbw}' into '${r.target}' do not wait for those reads`;
   }
-  const w = [...r.aliasSourceWriters, ...r.aliasTempWriters][0];
+  const w = [...r.aliasSourceWriters, ...(targetRead ? r.aliasTempWriters : [])][0];
   if (w !== undefined) {
     const whose = r.aliasSourceWriters.includes(w) ? `the snapshot of '${r.source}'` : `the snapshot kept in '${r.target}'`;
     return `export '${r.exportId}' reads ${whose}, whose file '${w.storage}' is written through '${w.via}', another node over it, bypassing copy-before-write: ${w.edge}`;
@@ -231,7 +240,7 @@ export function readerHazard(r: SnapshotReader): string | undefined {
   if (r.sourceBypassWriters.length > 0) {
     return `export '${r.exportId}' reads a snapshot of '${r.source}', which a user may write without copy-before-write: ${r.sourceBypassWriters.join('; ')}`;
   }
-  if (r.tempWriters.length > 0) {
+  if (r.tempWriters.length > 0 && targetRead) {
     return `export '${r.exportId}' reads a snapshot kept in '${r.target}', which another user may write: ${r.tempWriters.join('; ')}`;
   }
   return undefined;
