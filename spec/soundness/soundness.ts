@@ -4,7 +4,7 @@
 // Graphs QEMU would accept but that can hand a snapshot reader other data are reported apart
 // from the safe ones (docs/requirements/qemu-fleecing.md §6 B6: a writable export on the temp image is accepted).
 import { KNOWN_BAD, S1, S3, S4, type Scheme } from '../models/fleecing/index.ts';
-import { evaluate, QEMU_7_2, type ModelOptions } from '../models/permissions/graph.ts';
+import { applyOp, evaluate, QEMU_7_2, type GraphOp, type GraphState, type ModelOptions, type PermissionModelError } from '../models/permissions/graph.ts';
 import { readerHazard, snapshotReaders, type SnapshotReader } from '../models/permissions/storage.ts';
 import type { PermissionState } from '../models/permissions/behaviour.ts';
 import type { Invariant } from '../explorer/behaviour.ts';
@@ -57,8 +57,36 @@ export const DEFAULT_SOUNDNESS: SoundnessOptions = {
 };
 
 /** Judge one graph. `cache` memoises data-plane runs, which depend on few parameters. */
-export function judge(c: GraphCase, opts: SoundnessOptions = DEFAULT_SOUNDNESS, cache = new Map<string, DataPlaneVerdict>()): GraphVerdict {
-  const ev = evaluate(c.ops, opts.permissions);
+/** `evaluate` with the graph after the leading blockdev-adds memoised: every export choice of
+ * one structure shares them (the enumeration's cost is the permission model, not the data plane). */
+function evaluateCached(ops: readonly GraphOp[], options: ModelOptions, prefixes?: Map<string, { graph: GraphState; refusal?: PermissionModelError }>) {
+  if (prefixes === undefined) return evaluate(ops, options);
+  let n = 0;
+  while (n < ops.length && ops[n]!.op === 'blockdev-add') n++;
+  const key = JSON.stringify(ops.slice(0, n));
+  let pre = prefixes.get(key);
+  if (pre === undefined) {
+    const ev = evaluate(ops.slice(0, n), options);
+    pre = { graph: ev.graph, ...(ev.refusal !== undefined ? { refusal: ev.refusal } : {}) };
+    prefixes.set(key, pre);
+  }
+  let g = pre.graph;
+  let refusal = pre.refusal;
+  for (const op of ops.slice(n)) {
+    const r = applyOp(g, op);
+    g = r.state;
+    if (!r.result.ok && refusal === undefined) refusal = r.result.error;
+  }
+  return refusal === undefined ? { graph: g, accepted: true as const } : { graph: g, accepted: false as const, refusal };
+}
+
+export function judge(
+  c: GraphCase,
+  opts: SoundnessOptions = DEFAULT_SOUNDNESS,
+  cache = new Map<string, DataPlaneVerdict>(),
+  prefixes?: Map<string, { graph: GraphState; refusal?: PermissionModelError }>,
+): GraphVerdict {
+  const ev = evaluateCached(c.ops, opts.permissions, prefixes);
   if (!ev.accepted) return { id: c.id, verdict: 'refused', refusal: ev.refusal?.message ?? '', readers: [] };
   const readers = snapshotReaders(ev.graph);
   if (readers.length === 0) return { id: c.id, verdict: 'no-snapshot-reader', readers };
@@ -117,7 +145,8 @@ export interface SoundnessReport {
 export function soundness(bound: GraphBound = DEFAULT_BOUND, opts: SoundnessOptions = DEFAULT_SOUNDNESS): SoundnessReport {
   const t0 = process.hrtime.bigint();
   const cache = new Map<string, DataPlaneVerdict>();
-  const verdicts = enumerateGraphs(bound).map((c) => judge(c, opts, cache));
+  const prefixes = new Map<string, { graph: GraphState; refusal?: PermissionModelError }>();
+  const verdicts = enumerateGraphs(bound).map((c) => judge(c, opts, cache, prefixes));
   const counts: Record<SoundnessVerdict, number> = { refused: 0, 'no-snapshot-reader': 0, 'accepted-safe': 0, 'accepted-unsafe': 0 };
   for (const v of verdicts) counts[v.verdict]++;
   return { bound, graphs: verdicts.length, counts, dataPlaneRuns: cache.size, verdicts, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
