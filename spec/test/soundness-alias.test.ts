@@ -133,6 +133,10 @@ describe('the storage-aware rule set (what the reference is to do)', () => {
       return v.verdict === 'accepted-safe' && s.verdict === 'refused' && !s.refusal!.startsWith('Permission conflict on file') ? [`${v.id}: ${s.refusal}`] : [];
     });
     expect(odd).toEqual([]);
+    // and it accepts as safe exactly the graphs QEMU 7.2 accepts and the data plane shows safe
+    const q = soundness(bound, rules(QEMU_7_2));
+    const safe = (r: typeof sa) => r.verdicts.filter((v) => v.verdict === 'accepted-safe').map((v) => v.id);
+    expect(safe(sa)).toEqual(safe(q));
   });
 
   it('known-bad variant: the merged permission check alone (no reader check) lets the alias-backing race in', () => {
