@@ -20,12 +20,13 @@ import {
 } from './explorer/index.ts';
 import { buildModel, findModel, flagName, listModels, parseParamValue, type ModelEntry, type ParamValue } from './models/index.ts';
 import type { CbwRule } from './models/permissions/drivers.ts';
-import { DEFAULT_SOUNDNESS, soundness, soundnessJson, soundnessText } from './soundness/index.ts';
+import { DEFAULT_SOUNDNESS, findRuleSet, RULE_SETS, soundness, soundnessJson, soundnessText, type RuleSet, type SoundnessReport } from './soundness/index.ts';
 
 const USAGE = `usage: fleece explore --model NAME [model parameters] [options]
        fleece explore --list [--json]
        fleece explore --replay FILE [--json]
-       fleece explore --soundness [--max-exports N] [--cbw-rule 7.2|9.1] [--json]
+       fleece explore --soundness [--rules all|NAME,...] [--max-exports N] [--max-alias-exports N]
+                              [--cbw-rule 7.2|9.1] [--json]
        fleece explore --model NAME --help      (the model's parameters)
 
 Explores every reachable state of a bounded spec model breadth-first and checks its invariants;
@@ -52,9 +53,13 @@ permission soundness: every block graph up to a bound (drivers of docs/requireme
 copy-before-write edges, exports read-only or writable) is accepted or refused by the permission
 model; each accepted graph with a snapshot reader is run through the data-plane model. Graphs the
 permissions accept but whose snapshot can return post-snapshot data are listed by cause.
+Aliasing graphs (a second node over the source's or the temp's image file) are part of it.
   --soundness         run it (exit 1 when some accepted graph is unsafe)
+  --rules R           rule sets, comma-separated or 'all' (default): ${RULE_SETS.map((r) => r.name).join(', ')}
   --max-exports N     at most N exports per graph, 0..5 (default 3)
-  --cbw-rule R        copy-before-write's child permissions as in QEMU 7.2 (default) or 9.1
+  --max-alias-exports N  at most N exports per aliasing graph, 0..5 (default min(3, --max-exports));
+                      0 leaves aliasing graphs out
+  --cbw-rule R        replace the copy-before-write child-permission rule of the rule sets: 7.2 or 9.1
 
 exit status: 0 all invariants hold, 1 violation or deadlock, 2 usage error`;
 
@@ -77,6 +82,8 @@ interface Parsed {
   replay?: string;
   soundness: boolean;
   maxExports?: number;
+  maxAliasExports?: number;
+  rules?: RuleSet[];
   cbwRule?: CbwRule;
   params: Record<string, ParamValue>;
 }
@@ -158,6 +165,25 @@ function parseArgs(argv: readonly string[]): Parsed {
         out.maxExports = n;
         break;
       }
+      case '--max-alias-exports': {
+        const v = need(flag, value);
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0 || n > 5) throw new UsageError(`--max-alias-exports takes an integer 0..5, not '${v}'`);
+        out.maxAliasExports = n;
+        break;
+      }
+      case '--rules': {
+        const v = need(flag, value);
+        out.rules =
+          v === 'all'
+            ? [...RULE_SETS]
+            : v.split(',').map((name: string) => {
+                const r = findRuleSet(name);
+                if (r === undefined) throw new UsageError(`--rules takes 'all' or names from ${RULE_SETS.map((x) => x.name).join(', ')}, not '${name}'`);
+                return r;
+              });
+        break;
+      }
       case '--cbw-rule': {
         const r = need(flag, value);
         if (r !== '7.2' && r !== '9.1') throw new UsageError(`--cbw-rule takes 7.2 or 9.1, not '${r}'`);
@@ -168,8 +194,9 @@ function parseArgs(argv: readonly string[]): Parsed {
         modelParam(entry, flag, value, out.params);
     }
   }
-  if (!out.soundness && (out.maxExports !== undefined || out.cbwRule !== undefined)) {
-    throw new UsageError(`${out.maxExports !== undefined ? '--max-exports' : '--cbw-rule'} belongs to --soundness`);
+  if (!out.soundness) {
+    const stray = ([['--max-exports', out.maxExports], ['--max-alias-exports', out.maxAliasExports], ['--rules', out.rules], ['--cbw-rule', out.cbwRule]] as const).find(([, v]) => v !== undefined);
+    if (stray !== undefined) throw new UsageError(`${stray[0]} belongs to --soundness`);
   }
   if (out.soundness && (out.model !== undefined || out.replay !== undefined || out.list)) {
     throw new UsageError('--soundness runs on its own: not with --model, --list or --replay');
@@ -177,17 +204,46 @@ function parseArgs(argv: readonly string[]): Parsed {
   return out;
 }
 
-/** `--soundness`: the permission-soundness enumeration (spec/soundness). */
+/** `--soundness`: the permission-soundness enumeration (spec/soundness), once per rule set. */
 function runSoundness(args: Parsed): number {
-  const r = soundness({ maxExports: args.maxExports ?? 3 }, { ...DEFAULT_SOUNDNESS, permissions: { cbwRule: args.cbwRule ?? '7.2' } });
-  const unsafe = r.counts['accepted-unsafe'];
-  if (args.json) process.stdout.write(`${JSON.stringify({ format: 'fleece-soundness', cbwRule: args.cbwRule ?? '7.2', ...(soundnessJson(r) as object) }, null, 2)}\n`);
-  else {
-    process.stdout.write(`${soundnessText(r)}\n\n`);
+  const bound = { maxExports: args.maxExports ?? 3, ...(args.maxAliasExports !== undefined ? { maxAliasExports: args.maxAliasExports } : {}) };
+  const sets = (args.rules ?? [...RULE_SETS]).map((r) =>
+    args.cbwRule === undefined ? r : { ...r, name: `${r.name}+cbw-${args.cbwRule}`, options: { ...r.options, cbwRule: args.cbwRule } },
+  );
+  const runs: Array<{ set: RuleSet; report: SoundnessReport }> = sets.map((set) => ({
+    set,
+    report: soundness(bound, { ...DEFAULT_SOUNDNESS, permissions: set.options }),
+  }));
+  const unsafe = runs.reduce((n, r) => n + r.report.counts['accepted-unsafe'], 0);
+  if (args.json) {
+    const doc = {
+      format: 'fleece-soundness',
+      version: 2,
+      ruleSets: runs.map(({ set, report }) => ({ name: set.name, summary: set.summary, options: set.options, ...(soundnessJson(report) as object) })),
+    };
+    process.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
+    return unsafe > 0 ? 1 : 0;
+  }
+  for (const { set, report } of runs) {
+    process.stdout.write(`== rules ${set.name}: ${set.summary}\n${soundnessText(report)}\n\n`);
+  }
+  const pad = (x: string | number, n: number) => String(x).padStart(n);
+  const w = Math.max(9, ...runs.map((r) => r.set.name.length));
+  process.stdout.write(`${'rule set'.padEnd(w)}  ${pad('graphs', 7)} ${pad('refused', 8)} ${pad('no reader', 9)} ${pad('safe', 6)} ${pad('UNSAFE', 7)}   aliasing graphs: ${pad('safe', 5)} ${pad('UNSAFE', 6)}   s\n`);
+  for (const { set, report: r } of runs) {
+    const al = r.verdicts.filter((v) => v.id.includes(' alias='));
+    const n = (k: string) => al.filter((v) => v.verdict === k).length;
     process.stdout.write(
-      unsafe > 0
-        ? `verdict: the permission model (copy-before-write rule of QEMU ${args.cbwRule ?? '7.2'}) accepts ${unsafe} graph(s) whose snapshot can return post-snapshot data\n`
-        : `verdict: every graph the permission model accepts is safe (within the bound)\n`,
+      `${set.name.padEnd(w)}  ${pad(r.graphs, 7)} ${pad(r.counts.refused, 8)} ${pad(r.counts['no-snapshot-reader'], 9)} ${pad(r.counts['accepted-safe'], 6)} ${pad(r.counts['accepted-unsafe'], 7)}   ${' '.repeat(16)} ${pad(n('accepted-safe'), 5)} ${pad(n('accepted-unsafe'), 6)}   ${r.seconds.toFixed(1)}\n`,
+    );
+  }
+  process.stdout.write('\n');
+  for (const { set, report: r } of runs) {
+    const k = r.counts['accepted-unsafe'];
+    process.stdout.write(
+      k > 0
+        ? `verdict (${set.name}): the permission model accepts ${k} graph(s) whose snapshot can return post-snapshot data\n`
+        : `verdict (${set.name}): every graph the permission model accepts is safe (within the bound)\n`,
     );
   }
   return unsafe > 0 ? 1 : 0;

@@ -8,6 +8,14 @@
 //     copied first. The fleecing model has no such actor, so this file wraps it with one: an
 //     extra actor that writes one cluster of the source once, at any moment, with a value that
 //     names no guest writer.
+//   - with storage identity (spec/models/permissions/storage.ts), the same two writers when they
+//     write through another node over the source's or the target's file (an alias): the
+//     fleecing state holds one array per storage (`source`, `target`), not per node, so a
+//     write through one alias lands in that array and every node over the file, the cbw's
+//     own child included, reads it. The labels name the node written through and the file.
+// A graph whose reads go around the serialisation gets the fleecing scheme that has lost it
+// (spec/soundness/soundness.ts dataPlaneConfig: S1 when the copies are not serialising, S3
+// without read tracking when the reads are tracked on an alias).
 // The fleecing model's snapshot-read invariant judges the result.
 import type { ActionLabel, Behaviour, Invariant } from '../explorer/behaviour.ts';
 import { explore } from '../explorer/explore.ts';
@@ -20,6 +28,9 @@ export interface DataPlaneConfig {
   readonly tempIntruder: boolean;
   readonly sourceIntruder: boolean;
   readonly clusters: number;
+  /** The node the extra writers write through, and the file they change (for the labels). */
+  readonly tempVia?: { readonly node: string; readonly storage: string };
+  readonly sourceVia?: { readonly node: string; readonly storage: string };
 }
 
 interface State {
@@ -90,10 +101,17 @@ export function dataPlaneBehaviour(cfg: DataPlaneConfig): Behaviour<State, Actio
     },
     label(act): ActionLabel {
       switch (act.kind) {
-        case 'inner':
-          return inner.label(act.a);
+        case 'inner': {
+          const l = inner.label(act.a);
+          // the inner model's temp writers write the target's file; say through which node
+          return l.action === 'tempWrite' && cfg.tempVia !== undefined ? { ...l, args: { via: cfg.tempVia.node, file: cfg.tempVia.storage, ...l.args } } : l;
+        }
         case 'source-intruder':
-          return { actor: 'Y', action: 'write-source-bypassing-cbw', args: { cluster: act.c } };
+          return {
+            actor: 'Y',
+            action: 'write-source-bypassing-cbw',
+            args: cfg.sourceVia !== undefined ? { via: cfg.sourceVia.node, file: cfg.sourceVia.storage, cluster: act.c } : { cluster: act.c },
+          };
       }
     },
     actionName: (act) => (act.kind === 'inner' ? (inner.actionName?.(act.a) ?? inner.label(act.a).action) : act.kind),

@@ -4,3 +4,4 @@ export * from './graphs.ts';
 export * from './dataplane.ts';
 export * from './soundness.ts';
 export * from './report.ts';
+export * from './rules.ts';

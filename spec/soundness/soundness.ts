@@ -3,9 +3,9 @@
 // of the scheme it implements decides whether every snapshot read returns snapshot data.
 // Graphs QEMU would accept but that can hand a snapshot reader other data are reported apart
 // from the safe ones (docs/requirements/qemu-fleecing.md §6 B6: a writable export on the temp image is accepted).
-import { S3, S4, type Scheme } from '../models/fleecing/index.ts';
-import { evaluate, QEMU_7_2, type GraphState, type ModelOptions } from '../models/permissions/graph.ts';
-import { WRITE } from '../models/permissions/perm.ts';
+import { KNOWN_BAD, S1, S3, S4, type Scheme } from '../models/fleecing/index.ts';
+import { applyOp, evaluate, QEMU_7_2, type GraphOp, type GraphState, type ModelOptions, type PermissionModelError } from '../models/permissions/graph.ts';
+import { readerHazard, snapshotReaders, type SnapshotReader } from '../models/permissions/storage.ts';
 import type { PermissionState } from '../models/permissions/behaviour.ts';
 import type { Invariant } from '../explorer/behaviour.ts';
 import { enumerateGraphs, type GraphBound, type GraphCase, DEFAULT_BOUND } from './graphs.ts';
@@ -13,27 +13,18 @@ import { runDataPlane, type DataPlaneConfig, type DataPlaneVerdict } from './dat
 
 export type SoundnessVerdict = 'refused' | 'no-snapshot-reader' | 'accepted-safe' | 'accepted-unsafe';
 
-/** A snapshot reader found in a graph, and what can write under it. */
-export interface SnapshotReader {
-  readonly exportId: string;
-  /** 'S3': export on a temp overlay backed by cbw's source; 'S4': snapshot-access over cbw. */
-  readonly scheme: 'S3' | 'S4';
-  readonly cbw: string;
-  readonly source: string;
-  readonly target: string;
-  /** Edges that write through cbw (guest writes, copied before they land). */
-  readonly guestWriters: readonly string[];
-  /** Edges with WRITE on the target or below it, other than cbw's own. */
-  readonly tempWriters: readonly string[];
-  /** Edges with WRITE on the source or below it that do not go through cbw. */
-  readonly sourceBypassWriters: readonly string[];
-}
+export type { SnapshotReader, ForeignWriter, ReadPath } from '../models/permissions/storage.ts';
+export { snapshotReaders } from '../models/permissions/storage.ts';
 
 export interface GraphVerdict {
   readonly id: string;
   readonly verdict: SoundnessVerdict;
   readonly refusal?: string;
   readonly readers: readonly SnapshotReader[];
+  /** For accepted-unsafe: the reader whose data-plane run failed (index into readers). */
+  readonly unsafeReader?: number;
+  /** Command count of the graph (the report's examples are the shortest graphs). */
+  readonly ops?: number;
   /** For accepted-unsafe: the first violation found and its trace. */
   readonly violation?: string;
   readonly trace?: readonly string[];
@@ -44,6 +35,12 @@ export interface SoundnessOptions {
   /** Data-plane schemes: the known-good S3/S4 by default; tests swap in known-bad ones. */
   readonly legacyScheme: Scheme;
   readonly cbwScheme: Scheme;
+  /** The legacy scheme when the copies are not serialising (the target's backing is an alias
+   * of the source, not the node): S1, the seed race. */
+  readonly unserialisedScheme: Scheme;
+  /** The legacy scheme when the reader reads an alias of the target: the copies serialise on
+   * the target node, the reads are tracked on the alias: S3 without read tracking. */
+  readonly untrackedScheme: Scheme;
   /** Clusters of the data-plane runs, and the cap on guest writers modelled. */
   readonly clusters: number;
   readonly maxGuestWriters: number;
@@ -53,105 +50,49 @@ export const DEFAULT_SOUNDNESS: SoundnessOptions = {
   permissions: QEMU_7_2,
   legacyScheme: S3,
   cbwScheme: S4,
+  unserialisedScheme: S1,
+  untrackedScheme: KNOWN_BAD.find((k) => k.name === 's3-no-read-tracking')!,
   clusters: 2,
   maxGuestWriters: 1,
 };
 
-const edgeName = (e: GraphState['edges'][number]): string => {
-  const p = e.parent;
-  const who = p.kind === 'node' ? p.node : p.kind === 'export' ? `export ${p.id}` : p.kind === 'blk' ? 'a block device' : `job ${p.id}`;
-  return `${who} -> ${e.child} (${e.name})`;
-};
-
-function childOf(g: GraphState, node: string, name: string): string | undefined {
-  return g.edges.find((e) => e.parent.kind === 'node' && e.parent.node === node && e.name === name)?.child;
-}
-
-function driverOf(g: GraphState, node: string) {
-  return g.nodes.find((n) => n.name === node)?.driver;
-}
-
-/** The node and everything its data lives in: itself and its `file` descendants. Not the
- * backing chain (another image, protected by its own means) and not a cbw target (where cbw
- * copies to, not where the node's data is). */
-function store(g: GraphState, node: string): Set<string> {
-  const out = new Set<string>();
-  const go = (n: string): void => {
-    if (out.has(n)) return;
-    out.add(n);
-    for (const e of g.edges) if (e.parent.kind === 'node' && e.parent.node === n && e.name === 'file') go(e.child);
-  };
-  go(node);
-  return out;
-}
-
-function backingChain(g: GraphState, node: string): string[] {
-  const out: string[] = [];
-  for (let b = childOf(g, node, 'backing'); b !== undefined && !out.includes(b); b = childOf(g, b, 'backing')) out.push(b);
-  return out;
-}
-
-/** Writers into `within` from outside it, except the `except` parent node. */
-function writersInto(g: GraphState, within: Set<string>, except: string): string[] {
-  return g.edges
-    .filter(
-      (e) =>
-        within.has(e.child) &&
-        (e.perm & WRITE) !== 0 &&
-        !(e.parent.kind === 'node' && (e.parent.node === except || within.has(e.parent.node))),
-    )
-    .map(edgeName);
-}
-
-/** Snapshot readers of an accepted graph (docs/requirements/qemu-fleecing.md §1.5 modern and legacy shapes). */
-export function snapshotReaders(g: GraphState): SnapshotReader[] {
-  const out: SnapshotReader[] = [];
-  const cbws = g.nodes.filter((n) => n.driver === 'copy-before-write').map((n) => n.name);
-  for (const ex of g.exports) {
-    // Look through raw filters: they pass reads down unchanged.
-    let node = ex.nodeName;
-    while (driverOf(g, node) === 'raw') node = childOf(g, node, 'file') ?? node;
-    let found: { scheme: 'S3' | 'S4'; cbw: string } | undefined;
-    if (driverOf(g, node) === 'snapshot-access') {
-      const c = childOf(g, node, 'file');
-      if (c !== undefined && driverOf(g, c) === 'copy-before-write') found = { scheme: 'S4', cbw: c };
-    } else {
-      // block_copy_state_new's is_fleecing: the target's backing chain contains the source.
-      const c = cbws.find((c) => childOf(g, c, 'target') === node && backingChain(g, node).includes(childOf(g, c, 'file') ?? ''));
-      if (c !== undefined) found = { scheme: 'S3', cbw: c };
-    }
-    if (found === undefined) continue;
-    const source = childOf(g, found.cbw, 'file')!;
-    const target = childOf(g, found.cbw, 'target')!;
-    out.push({
-      exportId: ex.id,
-      scheme: found.scheme,
-      cbw: found.cbw,
-      source,
-      target,
-      guestWriters: writersInto(g, new Set([found.cbw]), ''),
-      tempWriters: writersInto(g, store(g, target), found.cbw),
-      sourceBypassWriters: writersInto(g, store(g, source), found.cbw),
-    });
-  }
-  return out;
-}
-
 /** Judge one graph. `cache` memoises data-plane runs, which depend on few parameters. */
-export function judge(c: GraphCase, opts: SoundnessOptions = DEFAULT_SOUNDNESS, cache = new Map<string, DataPlaneVerdict>()): GraphVerdict {
-  const ev = evaluate(c.ops, opts.permissions);
+/** `evaluate` with the graph after the leading blockdev-adds memoised: every export choice of
+ * one structure shares them (the enumeration's cost is the permission model, not the data plane). */
+function evaluateCached(ops: readonly GraphOp[], options: ModelOptions, prefixes?: Map<string, { graph: GraphState; refusal?: PermissionModelError }>) {
+  if (prefixes === undefined) return evaluate(ops, options);
+  let n = 0;
+  while (n < ops.length && ops[n]!.op === 'blockdev-add') n++;
+  const key = JSON.stringify(ops.slice(0, n));
+  let pre = prefixes.get(key);
+  if (pre === undefined) {
+    const ev = evaluate(ops.slice(0, n), options);
+    pre = { graph: ev.graph, ...(ev.refusal !== undefined ? { refusal: ev.refusal } : {}) };
+    prefixes.set(key, pre);
+  }
+  let g = pre.graph;
+  let refusal = pre.refusal;
+  for (const op of ops.slice(n)) {
+    const r = applyOp(g, op);
+    g = r.state;
+    if (!r.result.ok && refusal === undefined) refusal = r.result.error;
+  }
+  return refusal === undefined ? { graph: g, accepted: true as const } : { graph: g, accepted: false as const, refusal };
+}
+
+export function judge(
+  c: GraphCase,
+  opts: SoundnessOptions = DEFAULT_SOUNDNESS,
+  cache = new Map<string, DataPlaneVerdict>(),
+  prefixes?: Map<string, { graph: GraphState; refusal?: PermissionModelError }>,
+): GraphVerdict {
+  const ev = evaluateCached(c.ops, opts.permissions, prefixes);
   if (!ev.accepted) return { id: c.id, verdict: 'refused', refusal: ev.refusal?.message ?? '', readers: [] };
   const readers = snapshotReaders(ev.graph);
   if (readers.length === 0) return { id: c.id, verdict: 'no-snapshot-reader', readers };
-  for (const r of readers) {
-    const cfg: DataPlaneConfig = {
-      scheme: r.scheme === 'S3' ? opts.legacyScheme : opts.cbwScheme,
-      guestWriters: Math.min(r.guestWriters.length, opts.maxGuestWriters),
-      tempIntruder: r.tempWriters.length > 0,
-      sourceIntruder: r.sourceBypassWriters.length > 0,
-      clusters: opts.clusters,
-    };
-    const key = JSON.stringify([cfg.scheme.name, cfg.guestWriters, cfg.tempIntruder, cfg.sourceIntruder, cfg.clusters]);
+  for (const [i, r] of readers.entries()) {
+    const cfg = dataPlaneConfig(r, opts);
+    const key = JSON.stringify(cfg);
     let v = cache.get(key);
     if (v === undefined) {
       v = runDataPlane(cfg);
@@ -162,12 +103,33 @@ export function judge(c: GraphCase, opts: SoundnessOptions = DEFAULT_SOUNDNESS, 
         id: c.id,
         verdict: 'accepted-unsafe',
         readers,
+        unsafeReader: i,
+        ops: c.ops.length,
         ...(v.violation !== undefined ? { violation: `${r.exportId}: ${v.violation}` } : {}),
         ...(v.trace !== undefined ? { trace: v.trace } : {}),
       };
     }
   }
   return { id: c.id, verdict: 'accepted-safe', readers };
+}
+
+/** The data-plane configuration of one snapshot reader: the scheme its read path gives, and
+ * one extra writer per storage it can be written through outside the protection (its label
+ * names the node it writes through and the file, so a trace shows the alias). */
+export function dataPlaneConfig(r: SnapshotReader, opts: SoundnessOptions): DataPlaneConfig {
+  const scheme =
+    r.scheme === 'S4' ? opts.cbwScheme : r.readPath === 'alias-backing' ? opts.unserialisedScheme : r.readPath === 'alias-target' ? opts.untrackedScheme : opts.legacyScheme;
+  const tempVia = r.tempWriters.length > 0 ? r.target : r.aliasTempWriters[0]?.via;
+  const sourceVia = r.sourceBypassWriters.length > 0 ? r.source : r.aliasSourceWriters[0]?.via;
+  return {
+    scheme,
+    guestWriters: Math.min(r.guestWriters.length, opts.maxGuestWriters),
+    tempIntruder: tempVia !== undefined,
+    sourceIntruder: sourceVia !== undefined,
+    clusters: opts.clusters,
+    ...(tempVia !== undefined ? { tempVia: { node: tempVia, storage: r.targetStorage ?? r.target } } : {}),
+    ...(sourceVia !== undefined ? { sourceVia: { node: sourceVia, storage: r.sourceStorage ?? r.source } } : {}),
+  };
 }
 
 export interface SoundnessReport {
@@ -183,24 +145,29 @@ export interface SoundnessReport {
 export function soundness(bound: GraphBound = DEFAULT_BOUND, opts: SoundnessOptions = DEFAULT_SOUNDNESS): SoundnessReport {
   const t0 = process.hrtime.bigint();
   const cache = new Map<string, DataPlaneVerdict>();
-  const verdicts = enumerateGraphs(bound).map((c) => judge(c, opts, cache));
+  const prefixes = new Map<string, { graph: GraphState; refusal?: PermissionModelError }>();
+  const verdicts = enumerateGraphs(bound).map((c) => judge(c, opts, cache, prefixes));
   const counts: Record<SoundnessVerdict, number> = { refused: 0, 'no-snapshot-reader': 0, 'accepted-safe': 0, 'accepted-unsafe': 0 };
   for (const v of verdicts) counts[v.verdict]++;
   return { bound, graphs: verdicts.length, counts, dataPlaneRuns: cache.size, verdicts, seconds: Number(process.hrtime.bigint() - t0) / 1e9 };
 }
 
 /** For the permission Behaviour: no accepted graph lets anything but cbw write under a snapshot
- * reader (the temp/target, or the source around cbw). Violated on QEMU 7.2 by B6. */
+ * reader (the temp/target, or the source around cbw, through the node or an alias of its
+ * file), nor reads it around the serialisation. Violated on QEMU 7.2 by B6. */
 export const noForeignWriterUnderSnapshot: Invariant<PermissionState> = {
   name: 'no-foreign-writer-under-snapshot',
   check({ graph }) {
     for (const r of snapshotReaders(graph)) {
+      // direct writers first: the sentences the B6 tests know
       if (r.tempWriters.length > 0) {
         return `export ${r.exportId} reads a snapshot kept in '${r.target}', which another user may write: ${r.tempWriters.join('; ')}`;
       }
       if (r.sourceBypassWriters.length > 0) {
         return `export ${r.exportId} reads a snapshot of '${r.source}', which a user may write without copy-before-write: ${r.sourceBypassWriters.join('; ')}`;
       }
+      const why = readerHazard(r);
+      if (why !== undefined) return why;
     }
     return undefined;
   },

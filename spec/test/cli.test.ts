@@ -115,11 +115,17 @@ describe('fleece explore', () => {
     expect(text.out).toMatch(/^permission soundness: \d+ graphs \(at most 2 exports\)/m);
     expect(text.out).toMatch(/accepted but UNSAFE: +[1-9]\d*$/m);
     expect(text.out).toMatch(/accepted but unsafe because of a writer on the temp\/target node \(docs\/requirements\/qemu-fleecing\.md §6 B6\)/);
-    const json = await inProcess('--soundness', '--max-exports', '1', '--json');
-    const doc = JSON.parse(json.out) as { format: string; counts: Record<string, number>; acceptedUnsafe: unknown[] };
+    // every rule set by default, aliasing causes on their own with an example and its trace
+    for (const name of ['qemu-7.2', 'reference', 'storage-aware']) expect(text.out).toMatch(new RegExp(`^== rules ${name}: `, 'm'));
+    expect(text.out).toMatch(/accepted but unsafe because of aliasing: the temp's backing is another node over the source's file.*\n {2}e\.g\. source=raw .*alias=source.*:backing.*\n.*\n {7}1\. W0\.submit/);
+    expect(text.out).toMatch(/^verdict \(storage-aware\): every graph the permission model accepts is safe/m);
+    const json = await inProcess('--soundness', '--max-exports', '1', '--rules', 'qemu-7.2,storage-aware', '--json');
+    const doc = JSON.parse(json.out) as { format: string; version: number; ruleSets: Array<{ name: string; counts: Record<string, number>; acceptedUnsafe: unknown[] }> };
     expect(doc.format).toBe('fleece-soundness');
-    expect(doc.acceptedUnsafe.length).toBe(doc.counts['accepted-unsafe']);
-    expect(json.code).toBe(doc.counts['accepted-unsafe']! > 0 ? 1 : 0);
+    expect(doc.version).toBe(2);
+    expect(doc.ruleSets.map((r) => r.name)).toEqual(['qemu-7.2', 'storage-aware']);
+    for (const r of doc.ruleSets) expect(r.acceptedUnsafe.length).toBe(r.counts['accepted-unsafe']);
+    expect(json.code).toBe(doc.ruleSets.some((r) => r.counts['accepted-unsafe']! > 0) ? 1 : 0);
     // Without exports there is no snapshot reader, so nothing can be unsafe: exit 0.
     const none = await inProcess('--soundness', '--max-exports', '0');
     expect(none.code).toBe(0);
@@ -127,6 +133,8 @@ describe('fleece explore', () => {
     for (const [args, msg] of [
       [['--soundness', '--cbw-rule', '8.0'], /--cbw-rule takes 7\.2 or 9\.1, not '8\.0'/],
       [['--soundness', '--max-exports', '9'], /--max-exports takes an integer 0\.\.5, not '9'/],
+      [['--soundness', '--rules', 'qemu-9'], /--rules takes 'all' or names from qemu-7\.2, reference, storage-aware, not 'qemu-9'/],
+      [['--rules', 'all'], /--rules belongs to --soundness/],
       [['--max-exports', '2'], /--max-exports belongs to --soundness/],
       [['--soundness', '--model', 's1'], /--soundness runs on its own/],
     ] as const) {

@@ -10,6 +10,7 @@
 import { match } from 'ts-pattern';
 import { SpecError } from '../../explorer/errors.ts';
 import { childPerm, childSlots, roleNames, type CbwRule, type Driver, type Role } from './drivers.ts';
+import { changedFileNodes, readerHazard, snapshotReaders, storageConflict, type StorageRule } from './storage.ts';
 import { ALL, NONE, RESIZE, WRITE, WRITE_UNCHANGED, CONSISTENT_READ, allows, permNames, permText, type PermName, type PermSet } from './perm.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -23,6 +24,9 @@ export interface NodeSpec {
   readonly children?: Readonly<Record<string, string>>;
   /** read-only=on: refuses any parent that needs WRITE or WRITE_UNCHANGED. */
   readonly readOnly?: boolean;
+  /** `file` nodes: the storage (image file) the node opens; two file nodes with one storage
+   * are aliases (spec/models/permissions/storage.ts). Default: the node's own name. */
+  readonly storage?: string;
 }
 
 /** The graph-changing QMP commands the model knows. */
@@ -45,8 +49,16 @@ export type GraphOp =
 
 export interface ModelOptions {
   readonly cbwRule: CbwRule;
+  /** How nodes over one storage are checked against each other (storage.ts); default 'none'. */
+  readonly storage?: StorageRule;
 }
-export const QEMU_7_2: ModelOptions = { cbwRule: '7.2' };
+/** QEMU 7.2: its cbw rule and image locking (locking=auto is on for Linux with OFD locks). */
+export const QEMU_7_2: ModelOptions = { cbwRule: '7.2', storage: 'locking' };
+/** The reference as it stands: QEMU 9.1's cbw rule, no storage identity. */
+export const REFERENCE: ModelOptions = { cbwRule: '9.1', storage: 'none' };
+/** What the reference is to do: 9.1's cbw rule, permissions across each storage, and no
+ * snapshot reader exposed to a write its protection does not see (storage.ts). */
+export const STORAGE_AWARE: ModelOptions = { cbwRule: '9.1', storage: 'storage-aware' };
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -81,6 +93,8 @@ export interface NodeState {
   readonly readOnly: boolean;
   /** Inserted by a job (the backup filter), not by blockdev-add. */
   readonly implicit: boolean;
+  /** The storage a `file` node opens (its name unless NodeSpec.storage says otherwise). */
+  readonly storage: string;
 }
 
 export interface ExportState {
@@ -113,7 +127,7 @@ export function emptyGraph(options: ModelOptions = QEMU_7_2): GraphState {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-export type RefusalKind = 'conflict' | 'read-only' | 'in-use' | 'usage';
+export type RefusalKind = 'conflict' | 'read-only' | 'in-use' | 'usage' | 'lock' | 'storage';
 
 /** A refusal of the modelled QEMU: the spec layer's SpecError, whose message is QEMU 7.2's
  * text where QEMU has one (so the conformance suite can compare it verbatim). */
@@ -329,7 +343,7 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
         }
         if (!hasNode(w, child)) return usage(op.op, `Cannot find device='' nor node-name='${child}'`);
       }
-      w.nodes.push({ name: node.name, driver: node.driver, readOnly: node.readOnly ?? false, implicit: false });
+      w.nodes.push({ name: node.name, driver: node.driver, readOnly: node.readOnly ?? false, implicit: false, storage: node.storage ?? node.name });
       for (const s of slots) {
         const child = given[s.name];
         if (child !== undefined) attach(w, { kind: 'node', node: node.name }, child, s.name, s.role, NONE, ALL);
@@ -379,7 +393,7 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
       if (hasNode(w, filter)) return usage(op.op, `Duplicate nodes with node-name='${filter}'`);
       // bdrv_cbw_append -> bdrv_insert_node: open the cbw filter on (file=device,
       // target=target), then move device's parents onto it, in one transaction.
-      w.nodes.push({ name: filter, driver: 'copy-before-write', readOnly: false, implicit: true });
+      w.nodes.push({ name: filter, driver: 'copy-before-write', readOnly: false, implicit: true, storage: filter });
       const slots = childSlots('copy-before-write');
       for (const s of slots) {
         attach(w, { kind: 'node', node: filter }, s.name === 'file' ? device : target, s.name, s.role, NONE, ALL);
@@ -422,12 +436,32 @@ function step(w: Work, op: GraphOp): PermissionModelError | undefined {
     .exhaustive();
 }
 
+/** The storage rule, once the command's graph change is complete (storage.ts). QEMU takes the
+ * locks during the refresh itself; checking the finished graph is the model's simplification,
+ * and lets a command that moves a writer onto a filter (blockdev-backup) pass through its
+ * intermediate graphs. */
+function storageCheck(before: GraphState, after: GraphState): PermissionModelError | undefined {
+  const rule = after.options.storage ?? 'none';
+  if (rule === 'none') return undefined;
+  const c = storageConflict(after, rule, changedFileNodes(before, after));
+  if (c !== undefined) {
+    return new PermissionModelError(rule === 'locking' ? 'lock' : 'storage', c.message, { node: c.node, perms: permNames(c.perms) });
+  }
+  if (rule === 'storage-aware') {
+    for (const r of snapshotReaders(after)) {
+      const why = readerHazard(r, true);
+      if (why !== undefined) return new PermissionModelError('storage', `Unprotected snapshot: ${why}`, { node: r.cbw });
+    }
+  }
+  return undefined;
+}
+
 export type OpResult = { readonly ok: true } | { readonly ok: false; readonly error: PermissionModelError };
 
 /** Apply one command. A refusal leaves the state exactly as it was (the Transaction abort). */
 export function applyOp(g: GraphState, op: GraphOp): { state: GraphState; result: OpResult } {
   const w = work(g);
-  const err = step(w, op);
+  const err = step(w, op) ?? storageCheck(g, freeze(w));
   if (err !== undefined) {
     return { state: g, result: { ok: false, error: new PermissionModelError(err.kind, err.message, { ...err.context, op: op.op }) } };
   }

@@ -6,3 +6,4 @@ export * from './drivers.ts';
 export * from './graph.ts';
 export * from './scenarios.ts';
 export * from './behaviour.ts';
+export * from './storage.ts';
