@@ -8,6 +8,7 @@ import type { CaseResult, RunResult, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
 import { run } from '../runner/run.ts';
 import { OBSERVED, PERM_CASES, permissionCases, setupPerm, type PermEnv } from './cases.ts';
+import { lockingCases } from './locking.ts';
 import { PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
 import { evaluate } from '../../spec/models/permissions/index.ts';
 
@@ -18,7 +19,7 @@ export const permissionsSuite: Suite<PermEnv> = {
   name: 'permissions',
   description: 'Block-graph permissions over QMP against the spec permission model (docs/requirements/qemu-fleecing.md §1)',
   roles: [],
-  cases: permissionCases,
+  cases: [...permissionCases, ...lockingCases],
   appliesTo: (target) =>
     target.extra?.permissions instanceof PermLab || (target.name !== 'qemu-nbd' && findPermFlavor(flavorName(target.name)))
       ? undefined

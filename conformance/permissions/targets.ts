@@ -19,6 +19,8 @@ export interface PermSession {
   readonly dir: string;
   /** The blockdev-add driver this daemon uses for the model's qcow2 nodes. */
   readonly qcow2Driver: string;
+  /** Options added to every `file` node the locking cases open (a known-bad flavor's locking=off). */
+  readonly fileOptions?: Readonly<Record<string, unknown>>;
   /** Path of the image behind a `file` node of this name (created on demand). */
   image(nodeName: string): string;
   exited(): string | undefined;
@@ -96,6 +98,19 @@ export const PERM_FLAVORS: readonly PermFlavor[] = [
       }),
   },
 ];
+
+/** Known bad, for the locking cases' tests: the reference with locking=off on every file node
+ * the locking cases open, so QEMU's tools and the reference no longer see each other. Not in
+ * PERM_FLAVORS (the agreement table compares conforming daemons). */
+export const REFERENCE_NO_LOCKING: PermFlavor = {
+  name: 'reference-no-locking',
+  summary: 'fleece serve with locking=off on the locking cases\' file nodes (known bad)',
+  peers: [],
+  async start(dir, timeoutMs) {
+    const s = await PERM_FLAVORS[0]!.start(dir, timeoutMs);
+    return { ...s, fileOptions: { locking: 'off' } };
+  },
+};
 
 export function findPermFlavor(name: string): PermFlavor | undefined {
   return PERM_FLAVORS.find((f) => f.name === name);
