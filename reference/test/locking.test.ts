@@ -362,3 +362,34 @@ describe('locking=off, the known-bad setting: nothing is locked, both sides get 
     }
   });
 });
+
+describe('without the native module (FLEECE_NO_NATIVE=1): the daemon runs, says so, and does not pretend to lock', { timeout: 60_000 }, () => {
+  it('warns at start; locking=auto opens unlocked; locking=on is refused naming the node and why', async () => {
+    const t = tmpDir('locking-nonative-');
+    const img = path.join(t.dir, 'a.img');
+    fs.writeFileSync(img, Buffer.alloc(1 << 20));
+    const qmp = path.join(t.dir, 'qmp.sock');
+    process.env.FLEECE_NO_NATIVE = '1';
+    let d: Daemon | undefined;
+    try {
+      d = await startDaemon('fleece', ['--chardev', `socket,id=m,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=m', '--nbd-server', `addr.type=unix,addr.path=${t.dir}/nbd.sock`], qmp);
+    } finally {
+      delete process.env.FLEECE_NO_NATIVE;
+    }
+    try {
+      const c = await QmpClient.connect(qmp);
+      expect(d.stderr()).toContain('fleece serve: warning: image locking is off (file nodes with locking=auto do not lock, locking=on is refused): reference/native/build/fleece.node not loaded (FLEECE_NO_NATIVE=1)\n');
+      expect(d.stderr()).toContain("fleece serve: warning: unix connections keep the kernel's send buffer: reference/native/build/fleece.node not loaded (FLEECE_NO_NATIVE=1)\n");
+      await c.ok('blockdev-add', { driver: 'file', 'node-name': 'a', filename: img });
+      await c.ok('block-export-add', { type: 'nbd', id: 'e', 'node-name': 'a', writable: true });
+      expect(lockBytesOn(img)).toEqual([]);
+      const on = await c.execute('blockdev-add', { driver: 'file', 'node-name': 'b', filename: img, locking: 'on' });
+      expect(on.error).toEqual({ class: 'GenericError', desc: "node 'b' (driver file): locking=on, but the reference cannot lock images here: reference/native/build/fleece.node not loaded (FLEECE_NO_NATIVE=1)" });
+      await c.ok('query-block-exports'); // still serving
+      c.close();
+    } finally {
+      await d.kill();
+      t.cleanup();
+    }
+  });
+});
