@@ -112,6 +112,18 @@ export const REFERENCE_NO_LOCKING: PermFlavor = {
   },
 };
 
+/** Known bad, for the same tests: the reference's UNSAFE x-lock-bytes-swapped (perm bytes at
+ * 200+bit, unshared ones at 100+bit), so QEMU's tools read its locks wrongly. */
+export const REFERENCE_SWAPPED_LOCK_BYTES: PermFlavor = {
+  name: 'reference-swapped-lock-bytes',
+  summary: 'fleece serve with x-lock-bytes-swapped on the locking cases\' file nodes (known bad)',
+  peers: [],
+  async start(dir, timeoutMs) {
+    const s = await PERM_FLAVORS[0]!.start(dir, timeoutMs);
+    return { ...s, fileOptions: { 'x-lock-bytes-swapped': true } };
+  },
+};
+
 export function findPermFlavor(name: string): PermFlavor | undefined {
   return PERM_FLAVORS.find((f) => f.name === name);
 }

@@ -4,7 +4,7 @@
 // where a writer or a resize gets past a fleecing graph, with the run's own evidence.
 import { describe, expect, it } from 'vitest';
 import { permissionsSuite } from '../permissions/index.ts';
-import { PERM_FLAVORS, REFERENCE_NO_LOCKING, permTargetDef } from '../permissions/targets.ts';
+import { PERM_FLAVORS, REFERENCE_NO_LOCKING, REFERENCE_SWAPPED_LOCK_BYTES, permTargetDef } from '../permissions/targets.ts';
 import { run } from '../runner/run.ts';
 
 const FILTER = ['permissions/locking/'];
@@ -29,5 +29,16 @@ describe('permissions/locking: the target and QEMU\'s tools on one image', () =>
     expect(by.get('qemu-img-convert-source')).toMatchObject({ verdict: 'non-strict' });
     // The rows where QEMU lets the opener in still pass: not locking never refuses anyone.
     for (const id of ['qemu-io-read-source', 'qemu-img-convert-force-share', 'qemu-io-write-temp', 'readonly-export-on-held-source']) expect(by.get(id), id).toMatchObject({ verdict: 'pass' });
+  }, 90_000);
+
+  it('swapped lock bytes (known bad x-lock-bytes-swapped): harmless openers refused, and refusals naming the wrong permission', async () => {
+    const result = await run({ targets: [permTargetDef(REFERENCE_SWAPPED_LOCK_BYTES)], suites: [permissionsSuite], filter: FILTER, seed: 1, timeoutMs: 2000, startTimeoutMs: 20_000 });
+    const by = new Map(result.results.map((r) => [r.id.replace('permissions/locking/', ''), r]));
+    // The target's perm bytes sit where QEMU looks for what it forbids: consistent read (200).
+    expect(by.get('qemu-io-read-source')).toMatchObject({ verdict: 'non-strict' });
+    expect(by.get('qemu-io-read-source')!.reason).toMatch(/^SHOULD: let in, as QEMU 7\.2 lets it in: .* - observed: qemu-io: can't open device .*: Failed to get "consistent read" lock/);
+    expect(by.get('qemu-img-convert-source')!.reason).toMatch(/^SHOULD: the refusal says what QEMU says: "Failed to get shared \\"write\\" lock\\nIs another process using the image \[.*\]\?" - observed: .*Failed to get "consistent read" lock/);
+    expect(by.get('writable-export-on-held-source')!.reason).toMatch(/^SHOULD: the refusal says what QEMU says: "Failed to get \\"write\\" lock" - observed: block-export-add: Failed to get "consistent read" lock/);
+    expect(by.get('readonly-export-on-held-source')).toMatchObject({ verdict: 'non-strict' });
   }, 90_000);
 });

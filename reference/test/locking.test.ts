@@ -124,6 +124,15 @@ describe('ImageLock transactions (raw_handle_perm_lock)', () => {
     expect(l.held()).toEqual([100]);
   });
 
+  it('x-lock-bytes-swapped (UNSAFE, known bad) publishes perms at 200+bit and what it forbids at 100+bit', () => {
+    const ops = fakeOps(new Set());
+    const l = new ImageLock(3, 'img', 'n', ops, true);
+    l.prepare(R | W, R | U);
+    l.commit(R | W, R | U);
+    expect(l.held()).toEqual([101, 103, 200, 201]);
+    expect([...ops.mine].sort()).toEqual([101, 103, 200, 201]);
+  });
+
   it('locking=on without lock calls is refused, naming the node and why; auto then does not lock; off never does', () => {
     const none = { available: false, reason: 'the module did not load (test)' };
     expect(() => lockingEnabled('on', 'disk', none)).toThrow("node 'disk' (driver file): locking=on, but the reference cannot lock images here: the module did not load (test)");

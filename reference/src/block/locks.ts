@@ -96,12 +96,22 @@ export class ImageLock {
   private lockedPerm = 0;
   private lockedUnshared = 0;
 
+  /** Where the two byte sets start: QEMU's offsets, or swapped by the UNSAFE known-bad
+   * x-lock-bytes-swapped (a holder that publishes its perms where others look for what it
+   * forbids: QEMU's tools then refuse harmless readers and name the wrong permission). */
+  private readonly permBase: number;
+  private readonly sharedBase: number;
+
   constructor(
     private readonly fd: number,
     private readonly filename: string,
     private readonly node: string,
     private readonly ops: LockOps,
-  ) {}
+    swapped = false,
+  ) {
+    this.permBase = swapped ? LOCK_SHARED_BASE : LOCK_PERM_BASE;
+    this.sharedBase = swapped ? LOCK_PERM_BASE : LOCK_SHARED_BASE;
+  }
 
   /** raw_check_perm (RAW_PL_PREPARE): take what the new permissions need on top of the old ones,
    * then check nobody else forbids them; on failure, back to the old bytes. */
@@ -136,15 +146,18 @@ export class ImageLock {
 
   /** Bytes held now (for tests and x-debug output). */
   held(): number[] {
-    return lockedBytes(this.lockedPerm, PERM_ALL & ~this.lockedUnshared);
+    const out: number[] = [];
+    for (const i of BITS) if (this.lockedPerm & (1 << i)) out.push(this.permBase + i);
+    for (const i of BITS) if (this.lockedUnshared & (1 << i)) out.push(this.sharedBase + i);
+    return out.sort((a, b) => a - b);
   }
 
   /** raw_apply_lock_bytes: lock the bytes of `permBits` and `unsharedBits` this description does
    * not hold yet; with `unlock`, also drop the ones they do not name. */
   private apply(permBits: number, unsharedBits: number, unlock: boolean): void {
     const sets = [
-      { base: LOCK_PERM_BASE, want: permBits, key: 'lockedPerm' as const },
-      { base: LOCK_SHARED_BASE, want: unsharedBits, key: 'lockedUnshared' as const },
+      { base: this.permBase, want: permBits, key: 'lockedPerm' as const },
+      { base: this.sharedBase, want: unsharedBits, key: 'lockedUnshared' as const },
     ];
     for (const { base, want, key } of sets) {
       for (const i of BITS) {
@@ -178,13 +191,13 @@ export class ImageLock {
     for (const i of BITS) {
       const bit = 1 << i;
       if (!(perm & bit)) continue;
-      const r = this.ops.test(this.fd, LOCK_SHARED_BASE + i, 1, true);
+      const r = this.ops.test(this.fd, this.sharedBase + i, 1, true);
       if (r) throw this.error(r, `Failed to get "${QEMU_PERM_NAME[i]}" lock`, false, true);
     }
     for (const i of BITS) {
       const bit = 1 << i;
       if (shared & bit) continue;
-      const r = this.ops.test(this.fd, LOCK_PERM_BASE + i, 1, true);
+      const r = this.ops.test(this.fd, this.permBase + i, 1, true);
       if (r) throw this.error(r, `Failed to get shared "${QEMU_PERM_NAME[i]}" lock`, false, true);
     }
   }

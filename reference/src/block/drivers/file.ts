@@ -45,6 +45,8 @@ export class FileNode extends BlockNode {
     super(ctx.nodeName, 'file', ctx.common);
     this.filename = ctx.opts.requiredString('filename');
     this.skipFlush = ctx.opts.bool('x-skip-flush', false);
+    /** UNSAFE, known bad: the perm and shared lock bytes trade places (locks.ts). */
+    const swapped = ctx.opts.bool('x-lock-bytes-swapped', false);
     const locking = lockingEnabled(ctx.opts.enumeration('locking', ['on', 'off', 'auto'] as const, 'auto'), ctx.nodeName);
     ctx.opts.ignore('aio', 'cache', 'x-check-cache-dropped', 'pr-manager', 'drop-cache');
     try {
@@ -53,7 +55,7 @@ export class FileNode extends BlockNode {
     } catch (e) {
       throw new BlockError('ENOENT', `Could not open '${this.filename}': ${(e as Error).message}`, { node: ctx.nodeName });
     }
-    this.lock = locking ? new ImageLock(this.fd, this.filename, ctx.nodeName, imageLocking.ops!) : undefined;
+    this.lock = locking ? new ImageLock(this.fd, this.filename, ctx.nodeName, imageLocking.ops!, swapped) : undefined;
   }
 
   // The lock bytes follow the node's permissions (raw_check_perm, raw_set_perm, raw_abort_perm).
