@@ -107,10 +107,13 @@ async function buildOnTarget(ctx: CaseContext<PermEnv>, s: PermSession, prefix: 
 }
 
 /** qemu-storage-daemon holding the fleecing graph over src and tmp, until the case ends. */
-async function qsdHolding(ctx: CaseContext<PermEnv>, dir: string, src: string, tmp: string): Promise<void> {
+async function qsdHolding(ctx: CaseContext<PermEnv>, dir: string, prefix: string, src: string, tmp: string): Promise<void> {
   requirePeer('qemu-storage-daemon');
-  const sock = path.join(dir, 'holder-nbd.sock');
-  const args = ['--nbd-server', `addr.type=unix,addr.path=${sock}`];
+  const sock = path.join(dir, `${prefix}holder-nbd.sock`);
+  // qemu-storage-daemon writes its pid file after every --blockdev and --export is open (and
+  // documents that order); the NBD socket appears before them.
+  const pidfile = path.join(dir, `${prefix}holder.pid`);
+  const args = ['--pidfile', pidfile, '--nbd-server', `addr.type=unix,addr.path=${sock}`];
   for (const [command, a] of fleecingGraph('h-', src, tmp)) {
     const kv = Object.entries(a).map(([k, v]) => `${k}=${v === true ? 'on' : String(v)}`).join(',');
     args.push(command === 'blockdev-add' ? '--blockdev' : '--export', kv);
@@ -118,7 +121,7 @@ async function qsdHolding(ctx: CaseContext<PermEnv>, dir: string, src: string, t
   const p = ManagedProcess.spawn('qemu-storage-daemon (lock holder)', 'qemu-storage-daemon', args);
   ctx.defer(() => p.stop());
   const deadline = Date.now() + 15_000;
-  while (!fs.existsSync(sock)) {
+  while (!fs.existsSync(pidfile)) {
     if (p.hasExited || Date.now() > deadline) throw new Error(`the lock holder did not start (${p.exitStatus}): ${p.output.trim()}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -177,7 +180,7 @@ function qmpCase(row: QmpRow, index: number): CaseDef<PermEnv> {
       const s = await ctx.env.lab.session();
       const src = rawImage(path.join(s.dir, `${prefix}src.img`));
       const tmp = rawImage(path.join(s.dir, `${prefix}tmp.img`));
-      await qsdHolding(ctx, s.dir, src, tmp);
+      await qsdHolding(ctx, s.dir, prefix, src, tmp);
       const node = `${prefix}node`;
       const steps: Array<[string, Record<string, unknown>]> = [
         ['blockdev-add', { driver: 'file', 'node-name': node, filename: row.image === 'source' ? src : tmp, ...s.fileOptions }],
