@@ -215,7 +215,10 @@ async function hold(kind: 'fleece' | 'qsd', locking: 'on' | 'off' | 'auto' = 'au
   await run('qemu-img', ['create', '-q', '-f', 'raw', src, '1M']);
   await run('qemu-img', ['create', '-q', '-f', 'raw', tmp, '1M']);
   const qmp = path.join(t.dir, 'qmp.sock');
+  // Both write the pid file once every option is processed (the QMP socket comes first).
+  const pidfile = path.join(t.dir, 'daemon.pid');
   const daemon = await startDaemon(kind, [
+    '--pidfile', pidfile,
     '--chardev', `socket,id=m,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=m',
     '--nbd-server', `addr.type=unix,addr.path=${t.dir}/nbd.sock`,
     '--blockdev', `driver=file,node-name=source,filename=${src},locking=${locking}`,
@@ -224,7 +227,7 @@ async function hold(kind: 'fleece' | 'qsd', locking: 'on' | 'off' | 'auto' = 'au
     '--blockdev', 'driver=snapshot-access,node-name=acc,file=cbw',
     '--export', 'type=nbd,id=live,node-name=cbw,name=live,writable=on',
     '--export', 'type=nbd,id=fleece,node-name=acc,name=fleece',
-  ], qmp);
+  ], pidfile);
   return { daemon, dir: t.dir, src, tmp };
 }
 
