@@ -8,6 +8,7 @@ import type { CaseResult, RunResult, Suite } from '../runner/model.ts';
 import { registerSuite } from '../runner/registry.ts';
 import { run } from '../runner/run.ts';
 import { OBSERVED, PERM_CASES, permissionCases, setupPerm, type PermEnv } from './cases.ts';
+import { lockingCases } from './locking.ts';
 import { KNOWN_BAD_PERM_FLAVORS, PermLab, findPermFlavor, permTargetDef, type PermFlavor } from './targets.ts';
 import { listTargets, registerTarget } from '../targets/registry.ts';
 import { evaluate } from '../../spec/models/permissions/index.ts';
@@ -19,7 +20,7 @@ export const permissionsSuite: Suite<PermEnv> = {
   name: 'permissions',
   description: 'Block-graph permissions over QMP against the spec permission model (docs/requirements/qemu-fleecing.md §1)',
   roles: [],
-  cases: permissionCases,
+  cases: [...permissionCases, ...lockingCases],
   appliesTo: (target) =>
     target.extra?.permissions instanceof PermLab || (target.name !== 'qemu-nbd' && findPermFlavor(flavorName(target.name)))
       ? undefined

@@ -19,7 +19,8 @@ export interface PermSession {
   readonly dir: string;
   /** The blockdev-add driver this daemon uses for the model's qcow2 nodes. */
   readonly qcow2Driver: string;
-  /** Added to every `file` node the aliasing cases create (a known-bad target's UNSAFE option). */
+  /** Options added to every `file` node the aliasing and locking cases create (a known-bad
+   * target's UNSAFE x-no-storage-identity, or a known-bad flavor's locking=off). */
   readonly fileOptions?: Readonly<Record<string, unknown>>;
   /** Path of the image behind a `file` node of this name (created on demand). */
   image(nodeName: string): string;
@@ -114,6 +115,31 @@ export const KNOWN_BAD_PERM_FLAVORS: readonly PermFlavor[] = [
     start: (dir, timeoutMs) => startDaemon('fleece serve', 'fleece', monitorArgs(dir), dir, Math.max(timeoutMs, 20_000), 'overlay', blankImage, { 'x-no-storage-identity': true }),
   },
 ];
+
+/** Known bad, for the locking cases' tests: the reference with locking=off on every file node
+ * the locking cases open, so QEMU's tools and the reference no longer see each other. Not in
+ * PERM_FLAVORS (the agreement table compares conforming daemons). */
+export const REFERENCE_NO_LOCKING: PermFlavor = {
+  name: 'reference-no-locking',
+  summary: 'fleece serve with locking=off on the locking cases\' file nodes (known bad)',
+  peers: [],
+  async start(dir, timeoutMs) {
+    const s = await PERM_FLAVORS[0]!.start(dir, timeoutMs);
+    return { ...s, fileOptions: { locking: 'off' } };
+  },
+};
+
+/** Known bad, for the same tests: the reference's UNSAFE x-lock-bytes-swapped (perm bytes at
+ * 200+bit, unshared ones at 100+bit), so QEMU's tools read its locks wrongly. */
+export const REFERENCE_SWAPPED_LOCK_BYTES: PermFlavor = {
+  name: 'reference-swapped-lock-bytes',
+  summary: 'fleece serve with x-lock-bytes-swapped on the locking cases\' file nodes (known bad)',
+  peers: [],
+  async start(dir, timeoutMs) {
+    const s = await PERM_FLAVORS[0]!.start(dir, timeoutMs);
+    return { ...s, fileOptions: { 'x-lock-bytes-swapped': true } };
+  },
+};
 
 export function findPermFlavor(name: string): PermFlavor | undefined {
   return PERM_FLAVORS.find((f) => f.name === name) ?? KNOWN_BAD_PERM_FLAVORS.find((f) => f.name === name);

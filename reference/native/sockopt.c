@@ -9,14 +9,16 @@
  * the client finds data waiting.
  * Measured: reference/src/daemon/README.md.
  *
- * Built by scripts/build-native.sh with the C compiler and Node's own headers; Node-API only,
- * so the binary does not depend on the V8 version.
+ * One part of the reference's single Node-API module (module.c registers it), built by
+ * scripts/build-native.sh with the C compiler and Node's own headers; Node-API only, so the
+ * binary does not depend on the V8 version.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <node_api.h>
+#include "fleece_native.h"
 
 static napi_value throw_errno(napi_env env, const char *what, int fd) {
   char msg[160];
@@ -67,13 +69,10 @@ static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
   return send_buffer_of(env, a[0]);
 }
 
-static napi_value init(napi_env env, napi_value exports) {
+void sockopt_register(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "getSendBuffer", NULL, get_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL },
     { "setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  return exports;
 }
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

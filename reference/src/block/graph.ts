@@ -143,6 +143,7 @@ export class BlockGraph {
 
   /** bdrv_refresh_perms over the whole graph; throws on the first conflict. */
   refreshPerms(check = true): void {
+    const cumulative = new Map<BlockNode, { perm: number; shared: number }>();
     for (const node of this.topologicalOrder()) {
       let perm = 0;
       let shared = PERM_ALL;
@@ -150,6 +151,7 @@ export class BlockGraph {
         perm |= p.perm;
         shared &= p.shared;
       }
+      cumulative.set(node, { perm, shared });
       if (check && node.readOnly && perm & (PERM.WRITE | PERM.RESIZE)) {
         const who = node.parents.find((p) => p.perm & (PERM.WRITE | PERM.RESIZE))!;
         throw new BlockError('EPERM', `Block node '${node.nodeName}' is read-only, but ${who.parent.describe()} requires '${permNames(who.perm & (PERM.WRITE | PERM.RESIZE))}' (uses it as '${who.name}' child)`, { node: node.nodeName });
@@ -160,11 +162,32 @@ export class BlockGraph {
         c.shared = np.shared;
       }
     }
-    if (!check) return;
-    for (const node of this.nodes.values()) this.checkParents(node);
-    const nodes = [...this.nodes.values()];
-    this.storageChecker.check(nodes);
-    this.storageChecker.commit(nodes);
+    if (check) {
+      for (const node of this.nodes.values()) this.checkParents(node);
+      // Nodes over one file as one node (storage.ts), before the image locks the drivers take.
+      this.storageChecker.check([...this.nodes.values()]);
+    }
+    this.applyNodePerms(cumulative, check);
+    if (check) this.storageChecker.commit([...this.nodes.values()]);
+  }
+
+  /** The drivers' own step (bdrv_node_refresh_perm's .bdrv_check_perm, then .bdrv_set_perm or
+   * .bdrv_abort_perm): every node may refuse its new (perm, shared) before any commits. After a
+   * rollback (check false) the restored permissions are committed as they are. */
+  private applyNodePerms(cumulative: Map<BlockNode, { perm: number; shared: number }>, check: boolean): void {
+    if (check) {
+      const prepared: BlockNode[] = [];
+      try {
+        for (const [node, p] of cumulative) {
+          node.checkPerm(p.perm, p.shared);
+          prepared.push(node);
+        }
+      } catch (e) {
+        for (const node of prepared) node.abortPerm();
+        throw e;
+      }
+    }
+    for (const [node, p] of cumulative) node.setPerm(p.perm, p.shared);
   }
 
   /** bdrv_parent_perms_conflict with bdrv_a_allow_b: a allows b iff (b.perm & a.shared) == b.perm. */

@@ -205,6 +205,16 @@ export abstract class BlockNode implements Parent {
     return this.children.find((c) => c.role === 'filtered');
   }
 
+  /** The node's own side of a permission change (.bdrv_check_perm): may refuse the node's new
+   * cumulative (perm, shared). Default: nothing to refuse. The file driver locks here. */
+  checkPerm(_perm: number, _shared: number): void {}
+
+  /** The change committed (.bdrv_set_perm). */
+  setPerm(_perm: number, _shared: number): void {}
+
+  /** The change abandoned after checkPerm accepted it (.bdrv_abort_perm). */
+  abortPerm(): void {}
+
   async close(): Promise<void> {}
 
   /** The storage this node opens, for protocol nodes whose storage others can open too (a

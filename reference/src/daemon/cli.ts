@@ -3,6 +3,7 @@
 // permission conflict), 2 for usage errors.
 import type { Subcommand } from '../../../cli/main.ts';
 import { isBlockError } from '../block/errors.ts';
+import { imageLocking } from '../block/locks.ts';
 import { NbdServerError } from '../nbd/server.ts';
 import { sendBufferTuning } from '../nbd/sockopt.ts';
 import { QmpError } from '../qmp/dispatcher.ts';
@@ -42,6 +43,10 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
   // Not fatal (the server runs with the kernel's default), but slower for unix clients: say so.
   if (!sendBufferTuning.available && io.env.FLEECE_NBD_UNIX_SNDBUF !== '0') {
     io.stderr.write(`fleece serve: warning: unix connections keep the kernel's send buffer: ${sendBufferTuning.reason}\n`);
+  }
+  // Not fatal either, but other processes' locks go unseen and ours untaken: say so.
+  if (!imageLocking.available) {
+    io.stderr.write(`fleece serve: warning: image locking is off (file nodes with locking=auto do not lock, locking=on is refused): ${imageLocking.reason}\n`);
   }
   try {
     if (config.activationFds.length > 0) {

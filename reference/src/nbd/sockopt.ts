@@ -1,25 +1,15 @@
-// The send-buffer size of an accepted connection's socket (SO_SNDBUF), through the small
-// Node-API module reference/native/sockopt.c: Node sets it for dgram sockets only. This is the
-// I/O edge; the protocol layers never see it.
-import { createRequire } from 'node:module';
+// The send-buffer size of an accepted connection's socket (SO_SNDBUF), through the reference's
+// Node-API module (reference/native/sockopt.c, loaded by ../native.ts): Node sets it for dgram
+// sockets only. This is the I/O edge; the protocol layers never see it.
 import type * as net from 'node:net';
+import { native, nativeReason } from '../native.ts';
 
 export interface SockoptModule {
   getSendBuffer(fd: number): number;
   setSendBuffer(fd: number, bytes: number): number;
 }
 
-const MODULE_PATH = '../../native/build/sockopt.node';
-
-function load(): { mod?: SockoptModule; reason?: string } {
-  try {
-    return { mod: createRequire(import.meta.url)(MODULE_PATH) as SockoptModule };
-  } catch (e) {
-    return { reason: `reference/native/build/sockopt.node did not load (${(e as Error).message.split('\n')[0]}); run 'bash scripts/build-native.sh'` };
-  }
-}
-
-const loaded = load();
+const loaded: { mod?: SockoptModule; reason?: string } = { mod: native, reason: nativeReason };
 
 /** The native module itself (fd-level calls, for tests of its error reporting), if it loaded. */
 export const nativeSockopt: SockoptModule | undefined = loaded.mod;
