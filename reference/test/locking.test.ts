@@ -180,8 +180,10 @@ describe('OFD locks through the native module, in one process', () => {
     fs.writeFileSync(f, Buffer.alloc(1 << 20));
     const g = new BlockGraph();
     try {
-      g.addNode({ driver: 'file', 'node-name': 'a', filename: f });
-      g.addNode({ driver: 'file', 'node-name': 'b', filename: f });
+      // Without the in-process storage check (storage.ts, which would refuse first, naming both
+      // nodes), the OFD locks alone refuse, as they do between two QEMU nodes.
+      g.addNode({ driver: 'file', 'node-name': 'a', filename: f, 'x-no-storage-identity': true, locking: 'on' });
+      g.addNode({ driver: 'file', 'node-name': 'b', filename: f, 'x-no-storage-identity': true, locking: 'on' });
       g.attachBackend('reader', 'a', R, R | U);
       expect(lockBytesOn(f)).toEqual([100, 201, 203]);
       expect(() => g.attachBackend('writer', 'b', R | W, PERM_ALL)).toThrow(`Failed to get "write" lock\nIs another process using the image [${f}]?`);

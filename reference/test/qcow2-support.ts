@@ -23,10 +23,12 @@ export async function qemuIo(target: string, cmds: string[], fmt = 'qcow2', extr
   return out;
 }
 
-/** The guest view of an image as qemu-img sees it (its whole backing chain): `convert -O raw`. */
+/** The guest view of an image as qemu-img sees it (its whole backing chain): `convert -O raw`,
+ * with -U (force-share): the reference may still hold the image, and its image locks then refuse
+ * a reader that does not share write (docs/requirements/qemu-fleecing.md §1.7). */
 export async function qemuView(dir: string, image: string, imageOpts?: string): Promise<Buffer> {
   const out = path.join(dir, `view-${Math.random().toString(36).slice(2)}.raw`);
-  await runOk('qemu-img', imageOpts ? ['convert', '--image-opts', imageOpts, '-O', 'raw', out] : ['convert', '-f', 'qcow2', '-O', 'raw', image, out]);
+  await runOk('qemu-img', imageOpts ? ['convert', '-U', '--image-opts', imageOpts, '-O', 'raw', out] : ['convert', '-U', '-f', 'qcow2', '-O', 'raw', image, out]);
   const b = fs.readFileSync(out);
   fs.rmSync(out);
   return b;

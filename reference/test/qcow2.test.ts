@@ -45,7 +45,7 @@ async function zeroMap(b: BlockBackend, size: number, granule: number): Promise<
 
 /** The same from `qemu-img map --output=json`. */
 async function qemuZeroMap(image: string, size: number, granule: number): Promise<boolean[]> {
-  const map = JSON.parse(await runOk('qemu-img', ['map', '--output=json', '-f', 'qcow2', image])) as Array<{ start: number; length: number; zero: boolean }>;
+  const map = JSON.parse(await runOk('qemu-img', ['map', '-U', '--output=json', '-f', 'qcow2', image])) as Array<{ start: number; length: number; zero: boolean }>;
   const out: boolean[] = [];
   for (const e of map) for (let o = e.start; o < e.start + e.length && o < size; o += granule) out[o / granule] = e.zero;
   return out;
@@ -351,12 +351,13 @@ describe('qcow2: what it refuses, and format drivers over files of another forma
       ['backing', 'consistent-read', 'consistent-read, write, write-unchanged, resize'],
     ]);
     live.detach();
+    // Closed first: the first graph's image locks (format nodes unshare write on their file) would refuse the second open.
+    for (const node of g.allNodes()) await node.close();
     // Read-only: the file child is only read, and still shared for reading only (metadata).
     const g2 = new BlockGraph();
     const ro = openQcow2(g2, 'q', top, { 'read-only': true }, false);
     const fileEdge = g2.node('q')!.children[0]!;
     expect([permNames(fileEdge.perm), permNames(fileEdge.shared)]).toEqual(['consistent-read', 'consistent-read, write-unchanged']);
     await closeAll(g2, [ro]);
-    for (const node of g.allNodes()) await node.close();
   });
 });

@@ -146,10 +146,12 @@ describe('permissions across the nodes of one file (as QEMU\'s image locks check
     exportOn(g, 'disk-alias', true);
   });
 
-  it('a cbw target over the source file is refused; a node that unshares what an alias holds gets "Failed to get shared"', () => {
+  it('a cbw target over the source file is refused; a node that unshares what an alias holds gets "Failed to get shared"', async () => {
     const g = modern();
     g.addNode({ driver: 'file', 'node-name': 'disk-alias', filename: image });
     expect(refusal(() => g.addNode({ driver: 'copy-before-write', 'node-name': 'cbw2', file: 'temp', target: 'disk-alias' }))).toMatch(/^Failed to get "write" lock: node 'disk-alias'/);
+    // The first graph's image locks would refuse the second graph's writer: another holder.
+    await g.close();
     const h = new BlockGraph();
     h.addNode({ driver: 'file', 'node-name': 'a', filename: image });
     h.addNode({ driver: 'file', 'node-name': 'b', filename: image });

@@ -49,10 +49,12 @@ export class FileNode extends BlockNode {
     super(ctx.nodeName, 'file', ctx.common);
     this.filename = ctx.opts.requiredString('filename');
     this.skipFlush = ctx.opts.bool('x-skip-flush', false);
+    // UNSAFE x-no-storage-identity: nodes over one file are separate disks to this node, in this
+    // process and to others (no image locks either, unless locking= says otherwise).
     const noIdentity = ctx.opts.bool('x-no-storage-identity', false);
     /** UNSAFE, known bad: the perm and shared lock bytes trade places (locks.ts). */
     const swapped = ctx.opts.bool('x-lock-bytes-swapped', false);
-    const locking = lockingEnabled(ctx.opts.enumeration('locking', ['on', 'off', 'auto'] as const, 'auto'), ctx.nodeName);
+    const locking = lockingEnabled(ctx.opts.enumeration('locking', ['on', 'off', 'auto'] as const, noIdentity ? 'off' : 'auto'), ctx.nodeName);
     ctx.opts.ignore('aio', 'cache', 'x-check-cache-dropped', 'pr-manager', 'drop-cache');
     try {
       this.fd = fs.openSync(this.filename, this.readOnly ? 'r' : 'r+');
