@@ -55,6 +55,9 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
                   127.0.0.1). $image is a scratch raw image it writes with known content;
                   without $image the storage is yours and is not written unless
                   --allow-writes. The export: the one NBD_OPT_LIST lists, else "".
+                  It stays in the foreground and serves many clients at once (qemu-nbd:
+                  --persistent --shared=N); the nbd suite runs on it, the others build
+                  their own graphs and do not apply.
                   Also as separate words: --target [ CMD ARGS ] (quote '$image' in sh)
                   (repeatable; default: reference)
   --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite); it writes

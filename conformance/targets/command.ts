@@ -212,7 +212,7 @@ function disconnect(conn: NbdConnection): void {
 }
 
 const exitedSoon = async (proc: ManagedProcess): Promise<boolean> => {
-  for (let i = 0; i < 10 && !proc.hasExited; i++) await new Promise((r) => setTimeout(r, 30));
+  for (let i = 0; i < 20 && !proc.hasExited; i++) await new Promise((r) => setTimeout(r, 50));
   return proc.hasExited;
 };
 
