@@ -13,9 +13,9 @@ import { run, selectCases } from './runner/run.ts';
 import { HarnessError } from './targets/errors.ts';
 import { listTargets, resolveTarget } from './targets/registry.ts';
 import { NbdUriError } from './targets/uri.ts';
-import { CommandTargetError, commandFromArgv, commandOwnsStorage, isCommandTarget, parseCommandTarget } from './targets/command.ts';
 import './suites.ts';
 import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
+import { CommandTargetError, commandFromArgv, commandOwnsStorage, isCommandTarget, parseCommandTarget } from './targets/command.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 

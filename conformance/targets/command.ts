@@ -106,6 +106,13 @@ export function commandOwnsStorage(spec: string): boolean {
   return uses(parseCommandTarget(spec), 'image');
 }
 
+/** CMD's absolute path on PATH, if it is there. */
+function which(cmd: string): string | undefined {
+  if (cmd.includes('/')) return path.resolve(cmd);
+  const r = spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { encoding: 'utf8' });
+  return (r.status === 0 && r.stdout.trim()) || undefined;
+}
+
 /** Where CMD is, or why it cannot be run: a clear error before anything starts. */
 function resolveCommand(cmd: string): string {
   if (cmd.includes('/')) {
@@ -116,8 +123,7 @@ function resolveCommand(cmd: string): string {
       throw new HarnessError(`command '${cmd}' ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'is not executable'}`);
     }
   }
-  const r = spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { encoding: 'utf8' });
-  const found = r.status === 0 ? r.stdout.trim() : '';
+  const found = which(cmd);
   if (!found) throw new HarnessError(`command '${cmd}' not found on PATH`);
   return found;
 }
@@ -253,7 +259,8 @@ export function commandTarget(spec: string, opts: { allowWrites?: boolean } = {}
   return {
     name: spec,
     summary: `a server the runner starts: ${argv.join(' ')}`,
-    peers: [argv[0]!],
+    // The version recorded is of the binary that runs: the one on PATH, by its path.
+    peers: [which(argv[0]!) ?? argv[0]!],
     async start(o: TargetStartOptions): Promise<RunningTarget> {
       const cmd = resolveCommand(argv[0]!);
       const sockPath = path.join(o.workDir, 'nbd.sock');

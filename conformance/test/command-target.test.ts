@@ -32,6 +32,7 @@ const alive = (pid: number) => {
     return false;
   }
 };
+const which = (cmd: string) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { encoding: 'utf8' }).stdout.trim();
 const listenPid = (commands: unknown): number => Number(/LISTEN_PID=(\d+)/.exec((commands as string[]).join(' '))?.[1]);
 
 // Cases that read the generated data, write and read back, and check flags: enough to tell the
@@ -70,7 +71,7 @@ describe("fleece conform --target '[ CMD ARGS ]'", () => {
     expect(t.name).toBe(spec);
     expect(t.description).toMatch(/socket activation, export "" \(the one listed\); the runner's scratch image/);
     expect((t.facts.commands as string[])[0]).toMatch(/^LISTEN_FDS=1 LISTEN_PID=\d+ qemu-nbd -f raw --persistent --shared=8 \/\S+\/image\.raw {2}# socket activation: fd 3 listens on \S+nbd\.sock$/);
-    expect((t.facts.peers as Record<string, string>)['qemu-nbd']).toMatch(/qemu-nbd.*7\.2/);
+    expect(t.facts.peers).toEqual({ [which('qemu-nbd')]: expect.stringMatching(/qemu-nbd.*7\.2/) });
     expect(t.notApplicable?.map((x) => x.suite).sort()).toEqual(['fleecing', 'interleavings', 'monitor', 'permissions']);
     expect(alive(listenPid(t.facts.commands))).toBe(false);
   });
@@ -88,17 +89,28 @@ describe("fleece conform --target '[ CMD ARGS ]'", () => {
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const t = results(dir).targets[0]!;
     expect((t.facts.commands as string[])[0]).toMatch(/^LISTEN_FDS=1 LISTEN_PID=\d+ nbdkit --exit-with-parent file /);
-    expect((t.facts.peers as Record<string, string>).nbdkit).toMatch(/nbdkit 1\./);
+    expect(t.facts.peers).toEqual({ [which('nbdkit')]: expect.stringMatching(/nbdkit 1\./) });
     expect(results(dir).results.every((x) => x.verdict === 'pass')).toBe(true);
   });
 
   it('$unixsocket: the runner picks the path and connects there, no socket activation', () => {
     const dir = path.join(out, 'unixsocket');
-    const r = fleece('conform', '--target', '[ nbdkit -f -U $unixsocket file $image ]', ...SOME, '--out', dir, '--no-color');
+    const r = fleece('conform', '--target', '[ qemu-nbd -f raw --persistent --shared=8 -k $unixsocket $image ]', ...SOME, '--out', dir, '--no-color');
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const t = results(dir).targets[0]!;
-    expect((t.facts.commands as string[])[0]).toMatch(/^nbdkit -f -U \/\S+\/nbd\.sock file \/\S+\/image\.raw$/);
+    expect((t.facts.commands as string[])[0]).toMatch(/^qemu-nbd -f raw --persistent --shared=8 -k \/\S+\/nbd\.sock \/\S+\/image\.raw$/);
     expect(t.description).toMatch(/^unix socket, /);
+    expect(results(dir).results.every((x) => x.verdict === 'pass')).toBe(true);
+  });
+
+  it('$port: a free TCP port on 127.0.0.1', () => {
+    const dir = path.join(out, 'port');
+    const r = fleece('conform', '--target', '[ nbdkit -f -i 127.0.0.1 -p $port file $image ]', ...SOME, '--out', dir, '--no-color');
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const t = results(dir).targets[0]!;
+    expect((t.facts.commands as string[])[0]).toMatch(/^nbdkit -f -i 127\.0\.0\.1 -p \d+ file \/\S+\/image\.raw$/);
+    expect(t.description).toMatch(/^TCP 127\.0\.0\.1:\d+, /);
+    expect(results(dir).results.every((x) => x.verdict === 'pass')).toBe(true);
   });
 
   it('fleece serve by socket activation: of two exports, "" selects the first', () => {
