@@ -33,6 +33,6 @@ export function resolveTarget(spec: string, opts: { allowWrites?: boolean } = {}
   if (isNbdUri(spec)) return uriTarget(spec, opts);
   if (isCommandTarget(spec)) return commandTarget(spec, opts);
   const def = TARGETS.get(spec);
-  if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, an nbd:// / nbd+unix:// URI, or '[ CMD ARGS ]')`);
+  if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd:// / nbd+unix:// URI)`);
   return def;
 }
