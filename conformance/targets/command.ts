@@ -157,6 +157,7 @@ async function ready(address: Address, proc: ManagedProcess, timeoutMs: number):
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
+    if (proc.hasExited && proc.exitStatus === 'exit code 0' && (await stillServes(address))) throw daemonized(proc);
     if (proc.hasExited) throw new HarnessError(`${quoteWord(proc.label)} exited (${proc.exitStatus}) before serving NBD on ${formatAddress(address)}${tail(proc)}`);
     try {
       const listed = await listExports(address, Math.min(5000, Math.max(500, deadline - Date.now())));
@@ -245,9 +246,31 @@ async function servesMany(address: Address, exportName: string, proc: ManagedPro
   }
   // qemu-nbd without --persistent may still greet while it shuts down after its last client.
   if ((await exitedSoon(proc)) || failed !== undefined) {
+    if (proc.hasExited && (await stillServes(address))) throw daemonized(proc);
     throw new HarnessError(`the server stopped serving after its first connections (${proc.hasExited ? proc.exitStatus : failed}); ${hint} (qemu-nbd: --persistent)${tail(proc)}`);
   }
 }
+
+/** Whether something still greets on `address` (a server that went to the background). */
+async function stillServes(address: Address): Promise<boolean> {
+  try {
+    (await NbdConnection.connect(address, { timeoutMs: 1000 }).then(async (c) => {
+      try {
+        await c.readGreeting();
+      } finally {
+        c.close();
+      }
+    }));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The command forked its server into the background and exited: the runner could neither see
+ * it die nor stop it, so it refuses to go on (nbdkit forks unless -f or --exit-with-parent). */
+const daemonized = (proc: ManagedProcess) =>
+  new HarnessError(`${quoteWord(proc.label)} exited (${proc.exitStatus}) while its server still answers: it went to the background, where the runner can neither watch nor stop it; run it in the foreground (nbdkit: -f or --exit-with-parent; qemu-nbd: no --fork) and stop that server yourself${tail(proc)}`);
 
 export function commandTarget(spec: string, opts: { allowWrites?: boolean } = {}): TargetDef {
   const argv = parseCommandTarget(spec);

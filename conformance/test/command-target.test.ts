@@ -143,6 +143,19 @@ describe("fleece conform --target '[ CMD ARGS ]'", () => {
     expect(single.stdout).toMatch(/the server did not greet a second connection while another was open \(no greeting within 3 s\); .*\(qemu-nbd: --shared=N, the default is 1\)/);
   });
 
+  it('a command that forks its server into the background: one harness error saying so, not a run against a server nobody stops', () => {
+    const pidfile = path.join(out, 'bg-nbdkit.pid');
+    try {
+      const r = fleece('conform', '--target', `[ nbdkit -P ${pidfile} -U $unixsocket file $image ]`, '--case', 'nbd/handshake/go', '--out', path.join(out, 'bg'), '--no-color');
+      expect(r.code).toBe(2);
+      expect(r.stdout).toMatch(/nbdkit exited \(exit code 0\) while its server still answers: it went to the background, .*run it in the foreground \(nbdkit: -f or --exit-with-parent/);
+    } finally {
+      // The server the command left behind, by the pid it wrote.
+      const pid = fs.existsSync(pidfile) ? Number(fs.readFileSync(pidfile, 'utf8').trim()) : 0;
+      if (pid > 0 && alive(pid)) process.kill(pid, 'SIGTERM');
+    }
+  });
+
   it('a command not found: a clear error naming it, exit 2', () => {
     const r = fleece('conform', '--target', '[ fleece-no-such-server --serve $image ]', '--suite', 'nbd', '--out', path.join(out, 'nf'), '--no-color');
     expect(r.code).toBe(2);
