@@ -302,8 +302,12 @@ export function commandTarget(spec: string, opts: { allowWrites?: boolean } = {}
         // Node cannot set LISTEN_PID to the child's pid before exec: sh exports its own pid ($$)
         // and execs the server, which keeps that pid.
         const child = spawn('sh', ['-c', 'LISTEN_PID=$$; LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec "$@"', 'sh', cmd, ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', sock.fd], env });
-        await sock.close();
         proc = new ManagedProcess(argv[0]!, child);
+        // The child has its copy of the listener: the runner's own must not accept anything.
+        await sock.close().catch(async (e: Error) => {
+          await proc.stop();
+          throw new HarnessError(`socket activation: could not hand over ${sockPath}: ${e.message}`);
+        });
         shown = `LISTEN_FDS=1 LISTEN_PID=${child.pid ?? '?'} ${args.map(quoteWord).join(' ')}  # socket activation: fd 3 listens on ${sockPath}`;
       } else {
         proc = new ManagedProcess(argv[0]!, spawn(cmd, args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env }));
