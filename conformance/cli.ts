@@ -15,6 +15,7 @@ import { listTargets, resolveTarget } from './targets/registry.ts';
 import { NbdUriError } from './targets/uri.ts';
 import './suites.ts';
 import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
+import { CommandTargetError, commandFromArgv, commandOwnsStorage, isCommandTarget, parseCommandTarget } from './targets/command.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -48,12 +49,22 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
 
   --target T      a built-in target (${'%TARGETS%'})
                   or an NBD URI: nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH
+                  or '[ CMD ARGS ]': a server the runner starts, stops after the run, and
+                  reaches by systemd socket activation (fd 3, LISTEN_FDS=1), or where the
+                  arguments say: $unixsocket (a socket path it picks), $port (a TCP port on
+                  127.0.0.1). $image is a scratch raw image it writes with known content;
+                  without $image the storage is yours and is not written unless
+                  --allow-writes. The export: the one NBD_OPT_LIST lists, else "".
+                  It stays in the foreground and serves many clients at once (qemu-nbd:
+                  --persistent --shared=N); the nbd suite runs on it, the others build
+                  their own graphs and do not apply.
+                  Also as separate words: --target [ CMD ARGS ] (quote '$image' in sh)
                   (repeatable; default: reference)
   --live URI --snapshot URI  a fleecing setup you run yourself (fleecing suite); it writes
                   guest data into the live export, so it needs --allow-writes
-  --allow-writes  let the suites write to exports you run yourself: the --live export, and
-                  an NBD URI target's export (without it, cases that would write there are
-                  skipped, saying so)
+  --allow-writes  let the suites write to exports you run yourself: the --live export, an
+                  NBD URI target's export, and a '[ CMD ]' target's without $image (without
+                  it, cases that would write there are skipped, saying so)
   --suite S       suite to run (repeatable; default: every suite: %SUITES%)
   --filter PREFIX run only cases whose id starts with PREFIX (repeatable)
   --case ID       run exactly the case ID (repeatable; beside --filter)
@@ -104,9 +115,18 @@ export function parseArgs(argv: readonly string[]): Args {
     };
     switch (name) {
       case '--target':
-      case '-t':
-        a.targets.push(value());
+      case '-t': {
+        if (inline === undefined && argv[i + 1] === '[') {
+          const c = commandFromArgv(argv, i + 1);
+          a.targets.push(c.spec);
+          i = c.end;
+          break;
+        }
+        const v = value();
+        if (isCommandTarget(v)) parseCommandTarget(v);
+        a.targets.push(v);
         break;
+      }
       case '--suite':
         a.suites.push(value());
         break;
@@ -214,6 +234,7 @@ const command: Subcommand = {
       }
       const external = args.live && args.snapshot ? [fleeceTargetDef(externalFlavor(args.live, args.snapshot))] : [];
       if (args.live) (args.json ? process.stderr : process.stdout).write(`fleece conform: the fleecing suite will write to the live export ${args.live} (--allow-writes)\n`);
+      for (const t of args.targets) if (args.allowWrites && isCommandTarget(t) && !commandOwnsStorage(t)) (args.json ? process.stderr : process.stdout).write(`fleece conform: the suites will write to the export of ${t}, over your storage (--allow-writes)\n`);
       const targets = [...(args.targets.length || !external.length ? (args.targets.length ? args.targets : ['reference']).map((t) => resolveTarget(t, { allowWrites: args.allowWrites })) : []), ...external];
       const log = args.json ? process.stderr : process.stdout;
       const result = await run({
@@ -240,7 +261,7 @@ const command: Subcommand = {
       }
       return exitCode(result.results, args.strict, result.targets.filter((t) => t.error).length);
     } catch (e) {
-      if (e instanceof UsageError || e instanceof HarnessError || e instanceof NbdUriError) {
+      if (e instanceof UsageError || e instanceof HarnessError || e instanceof NbdUriError || e instanceof CommandTargetError) {
         process.stderr.write(`fleece conform: ${e.message}\n`);
         return 2;
       }

@@ -8,6 +8,7 @@ import type { Subcommand } from '../../cli/main.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { listTargets, resolveTarget } from '../targets/registry.ts';
 import { NbdUriError, isNbdUri } from '../targets/uri.ts';
+import { CommandTargetError, commandFromArgv, commandOwnsStorage, isCommandTarget, parseCommandTarget } from '../targets/command.ts';
 import '../targets/builtin.ts';
 import { CaseError, parseReplayFile, type FuzzCase } from './case.ts';
 import { replayCase, runCampaign } from './campaign.ts';
@@ -21,9 +22,13 @@ const USAGE = `usage: fleece fuzz --target T [--seconds N] [--inputs N] [--seed 
        fleece fuzz --target T --replay FILE
 
   --target T      a built-in target (%TARGETS%)
-                  or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH);
-                  the fuzzer WRITES to the export, so a URI needs --allow-writes
-  --allow-writes  let the fuzzer write to a URI target's export (a scratch export)
+                  or an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)
+                  or '[ CMD ARGS ]', a server it starts (see fleece conform --help: socket
+                  activation, $unixsocket, $port, $image);
+                  the fuzzer WRITES to the export, so a URI, or a command without $image,
+                  needs --allow-writes
+  --allow-writes  let the fuzzer write to a URI target's export (a scratch export), or to the
+                  storage of a '[ CMD ]' target without $image
   --seconds N     stop after N seconds (default 60 unless --inputs is given)
   --inputs N      stop after N inputs (options, requests, QMP texts)
   --seed S        fast-check seed (default: random, printed)
@@ -78,7 +83,14 @@ export function parseFuzzArgs(argv: readonly string[]): FuzzArgs {
       case '--target':
       case '-t':
         if (a.target !== undefined) throw new UsageError('--target is given once (one target per campaign)');
+        if (inline === undefined && argv[i + 1] === '[') {
+          const c = commandFromArgv(argv, i + 1);
+          a.target = c.spec;
+          i = c.end;
+          break;
+        }
         a.target = value();
+        if (isCommandTarget(a.target)) parseCommandTarget(a.target);
         break;
       case '--seconds':
         a.seconds = intArg('--seconds', value(), 1, 7 * 24 * 3600);
@@ -131,6 +143,7 @@ export function parseFuzzArgs(argv: readonly string[]): FuzzArgs {
   if (!a.help && a.target === undefined) throw new UsageError('--target is required');
   // A server the user runs is written by the fuzzer (WRITE, TRIM, WRITE_ZEROES): only if asked.
   if (a.target !== undefined && isNbdUri(a.target) && !a.allowWrites) throw new UsageError(`--target ${a.target}: the fuzzer writes to the export, over what it holds; point it at a scratch export and pass --allow-writes`);
+  if (a.target !== undefined && isCommandTarget(a.target) && !commandOwnsStorage(a.target) && !a.allowWrites) throw new UsageError(`--target ${a.target}: the fuzzer writes to the export, over what it holds; serve the runner's scratch image ($image) or pass --allow-writes`);
   if (a.replay !== undefined && (a.seconds !== undefined || a.inputs !== undefined || a.corpus !== undefined)) throw new UsageError('--replay runs one case: it takes no --seconds, --inputs or --corpus');
   return a;
 }
@@ -203,7 +216,7 @@ const command: Subcommand = {
       process.stdout.write(renderResult(result, files, rel));
       return result.findings.length ? 1 : 0;
     } catch (e) {
-      if (e instanceof UsageError || e instanceof HarnessError || e instanceof NbdUriError || e instanceof CaseError) {
+      if (e instanceof UsageError || e instanceof HarnessError || e instanceof NbdUriError || e instanceof CaseError || e instanceof CommandTargetError) {
         process.stderr.write(`fleece fuzz: ${e.message}\n`);
         return 2;
       }

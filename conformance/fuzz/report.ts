@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ReplayFile } from './case.ts';
+import { shellArg } from '../targets/command.ts';
 import type { CampaignResult, ReportedFinding } from './campaign.ts';
 
 export const slug = (target: string): string => target.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
@@ -47,7 +48,7 @@ export function renderResult(r: CampaignResult, files: Written, rel: (f: string)
   if (r.findings.length === 0) lines.push('  findings: none');
   r.findings.forEach((f, i) => {
     lines.push(`  finding ${i + 1} [${f.kind}]${f.occurrences > 1 ? ` (x${f.occurrences})` : ''}${f.reproduced === false ? ' (not reproduced alone)' : ''}: ${f.message}`);
-    lines.push(`    shrunk in ${f.shrinks} steps; replay: npx fleece fuzz --target ${r.target} --replay ${rel(files.findings[i]!)}`);
+    lines.push(`    shrunk in ${f.shrinks} steps; replay: npx fleece fuzz --target ${shellArg(r.target)} --replay ${rel(files.findings[i]!)}`);
   });
   lines.push(`  report: ${rel(files.summary)}`);
   return lines.join('\n') + '\n';

@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { CaseResult, RunResult, Verdict } from '../runner/model.ts';
 import { sectionHtml, upstreamLinks } from './links.ts';
 import { countLine } from './terminal.ts';
+import { shellArg } from '../targets/command.ts';
 
 const BG: Record<Verdict, string> = { pass: '#3c3', fail: '#e33', 'non-strict': '#fc3', info: '#6bf', skipped: '#ccc', error: '#c3c' };
 
@@ -116,7 +117,7 @@ function renderCase(id: string, rs: CaseResult[], run: RunResult, pageDir: strin
   const per = rs.map((r) => {
     const checks = r.checks.map((k) => `<tr><td>${k.level}</td><td style="background:${k.ok ? BG.pass : k.level === 'MUST' ? BG.fail : k.level === 'SHOULD' ? BG['non-strict'] : BG.info}">${k.ok ? 'ok' : 'violated'}</td><td>${htmlEscape(k.what)}</td><td>${htmlEscape(k.observed ?? '')}</td></tr>`);
     return `<h2>${htmlEscape(r.target)}: <span style="background:${BG[r.verdict]};padding:0 6px">${r.verdict}</span></h2>
-<p>${htmlEscape(r.reason)}</p><p><small>${r.durationMs} ms, case seed ${r.seed}; re-run: <code>npx fleece conform --target ${htmlEscape(r.target)} --case ${htmlEscape(r.id)} --seed ${run.seed}</code></small></p>
+<p>${htmlEscape(r.reason)}</p><p><small>${r.durationMs} ms, case seed ${r.seed}; re-run: <code>npx fleece conform --target ${htmlEscape(shellArg(r.target))} --case ${htmlEscape(r.id)} --seed ${run.seed}</code></small></p>
 <h3>Checks</h3>${checks.length ? `<table><tr><th>level</th><th>result</th><th>requirement</th><th>observed</th></tr>${checks.join('')}</table>` : '<p>(none)</p>'}
 <h3>Observations</h3>${r.observations.length ? `<ul>${r.observations.map((o) => `<li>${htmlEscape(o)}</li>`).join('')}</ul>` : '<p>(none)</p>'}
 <h3>Wire log</h3>${renderWire(r)}`;

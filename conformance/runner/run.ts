@@ -404,7 +404,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       opts.onProgress?.({ kind: 'target-error', target: def.name, error: msg });
       const done = new Set(results.filter((r) => r.target === def.name).map((r) => r.id));
       const na = new Set((summary.notApplicable ?? []).map((x) => x.suite));
-      for (const { suite, cases } of selected) if (!na.has(suite.name)) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `target ${def.name} could not be started: ${msg}`).forEach(emit);
+      for (const { suite, cases } of selected) if (!na.has(suite.name)) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `not run: target ${def.name} could not be started: ${msg}`).forEach(emit);
     } finally {
       await target?.stop().catch(() => undefined);
       for (const d of workDirs) fs.rmSync(d, { recursive: true, force: true });

@@ -3,6 +3,7 @@
 import { HarnessError } from './errors.ts';
 import type { RunningTarget, TargetDef } from './types.ts';
 import { isNbdUri, parseNbdUri } from './uri.ts';
+import { commandTarget, isCommandTarget } from './command.ts';
 
 const TARGETS = new Map<string, TargetDef>();
 
@@ -32,6 +33,7 @@ export function uriTarget(uri: string, opts: { allowWrites?: boolean } = {}): Ta
 
 export function resolveTarget(spec: string, opts: { allowWrites?: boolean } = {}): TargetDef {
   if (isNbdUri(spec)) return uriTarget(spec, opts);
+  if (isCommandTarget(spec)) return commandTarget(spec, opts);
   const def = TARGETS.get(spec);
   if (!def) throw new HarnessError(`unknown target '${spec}' (known: ${[...TARGETS.keys()].join(', ')}, or an nbd://, nbd+unix://, nbds:// or nbds+unix:// URI)`);
   return def;
