@@ -5,7 +5,7 @@
 import type { ListenAddress } from '../nbd/server.ts';
 import { KeyvalError, parseKeyval, type KeyvalObject } from './keyval.ts';
 import { Keys, UsageError } from './keys.ts';
-import { parseObjectOptions, type ObjectOptions } from './objects/index.ts';
+import { objectTypes, parseObjectOptions, type ObjectOptions } from './objects/index.ts';
 
 export { UsageError };
 
@@ -20,6 +20,8 @@ export interface ExportOptions {
   readonly description?: string;
   /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME. */
   readonly bitmaps: string[];
+  /** `iothread=`: must name an --object iothread (it has no effect here: one event loop). */
+  readonly iothread?: string;
 }
 
 export interface NbdServerOptions {
@@ -58,10 +60,11 @@ export interface DaemonConfig {
 
 /** SocketAddress, flat (`type=unix,path=...`) or QMP's legacy form (`{type, data: {...}}`). */
 export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${where}: parameter 'addr' is missing`);
+  if (raw === undefined) throw new UsageError(`${where}: Parameter 'addr' is missing`);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${where}: Invalid parameter type for 'addr', expected: object`);
   let o = raw as Record<string, unknown>;
   if (o.data !== undefined && typeof o.data === 'object' && o.data !== null) o = { type: o.type, ...(o.data as object) };
-  const k = new Keys(o, where);
+  const k = new Keys(o, where, 'addr.');
   const type = k.req('type');
   let addr: ListenAddress;
   switch (type) {
@@ -85,8 +88,11 @@ export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
       addr = { type: 'fd', fd: Number(s) };
       break;
     }
-    default:
+    case 'vsock':
       throw new UsageError(`${where}: address type '${type}' is not supported (use unix, inet or fd)`);
+    default:
+      // QAPI's check of the union's discriminator names it without the 'addr.' path.
+      throw new UsageError(`${where}: Parameter 'type' does not accept value '${type}'`);
   }
   k.finish();
   return addr;
@@ -107,25 +113,31 @@ export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd
 export function parseExportOptions(o: Record<string, unknown>, where = '--export'): ExportOptions {
   const k = new Keys(o, where);
   const type = k.req('type');
-  if (type !== 'nbd') throw new UsageError(`${where}: export type '${type}' is not supported (only 'nbd')`);
+  if (type === 'fuse' || type === 'vhost-user-blk' || type === 'vduse-blk') throw new UsageError(`${where}: export type '${type}' is not supported (only 'nbd')`);
+  if (type !== 'nbd') throw new UsageError(`${where}: Parameter 'type' does not accept value '${type}'`);
   const id = k.req('id');
   const nodeName = k.req('node-name');
   const name = k.str('name') ?? nodeName;
   const writable = k.bool('writable', false);
   const description = k.str('description');
-  const bm = k.get('bitmaps') ?? k.get('bitmap');
+  // BlockExportOptionsNbd has 'bitmaps' (a list); 7.2's --export refuses 'bitmap'.
+  const bm = k.get('bitmaps');
   const bitmaps = bm === undefined ? [] : Array.isArray(bm) ? bm.map(String) : [String(bm)];
   if (k.bool('allocation-depth', false)) throw new UsageError(`${where}: 'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
-  // Accepted with no effect in a single-threaded reference: I/O threads and the cache mode.
-  k.get('writethrough');
-  k.get('iothread');
-  k.get('fixed-iothread');
+  // Accepted with no effect in a single-threaded reference: the cache mode, the I/O thread (but
+  // it must exist: Daemon.addExport looks it up, as blk_exp_add does).
+  k.bool('writethrough', false);
+  const iothread = k.str('iothread');
+  k.bool('fixed-iothread', false);
   k.finish();
-  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(description !== undefined ? { description } : {}) };
+  return {
+    type: 'nbd', id, nodeName, name, writable, bitmaps,
+    ...(description !== undefined ? { description } : {}),
+    ...(iothread !== undefined ? { iothread } : {}),
+  };
 }
 
-function parseChardev(o: Record<string, unknown>): ChardevOptions {
-  const where = '--chardev';
+function parseChardev(o: Record<string, unknown>, where = '--chardev'): ChardevOptions {
   const k = new Keys(o, where);
   const backend = k.req('backend');
   if (backend !== 'socket') throw new UsageError(`${where}: backend '${backend}' is not supported (only 'socket')`);
@@ -136,6 +148,9 @@ function parseChardev(o: Record<string, unknown>): ChardevOptions {
   k.bool('wait', true); // the reference never blocks waiting for a first client
   k.get('telnet');
   k.get('nodelay');
+  // QemuOpts (chardevs are not QAPI-parsed on the command line): "Invalid parameter".
+  const extra = Object.keys(o).find((key) => !['backend', 'id', 'path', 'server', 'wait', 'telnet', 'nodelay'].includes(key));
+  if (extra !== undefined) throw new UsageError(`${where}: Invalid parameter '${extra}'`);
   k.finish();
   return { id, path };
 }
@@ -148,12 +163,14 @@ The reference block stack, configured like qemu-storage-daemon.
   --blockdev [driver=]<driver>[,node-name=<N>][,<driver options>]   or a JSON object
   --chardev socket,id=<id>,path=<path>,server=on[,wait=off]
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<export name>][,writable=on|off]
-           [,description=<text>][,bitmap=<name>]
+           [,description=<text>][,bitmaps.0=<name>][,iothread=<id>]
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
   --nbd-server addr.type=fd,addr.str=<fd>       [,max-connections=<n>]
-  --object <type>,id=<id>[,<properties>]   or a JSON object; types: iothread
+  --object <type>,id=<id>[,<properties>]   or a JSON object; types: ${objectTypes().join(', ')}
+           iothread (accepted, no effect: one event loop),
+           throttle-group (limits.bps-total=, limits.iops-read=, ..., x-bps-total=, ...)
   --pidfile <path>       write the process id to <path>
 
 With systemd socket activation (LISTEN_PID/LISTEN_FDS) the NBD server listens on fd 3 and
@@ -186,11 +203,16 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       return (given = v);
     };
     const before = actions.length;
+    // qemu-storage-daemon reports an option's errors after the option and its value as given
+    // ("--object foo,id=x: Parameter 'qom-type' does not accept value 'foo'"): `where`.
+    let where = arg;
     const kv = (implied?: string): KeyvalObject => {
+      const text = value();
+      where = `${arg} ${text}`;
       try {
-        return parseKeyval(value(), implied);
+        return parseKeyval(text, implied);
       } catch (e) {
-        if (e instanceof KeyvalError) throw new UsageError(`${arg}: ${e.message}`);
+        if (e instanceof KeyvalError) throw new UsageError(`${where}: ${e.message}`);
         throw e;
       }
     };
@@ -206,20 +228,28 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       case '--blockdev':
         actions.push({ kind: 'blockdev', options: kv('driver') });
         break;
-      case '--nbd-server':
-        actions.push({ kind: 'nbd-server', options: parseNbdServerOptions(kv()) });
+      case '--nbd-server': {
+        const o = kv();
+        actions.push({ kind: 'nbd-server', options: parseNbdServerOptions(o, where) });
         break;
-      case '--export':
-        actions.push({ kind: 'export', options: parseExportOptions(kv('type')) });
+      }
+      case '--export': {
+        const o = kv('type');
+        actions.push({ kind: 'export', options: parseExportOptions(o, where) });
         break;
-      case '--chardev':
-        actions.push({ kind: 'chardev', options: parseChardev(kv('backend')) });
+      }
+      case '--chardev': {
+        const o = kv('backend');
+        actions.push({ kind: 'chardev', options: parseChardev(o, where) });
         break;
+      }
       case '--monitor': {
-        const k = new Keys(kv('chardev'), '--monitor');
+        const o = kv('chardev');
+        const k = new Keys(o, where);
         const chardev = k.req('chardev');
         const mode = k.str('mode') ?? 'control';
-        if (mode !== 'control') throw new UsageError(`--monitor: mode '${mode}' is not supported (only 'control', QMP)`);
+        if (mode !== 'control' && mode !== 'readline') throw new UsageError(`${where}: Parameter 'mode' does not accept value '${mode}'`);
+        if (mode !== 'control') throw new UsageError(`${where}: mode '${mode}' is not supported (only 'control', QMP)`);
         const pretty = k.bool('pretty', false);
         k.get('id');
         k.finish();
@@ -233,14 +263,17 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       case '--trace':
         value(); // QEMU trace events have no counterpart here; accepted and ignored
         break;
-      case '--object':
-        actions.push({ kind: 'object', options: parseObjectOptions(kv('qom-type')) });
+      case '--object': {
+        const o = kv('qom-type');
+        actions.push({ kind: 'object', options: parseObjectOptions(o, where) });
         break;
+      }
       case '--daemonize':
         throw new UsageError(`option '${arg}' is not supported by fleece serve`);
       default:
-        if (arg.startsWith('-')) throw new UsageError(`unknown option '${arg}'`);
-        throw new UsageError(`unexpected argument '${arg}'`);
+        // getopt_long's and qemu-storage-daemon's words.
+        if (arg.startsWith('-')) throw new UsageError(`unrecognized option '${arg}'`);
+        throw new UsageError(`${arg}: Unexpected argument`);
     }
     if (actions.length > before) actions[before] = { ...actions[before]!, source: `${arg} ${given ?? ''}`.trim() };
   }

@@ -66,6 +66,17 @@ export class Daemon {
 
   constructor(opts: DaemonOptions = {}) {
     this.graph = opts.graph ?? new BlockGraph();
+    // The block layer's seam to user-creatable objects (throttle-group=ID): it never imports the
+    // daemon, it asks this lookup, which also records the node as the object's user.
+    this.graph.objects = {
+      use: (id, qomType, user) => {
+        const obj = this.objects.get(id);
+        if (!obj || obj.qomType !== qomType) return undefined;
+        obj.users.add(user);
+        return obj.instance;
+      },
+      release: (id, user) => this.objects.release(id, user),
+    };
     this.log = opts.log ?? (() => {});
     this.graph.events.on('qmp-event', (name: string, data: unknown) => this.emit(name, data));
     this.registerCommands();
@@ -89,15 +100,16 @@ export class Daemon {
         this.addExport(action.options);
         return;
       case 'object':
-        await this.objects.add(action.options);
+        await this.objects.add(action.options, action.source ?? '--object');
         return;
       case 'chardev':
-        if (this.chardevs.has(action.options.id)) throw new UsageError(`--chardev: duplicate chardev id '${action.options.id}'`);
+        // Errors here are prefixed with the option by the caller (cli.ts), in QEMU's words.
+        if (this.chardevs.has(action.options.id)) throw new UsageError(`Duplicate ID '${action.options.id}' for chardev`);
         this.chardevs.set(action.options.id, action.options);
         return;
       case 'monitor': {
         const cd = this.chardevs.get(action.chardev);
-        if (!cd) throw new UsageError(`--monitor: chardev '${action.chardev}' not found`);
+        if (!cd) throw new UsageError(`chardev "${action.chardev}" not found`);
         const mon = new QmpMonitor(this.dispatcher, {
           pretty: action.pretty,
           log: this.log,
@@ -148,7 +160,13 @@ export class Daemon {
     if (srv.list().some((e) => e.name === o.name)) {
       throw new QmpError('GenericError', `NBD server already has export named '${o.name}'`);
     }
-    const node = this.graph.requireNode(o.nodeName);
+    // blk_exp_add: "Cannot find device='' nor node-name='x'" (bdrv_lookup_bs's words).
+    const node = this.graph.node(o.nodeName);
+    if (!node) throw new QmpError('GenericError', `Cannot find device='' nor node-name='${o.nodeName}'`);
+    // blk_exp_add looks the iothread up (iothread_by_id) after the node; it has no effect here.
+    if (o.iothread !== undefined && this.objects.get(o.iothread)?.qomType !== 'iothread') {
+      throw new QmpError('GenericError', `iothread "${o.iothread}" not found`);
+    }
     if (o.writable && node.readOnly) throw new QmpError('GenericError', `Cannot export read-only node '${o.nodeName}' as writable`);
     const bitmaps = new Map<string, DirtyBitmapSource>();
     for (const b of o.bitmaps) bitmaps.set(b, this.bitmapSource(node, b));

@@ -6,7 +6,7 @@
 // "NBD_CMD_FLUSH", "NBD_CMD_FLAG_FUA"). x-skip-flush=on is an UNSAFE known-bad option that skips
 // it (tests show the durability check failing on it); the data then lives only in the page cache.
 import * as fs from 'node:fs';
-import { BlockError, type Errno } from '../errors.ts';
+import { BlockError, strerror, type Errno } from '../errors.ts';
 import { BlockNode, readBuffers } from '../node.ts';
 import type { PermPair } from '../perm.ts';
 import type { RequestFlags } from '../types.ts';
@@ -46,7 +46,7 @@ export class FileNode extends BlockNode {
       this.fd = fs.openSync(this.filename, this.readOnly ? 'r' : 'r+');
       this.size = fs.fstatSync(this.fd).size;
     } catch (e) {
-      throw new BlockError('ENOENT', `Could not open '${this.filename}': ${(e as Error).message}`, { node: ctx.nodeName });
+      throw new BlockError('ENOENT', `Could not open '${this.filename}': ${strerror(e)}`, { node: ctx.nodeName });
     }
   }
 

@@ -8,6 +8,7 @@ import { OverlayNode } from './overlay.ts';
 import { RawNode } from './raw.ts';
 import type { DriverFactory } from './registry.ts';
 import { SnapshotAccessNode } from './snapshot-access.ts';
+import { ThrottleNode } from './throttle.ts';
 
 export const DRIVERS: Readonly<Record<string, DriverFactory>> = {
   file: (ctx) => new FileNode(ctx),
@@ -18,11 +19,11 @@ export const DRIVERS: Readonly<Record<string, DriverFactory>> = {
   'snapshot-access': (ctx) => new SnapshotAccessNode(ctx),
   delay: (ctx) => new DelayNode(ctx),
   blkdebug: (ctx) => new BlkdebugNode(ctx),
+  throttle: (ctx) => new ThrottleNode(ctx),
 };
 
 /** QEMU drivers a user may reach for, and what to use in the reference instead. */
 export const DRIVER_HINTS: Readonly<Record<string, string>> = {
   qcow2: "use 'raw' (or 'overlay' with backing= for a legacy fleecing temp image)",
   'null-co': "use 'memory'",
-  throttle: "use 'delay'",
 };

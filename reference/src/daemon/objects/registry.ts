@@ -42,6 +42,10 @@ export function parseObjectOptions(o: Record<string, unknown>, where = '--object
   // QAPI's enum check on ObjectOptions.qom-type, QEMU's wording.
   if (!t) throw new UsageError(`${where}: Parameter 'qom-type' does not accept value '${qomType}'`);
   const id = k.req('id');
+  // id_wellformed (util/id.c), in user_creatable_add_qapi's words.
+  if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(id)) {
+    throw new UsageError(`${where}: Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.`);
+  }
   const props = t.parse(k, where);
   k.finish();
   return { qomType, id, props };
