@@ -12,6 +12,7 @@ import type { Address } from '../nbd/client.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { peerCommand } from '../targets/peers.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -133,7 +134,7 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
     } else {
       const tmp = path.join(dir, 'tmp.qcow2');
-      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, String(o.size)], { stdio: 'pipe' });
+      execFileSync(peerCommand('qemu-img'), ['create', '-q', '-f', 'qcow2', tmp, String(o.size)], { stdio: 'pipe' });
       bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer } from '../targets/process.ts';
+import { peerCommand } from '../targets/peers.ts';
 import type { RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -91,8 +92,8 @@ export const PERM_FLAVORS: readonly PermFlavor[] = [
     peers: ['qemu-storage-daemon', 'qemu-img'],
     start: (dir, timeoutMs) =>
       startDaemon('qemu-storage-daemon', 'qemu-storage-daemon', monitorArgs(dir), dir, timeoutMs, 'qcow2', (p) => {
-        requirePeer('qemu-img');
-        execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', p, String(SIZE)], { stdio: 'pipe' });
+        requirePeer(peerCommand('qemu-img'));
+        execFileSync(peerCommand('qemu-img'), ['create', '-q', '-f', 'qcow2', p, String(SIZE)], { stdio: 'pipe' });
       }),
   },
 ];
