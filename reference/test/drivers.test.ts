@@ -94,7 +94,7 @@ describe('blockdev options', () => {
     expect(() => g.addNode({ driver: 'memory', 'node-name': 'q', size: 1, 'read-only': 'maybe' })).toThrow(/^Parameter 'read-only' expects 'on' or 'off'$/);
   });
   it('missing child reference: named', () => {
-    expect(() => g.addNode({ driver: 'raw', 'node-name': 'q', file: 'nope' })).toThrow(/Cannot find node-name 'nope' \(the 'file' child of node 'q'\)/);
+    expect(() => g.addNode({ driver: 'raw', 'node-name': 'q', file: 'nope' })).toThrow(/^Cannot find device='nope' nor node-name='nope'$/);
   });
   it('duplicate node names are refused', () => {
     g.addNode({ driver: 'memory', 'node-name': 'dup', size: 1 });

@@ -94,6 +94,10 @@ const ROWS: ReadonlyArray<readonly [string, readonly string[]]> = [
   ['no node-name', ['--blockdev', 'driver=file,filename=$D/a.raw']],
   ['bad node-name', ['--blockdev', 'driver=file,node-name=1bad,filename=$D/a.raw']],
   ['missing file', ['--blockdev', 'driver=file,node-name=f,filename=$D/nonexist.raw']],
+  ['a child reference to nothing', ['--blockdev', 'driver=raw,node-name=r,file=nope']],
+  ['duplicate node-name', [...F, ...F]],
+  ['JSON --object: a string where an integer belongs', ['--object', '{"qom-type":"throttle-group","id":"t0","limits":{"bps-total":"5"}}']],
+  ['JSON --object: typed limits accepted', ['--object', '{"qom-type":"throttle-group","id":"t0","limits":{"bps-total":5000,"bps-total-max":6000}}', ...SENTINEL]],
   // --nbd-server, --export, --monitor, --chardev
   ['nbd-server without path', ['--nbd-server', 'addr.type=unix']],
   ['nbd-server bad address type', ['--nbd-server', 'addr.type=foo']],

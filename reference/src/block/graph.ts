@@ -254,7 +254,8 @@ export class BlockGraph {
         let child: BlockNode;
         if (typeof ref === 'string') {
           const found = this.nodes.get(ref);
-          if (!found) throw new BlockError('ENOENT', `Cannot find node-name '${ref}' (the '${key}' child of node '${name}')`);
+          // bdrv_lookup_bs's words (a reference may name a device or a node).
+          if (!found) throw new BlockError('ENOENT', `Cannot find device='${ref}' nor node-name='${ref}'`, { node: name });
           child = found;
         } else if (typeof ref === 'object' && ref !== null && !Array.isArray(ref)) {
           child = this.createNode(tx, ref as Record<string, unknown>, true, `${path}${key}.`, { direct: common.cacheDirect ?? false, noFlush: common.noFlush ?? false });

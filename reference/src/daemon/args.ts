@@ -4,7 +4,7 @@
 // NBD server to exist already.
 import type { ListenAddress } from '../nbd/server.ts';
 import { KeyvalError, parseKeyval, type KeyvalObject } from './keyval.ts';
-import { Keys, UsageError } from './keys.ts';
+import { Keys, UsageError, at } from './keys.ts';
 import { objectTypes, parseObjectOptions, type ObjectOptions } from './objects/index.ts';
 
 export { UsageError };
@@ -60,8 +60,8 @@ export interface DaemonConfig {
 
 /** SocketAddress, flat (`type=unix,path=...`) or QMP's legacy form (`{type, data: {...}}`). */
 export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
-  if (raw === undefined) throw new UsageError(`${where}: Parameter 'addr' is missing`);
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${where}: Invalid parameter type for 'addr', expected: object`);
+  if (raw === undefined) throw new UsageError(`${at(where)}Parameter 'addr' is missing`);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${at(where)}Invalid parameter type for 'addr', expected: object`);
   let o = raw as Record<string, unknown>;
   if (o.data !== undefined && typeof o.data === 'object' && o.data !== null) o = { type: o.type, ...(o.data as object) };
   const k = new Keys(o, where, 'addr.');
@@ -71,28 +71,28 @@ export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
     case 'unix':
       addr = { type: 'unix', path: k.req('path') };
       // Accepted with QEMU's defaults (no abstract namespace here).
-      if (k.get('abstract') !== undefined && k.bool('abstract', false)) throw new UsageError(`${where}: abstract unix sockets are not supported`);
+      if (k.get('abstract') !== undefined && k.bool('abstract', false)) throw new UsageError(`${at(where)}abstract unix sockets are not supported`);
       k.get('tight');
       break;
     case 'inet': {
       const host = k.req('host');
       const port = k.req('port');
-      if (!/^\d+$/.test(port) || Number(port) > 65535) throw new UsageError(`${where}: port '${port}' is not a port number`);
+      if (!/^\d+$/.test(port) || Number(port) > 65535) throw new UsageError(`${at(where)}port '${port}' is not a port number`);
       k.get('numeric');
       addr = { type: 'inet', host, port: Number(port) };
       break;
     }
     case 'fd': {
       const s = k.req('str');
-      if (!/^\d+$/.test(s)) throw new UsageError(`${where}: fd '${s}' must be a file descriptor number`);
+      if (!/^\d+$/.test(s)) throw new UsageError(`${at(where)}fd '${s}' must be a file descriptor number`);
       addr = { type: 'fd', fd: Number(s) };
       break;
     }
     case 'vsock':
-      throw new UsageError(`${where}: address type '${type}' is not supported (use unix, inet or fd)`);
+      throw new UsageError(`${at(where)}address type '${type}' is not supported (use unix, inet or fd)`);
     default:
       // QAPI's check of the union's discriminator names it without the 'addr.' path.
-      throw new UsageError(`${where}: Parameter 'type' does not accept value '${type}'`);
+      throw new UsageError(`${at(where)}Parameter 'type' does not accept value '${type}'`);
   }
   k.finish();
   return addr;
@@ -102,7 +102,7 @@ export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd
   const k = new Keys(o, where);
   const addr = parseSocketAddress(k.get('addr'), where);
   if (k.get('tls-creds') !== undefined || k.get('tls-authz') !== undefined) {
-    throw new UsageError(`${where}: TLS ('tls-creds', 'tls-authz') is not supported by the reference server`);
+    throw new UsageError(`${at(where)}TLS ('tls-creds', 'tls-authz') is not supported by the reference server`);
   }
   const maxConnections = k.int('max-connections', 0);
   k.finish();
@@ -113,8 +113,8 @@ export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd
 export function parseExportOptions(o: Record<string, unknown>, where = '--export'): ExportOptions {
   const k = new Keys(o, where);
   const type = k.req('type');
-  if (type === 'fuse' || type === 'vhost-user-blk' || type === 'vduse-blk') throw new UsageError(`${where}: export type '${type}' is not supported (only 'nbd')`);
-  if (type !== 'nbd') throw new UsageError(`${where}: Parameter 'type' does not accept value '${type}'`);
+  if (type === 'fuse' || type === 'vhost-user-blk' || type === 'vduse-blk') throw new UsageError(`${at(where)}export type '${type}' is not supported (only 'nbd')`);
+  if (type !== 'nbd') throw new UsageError(`${at(where)}Parameter 'type' does not accept value '${type}'`);
   const id = k.req('id');
   const nodeName = k.req('node-name');
   const name = k.str('name') ?? nodeName;
@@ -123,7 +123,7 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   // BlockExportOptionsNbd has 'bitmaps' (a list); 7.2's --export refuses 'bitmap'.
   const bm = k.get('bitmaps');
   const bitmaps = bm === undefined ? [] : Array.isArray(bm) ? bm.map(String) : [String(bm)];
-  if (k.bool('allocation-depth', false)) throw new UsageError(`${where}: 'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
+  if (k.bool('allocation-depth', false)) throw new UsageError(`${at(where)}'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
   // Accepted with no effect in a single-threaded reference: the cache mode, the I/O thread (but
   // it must exist: Daemon.addExport looks it up, as blk_exp_add does).
   k.bool('writethrough', false);
@@ -140,17 +140,17 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
 function parseChardev(o: Record<string, unknown>, where = '--chardev'): ChardevOptions {
   const k = new Keys(o, where);
   const backend = k.req('backend');
-  if (backend !== 'socket') throw new UsageError(`${where}: backend '${backend}' is not supported (only 'socket')`);
+  if (backend !== 'socket') throw new UsageError(`${at(where)}backend '${backend}' is not supported (only 'socket')`);
   const id = k.req('id');
   const path = k.str('path');
-  if (path === undefined) throw new UsageError(`${where}: only unix sockets are supported: parameter 'path' is missing`);
+  if (path === undefined) throw new UsageError(`${at(where)}only unix sockets are supported: parameter 'path' is missing`);
   if (!k.bool('server', false)) throw new UsageError(`${where} '${id}': client mode is not supported, use server=on`);
   k.bool('wait', true); // the reference never blocks waiting for a first client
   k.get('telnet');
   k.get('nodelay');
   // QemuOpts (chardevs are not QAPI-parsed on the command line): "Invalid parameter".
   const extra = Object.keys(o).find((key) => !['backend', 'id', 'path', 'server', 'wait', 'telnet', 'nodelay'].includes(key));
-  if (extra !== undefined) throw new UsageError(`${where}: Invalid parameter '${extra}'`);
+  if (extra !== undefined) throw new UsageError(`${at(where)}Invalid parameter '${extra}'`);
   k.finish();
   return { id, path };
 }
@@ -212,7 +212,7 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       try {
         return parseKeyval(text, implied);
       } catch (e) {
-        if (e instanceof KeyvalError) throw new UsageError(`${where}: ${e.message}`);
+        if (e instanceof KeyvalError) throw new UsageError(`${at(where)}${e.message}`);
         throw e;
       }
     };
@@ -248,8 +248,8 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
         const k = new Keys(o, where);
         const chardev = k.req('chardev');
         const mode = k.str('mode') ?? 'control';
-        if (mode !== 'control' && mode !== 'readline') throw new UsageError(`${where}: Parameter 'mode' does not accept value '${mode}'`);
-        if (mode !== 'control') throw new UsageError(`${where}: mode '${mode}' is not supported (only 'control', QMP)`);
+        if (mode !== 'control' && mode !== 'readline') throw new UsageError(`${at(where)}Parameter 'mode' does not accept value '${mode}'`);
+        if (mode !== 'control') throw new UsageError(`${at(where)}mode '${mode}' is not supported (only 'control', QMP)`);
         const pretty = k.bool('pretty', false);
         k.get('id');
         k.finish();
@@ -265,7 +265,7 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
         break;
       case '--object': {
         const o = kv('qom-type');
-        actions.push({ kind: 'object', options: parseObjectOptions(o, where) });
+        actions.push({ kind: 'object', options: parseObjectOptions(o, where, where.startsWith('--object {')) });
         break;
       }
       case '--daemonize':

@@ -244,8 +244,8 @@ export class Daemon {
     });
     d.register('object-add', async (a) => {
       a.accept(...Object.keys(a.raw));
-      const o = this.usage(() => parseObjectOptions(a.raw as Record<string, unknown>, 'object-add'));
-      await this.usageAsync(() => this.objects.add(o, 'object-add'));
+      const o = this.usage(() => parseObjectOptions(a.raw as Record<string, unknown>, '', true));
+      await this.usageAsync(() => this.objects.add(o, ''));
       return {};
     });
     d.register('object-del', async (a) => {
@@ -256,7 +256,7 @@ export class Daemon {
     });
     d.register('nbd-server-start', async (a) => {
       a.accept(...Object.keys(a.raw));
-      await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, 'nbd-server-start')));
+      await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, '')));
       return {};
     });
     d.register('nbd-server-stop', noArgs(async () => {
@@ -265,7 +265,7 @@ export class Daemon {
     }));
     d.register('block-export-add', (a) => {
       a.accept(...Object.keys(a.raw));
-      this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, 'block-export-add')));
+      this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, '')));
       return {};
     });
     d.register('block-export-del', (a) => {

@@ -8,17 +8,36 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/** The prefix of a message about `where`: "--object foo,id=x: " on the command line; nothing
+ * for a QMP command, whose errors QEMU words without one. */
+export function at(where: string): string {
+  return where ? `${where}: ` : '';
+}
+
+export interface KeysOptions {
+  /** Dotted path of this struct in the option (`addr.`), for the keys' names in errors. */
+  readonly path?: string;
+  /** Values come typed (JSON: QMP, or a JSON --object): a string where a number or boolean
+   * belongs is QAPI's "Invalid parameter type", not keyval's "expects integer". */
+  readonly typed?: boolean;
+}
+
 /** Reads the keys of an options object, rejecting those nobody asked for. */
 export class Keys {
   private readonly used = new Set<string>();
+  private readonly path: string;
+  private readonly typed: boolean;
   constructor(
     private readonly o: Record<string, unknown>,
     private readonly where: string,
-    /** Dotted path of this struct in the option (`addr.`), for the keys' names in errors. */
-    private readonly path = '',
-  ) {}
+    opts: KeysOptions | string = {},
+  ) {
+    const k = typeof opts === 'string' ? { path: opts } : opts;
+    this.path = k.path ?? '';
+    this.typed = k.typed ?? false;
+  }
   private fail(message: string): never {
-    throw new UsageError(`${this.where}: ${message}`);
+    throw new UsageError(`${at(this.where)}${message}`);
   }
   /** The key's full dotted name, as QEMU's errors give it. */
   name(key: string): string {
@@ -45,6 +64,7 @@ export class Keys {
   bool(key: string, def: boolean): boolean {
     const v = this.get(key);
     if (v === undefined) return def;
+    if (this.typed && typeof v !== 'boolean') this.fail(`Invalid parameter type for '${this.name(key)}', expected: boolean`);
     try {
       return toBool(v, `Parameter '${this.name(key)}'`);
     } catch {
@@ -60,7 +80,7 @@ export class Keys {
       if (!Number.isSafeInteger(v)) this.fail(`Invalid parameter type for '${this.name(key)}', expected: integer`);
       return v;
     }
-    if (typeof v !== 'string') this.fail(`Invalid parameter type for '${this.name(key)}', expected: integer`);
+    if (typeof v !== 'string' || this.typed) this.fail(`Invalid parameter type for '${this.name(key)}', expected: integer`);
     if (!/^-?\d+$/.test(v)) this.fail(`Parameter '${this.name(key)}' expects integer`);
     const n = Number(v);
     if (!Number.isSafeInteger(n)) this.fail(`Parameter '${this.name(key)}' expects integer`);
@@ -78,7 +98,7 @@ export class Keys {
     const v = this.get(key);
     if (v === undefined) return undefined;
     if (typeof v !== 'object' || v === null || Array.isArray(v)) this.fail(`Invalid parameter type for '${this.name(key)}', expected: object`);
-    return new Keys(v as Record<string, unknown>, this.where, `${this.name(key)}.`);
+    return new Keys(v as Record<string, unknown>, this.where, { path: `${this.name(key)}.`, typed: this.typed });
   }
   /** visit_check_struct: "Parameter 'x' is unexpected", for the first key nobody asked for. */
   finish(): void {

@@ -4,7 +4,7 @@
 // `limits` as one struct, checked on its own (throttle_group_set_limits), then each x- property,
 // then the whole configuration is checked once more (throttle_group_obj_complete).
 import { BUCKETS, ThrottleGroup, defaultThrottleConfig, throttleConfigError, type BucketConfig, type ThrottleConfig } from '../../block/throttle.ts';
-import { UsageError, type Keys } from '../keys.ts';
+import { UsageError, at, type Keys } from '../keys.ts';
 import { registerObjectType } from './registry.ts';
 
 const UINT_MAX = 0xffffffff;
@@ -12,13 +12,13 @@ const UINT_MAX = 0xffffffff;
 /** A burst length as QEMU holds it: checked against UINT_MAX as a signed number, then stored
  * unsigned (uint64_t), so a negative one becomes huge ("burst length too high ..."). */
 function burstLength(v: number, name: string, where: string): number {
-  if (v > UINT_MAX) throw new UsageError(`${where}: ${name} value must be in the range [0, ${UINT_MAX}]`);
+  if (v > UINT_MAX) throw new UsageError(`${at(where)}${name} value must be in the range [0, ${UINT_MAX}]`);
   return v < 0 ? 2 ** 64 + v : v;
 }
 
 function check(cfg: ThrottleConfig, where: string): void {
   const err = throttleConfigError(cfg);
-  if (err) throw new UsageError(`${where}: ${err}`);
+  if (err) throw new UsageError(`${at(where)}${err}`);
 }
 
 /** Reads one spelling (`limits.` struct keys, or `x-` properties) into `cfg`. */
@@ -26,7 +26,7 @@ function readInto(cfg: ThrottleConfig, k: Keys, prefix: string, where: string, l
   const value = (key: string): number | undefined => {
     const v = k.integer(`${prefix}${key}`);
     // The x- properties are uint64 setters that refuse a sign (throttle_group_set).
-    if (v !== undefined && legacy && v < 0) throw new UsageError(`${where}: Property values cannot be negative`);
+    if (v !== undefined && legacy && v < 0) throw new UsageError(`${at(where)}Property values cannot be negative`);
     return v;
   };
   for (const name of BUCKETS) {
