@@ -13,6 +13,7 @@ import { run, selectCases } from './runner/run.ts';
 import { HarnessError } from './targets/errors.ts';
 import { listTargets, resolveTarget } from './targets/registry.ts';
 import { NbdUriError } from './targets/uri.ts';
+import { peerPathsFromEnv, setPeerPath } from './targets/peers.ts';
 import './suites.ts';
 import { externalFlavor, fleeceTargetDef } from './fleecing/targets.ts';
 import { CommandTargetError, commandFromArgv, commandOwnsStorage, isCommandTarget, parseCommandTarget } from './targets/command.ts';
@@ -77,6 +78,11 @@ const USAGE = `usage: fleece conform [--target T]... [--suite S]... [--filter PR
   --out DIR       where results.json, junit.xml and html/ go (default: reports/)
   --timeout MS    silence longer than this means hang or desync (default 1500)
   --no-color      plain terminal output
+  --qemu-storage-daemon PATH, --qemu-nbd PATH, --qemu-img PATH, --qemu-io PATH
+                  the QEMU build to test (default: the command on PATH; also from
+                  FLEECE_QEMU_STORAGE_DAEMON, FLEECE_QEMU_NBD, FLEECE_QEMU_IMG, FLEECE_QEMU_IO;
+                  the option wins); every suite that starts one uses it, and the reports
+                  name its version, path and command lines
 
 exit: 0 every MUST passed (and every SHOULD with --strict), 1 conformance failure, 2 harness or usage error`;
 
@@ -99,10 +105,12 @@ interface Args {
   timeoutMs: number;
   color: boolean;
   help: boolean;
+  /** --qemu-nbd PATH and the like: peer name -> path. */
+  peerPaths: Record<string, string>;
 }
 
 export function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { targets: [], suites: [], filter: [], cases: [], strict: false, failFast: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false };
+  const a: Args = { targets: [], suites: [], filter: [], cases: [], strict: false, failFast: false, allowWrites: false, list: false, json: false, out: path.join(REPO, 'reports'), timeoutMs: 1500, color: colorByDefault(), help: false, peerPaths: {} };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -179,6 +187,12 @@ export function parseArgs(argv: readonly string[]): Args {
       case '-h':
         a.help = true;
         break;
+      case '--qemu-storage-daemon':
+      case '--qemu-nbd':
+      case '--qemu-img':
+      case '--qemu-io':
+        a.peerPaths[name.slice(2)] = value();
+        break;
       default:
         throw new UsageError(`unknown argument '${arg}'`);
     }
@@ -205,6 +219,9 @@ const command: Subcommand = {
       return 0;
     }
     try {
+      // The QEMU build under test: options first, then the environment for the rest.
+      for (const [peer, file] of Object.entries(args.peerPaths)) setPeerPath(peer, file, `--${peer}`);
+      peerPathsFromEnv(process.env);
       const suites = args.suites.length
         ? args.suites.map((n) => {
             const s = getSuite(n);

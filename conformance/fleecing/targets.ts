@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import type { Address } from '../nbd/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { peerCommand, recordStarted } from '../targets/peers.ts';
 import type { ExportRef, RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
 import { parseNbdUri } from '../targets/uri.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -261,8 +262,9 @@ async function seedThroughNbd(address: Address, name: string, content: Content, 
 // QEMU: qemu-storage-daemon with the verified 7.2 command lines
 
 function qemuImg(args: string[]): void {
-  requirePeer('qemu-img');
-  execFileSync('qemu-img', args, { stdio: 'pipe' });
+  requirePeer(peerCommand('qemu-img'));
+  recordStarted(`qemu-img: ${[peerCommand('qemu-img'), ...args].join(' ')}`);
+  execFileSync(peerCommand('qemu-img'), args, { stdio: 'pipe' });
 }
 
 /** A qcow2 source holding `content`; with `bitmap`, a persistent bitmap0 added before the content
@@ -274,8 +276,10 @@ function qcow2Source(file: string, raw: string, content: Content, bitmap: boolea
   }
   qemuImg(['create', '-q', '-f', 'qcow2', file, String(content.size)]);
   qemuImg(['bitmap', '--add', file, 'bitmap0']);
-  requirePeer('qemu-io');
-  execFileSync('qemu-io', ['-f', 'qcow2', ...qemuIoWrites(content).flatMap((w) => ['-c', w]), file], { stdio: 'pipe' });
+  requirePeer(peerCommand('qemu-io'));
+  const ioArgs = ['-f', 'qcow2', ...qemuIoWrites(content).flatMap((w) => ['-c', w]), file];
+  recordStarted(`qemu-io: ${[peerCommand('qemu-io'), ...ioArgs].join(' ')}`);
+  execFileSync(peerCommand('qemu-io'), ioArgs, { stdio: 'pipe' });
 }
 
 function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): FleeceFlavor {
@@ -294,7 +298,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
-      for (const p of this.peers) requirePeer(p);
+      for (const p of this.peers) requirePeer(peerCommand(p));
       const content = CONTENTS[c.content]!;
       const raw = path.join(dir, 'src.raw');
       writeRaw(raw, content);
@@ -346,8 +350,13 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
         await waitFile(qmp, proc, timeoutMs);
         if (graph === 'legacy') {
           started.qmp = await QmpClient.connect(qmp);
-          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });
-          await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+          for (const [cmd, a] of [
+            ['blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' }],
+            ['block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' }],
+          ] as const) {
+            recordStarted(`qemu-storage-daemon QMP: ${JSON.stringify({ execute: cmd, arguments: a })}`);
+            await started.qmp.ok(cmd, a);
+          }
         }
         return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
       });

@@ -12,6 +12,7 @@ import type { Address } from '../nbd/client.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { peerCommand, recordStarted } from '../targets/peers.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -128,7 +129,7 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
       // §5.2 on both: a qcow2 temp backed by the source (the reference's qcow2 reaches the legacy
       // temp's breakpoints between its lookup and its backing read).
       const tmp = path.join(dir, 'tmp.qcow2');
-      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, String(o.size)], { stdio: 'pipe' });
+      execFileSync(peerCommand('qemu-img'), ['create', '-q', '-f', 'qcow2', tmp, String(o.size)], { stdio: 'pipe' });
       bd(`driver=qcow2,node-name=temp,file.driver=file,file.filename=${tmp},backing=source`);
       args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}`);
       args.push('--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on');
@@ -149,11 +150,15 @@ export async function startSetup(target: InterleavingTarget, o: SetupOptions, pa
     await waitFile(qmpPath, proc, timeoutMs);
     qmp = await QmpClient.connect(qmpPath, 10_000);
     if (target.graph === 'legacy') {
-      await qmp.ok('blockdev-backup', {
-        'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none',
-        ...(target.name === 'reference-racy' ? { 'x-unserialized-target-writes': true } : {}),
-      });
-      await qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
+      const setup = [
+        ['blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(target.name === 'reference-racy' ? { 'x-unserialized-target-writes': true } : {}) }],
+        ['block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' }],
+      ] as const;
+      for (const [cmd, a] of setup) {
+        // The reports name the QMP that set the daemon up, beside its command line.
+        recordStarted(`${proc.label} QMP: ${JSON.stringify({ execute: cmd, arguments: a })}`);
+        await qmp.ok(cmd, a);
+      }
     }
     const q = qmp;
     return {

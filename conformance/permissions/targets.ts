@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer } from '../targets/process.ts';
+import { peerCommand, recordStarted } from '../targets/peers.ts';
 import type { RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -52,7 +53,9 @@ async function startDaemon(label: string, command: string, args: string[], dir: 
   let qmp: QmpClient;
   try {
     qmp = await QmpClient.connect(qmpPath);
-    await qmp.ok('nbd-server-start', { addr: { type: 'unix', data: { path: path.join(dir, 'nbd.sock') } } });
+    const addr = { addr: { type: 'unix', data: { path: path.join(dir, 'nbd.sock') } } };
+    recordStarted(`${label} QMP: ${JSON.stringify({ execute: 'nbd-server-start', arguments: addr })}`);
+    await qmp.ok('nbd-server-start', addr);
   } catch (e) {
     await proc.stop();
     throw new HarnessError(`${label}: ${(e as Error).message}\n${proc.output.trim()}`);
@@ -95,8 +98,8 @@ export const PERM_FLAVORS: readonly PermFlavor[] = [
     peers: ['qemu-storage-daemon', 'qemu-img'],
     start: (dir, timeoutMs) =>
       startDaemon('qemu-storage-daemon', 'qemu-storage-daemon', monitorArgs(dir), dir, timeoutMs, 'qcow2', (p) => {
-        requirePeer('qemu-img');
-        execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', p, String(SIZE)], { stdio: 'pipe' });
+        requirePeer(peerCommand('qemu-img'));
+        execFileSync(peerCommand('qemu-img'), ['create', '-q', '-f', 'qcow2', p, String(SIZE)], { stdio: 'pipe' });
       }),
   },
 ];

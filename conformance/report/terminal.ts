@@ -70,6 +70,14 @@ export function renderSummary(run: RunResult, color: boolean, extra: readonly st
     const n = (v: Verdict) => rs.filter((r) => r.verdict === v).length;
     out.push(`  -- ${n('pass')} pass, ${n('fail')} fail (MUST), ${n('non-strict')} warn (SHOULD), ${n('info')} info (MAY), ${n('skipped')} skip, ${n('error')} error`);
     for (const x of t.notApplicable ?? []) out.push(`  -- not applicable: suite ${x.suite}: ${x.reason}`);
+    // What was tested, exactly: versions (and paths) of the peers, the command lines and set-up
+    // QMP of the processes started for this target.
+    const peers = t.facts.peers as Record<string, string> | undefined;
+    for (const [p, v] of Object.entries(peers ?? {})) out.push(`  -- peer ${p}: ${v}`);
+    // A suite that starts a daemon per case starts many alike: the first few here, all in the reports.
+    const started = [...((t.facts.commands as string[] | undefined) ?? []), ...((t.facts.started as string[] | undefined) ?? [])];
+    for (const c of started.slice(0, 4)) out.push(`  -- started: ${c}`);
+    if (started.length > 4) out.push(`  -- started: ${started.length - 4} more (results.json, junit.xml, html)`);
   }
   out.push(`seed ${run.seed}${run.strict ? ', strict (SHOULD failures fail the run)' : ''}`);
   out.push(...extra);

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { NbdClientError, NbdProtocolError } from '../nbd/errors.ts';
 import { WireLog } from '../nbd/wirelog.ts';
 import { HarnessError } from '../targets/errors.ts';
+import { peerCommand, startedMark, startedSince } from '../targets/peers.ts';
 import type { RunningTarget, TargetDef } from '../targets/types.ts';
 import {
   SkipSignal,
@@ -271,6 +272,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     const summary: TargetSummary = { name: def.name, description: def.summary, facts: {} };
     targets.push(summary);
     const workDirs: string[] = [];
+    const mark = startedMark();
     let target: RunningTarget | undefined;
     const start = async (): Promise<RunningTarget> => {
       const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fleece-conform-'));
@@ -282,7 +284,10 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       target = { ...t, stop: async () => { live.delete(t); await stop(); } };
       summary.description = target.description;
       // What was tested, exactly: the peers' versions and the command lines started.
-      if (def.peers.length) summary.facts.peers = Object.fromEntries(def.peers.map((p) => [p, peerVersion(p)]));
+      // A peer given by path (--qemu-nbd PATH) is named with its path.
+      if (def.peers.length) {
+        summary.facts.peers = Object.fromEntries(def.peers.map((p) => [p, peerCommand(p) === p ? peerVersion(p) : `${peerVersion(peerCommand(p))} (${peerCommand(p)})`]));
+      }
       if (t.commands) summary.facts.commands = t.commands();
       return target;
     };
@@ -406,6 +411,10 @@ export async function run(opts: RunOptions): Promise<RunResult> {
       const na = new Set((summary.notApplicable ?? []).map((x) => x.suite));
       for (const { suite, cases } of selected) if (!na.has(suite.name)) harnessResults(cases.filter((c) => !done.has(c.id)), suite.name, def.name, `not run: target ${def.name} could not be started: ${msg}`).forEach(emit);
     } finally {
+      // Processes the suites started for this target (the fleecing, permissions and
+      // interleavings daemons) and the QMP that set them up, beside the target's own.
+      const more = startedSince(mark).filter((l) => !(summary.facts.commands as string[] | undefined)?.some((c) => l.endsWith(`: ${c}`)));
+      if (more.length) summary.facts.started = more;
       await target?.stop().catch(() => undefined);
       for (const d of workDirs) fs.rmSync(d, { recursive: true, force: true });
     }

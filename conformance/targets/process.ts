@@ -6,11 +6,13 @@ import net from 'node:net';
 import { HarnessError } from './errors.ts';
 import type { Address } from '../nbd/client.ts';
 import { formatAddress } from '../nbd/client.ts';
+import { peerCommand, recordStarted } from './peers.ts';
 
 const found = new Map<string, boolean>();
 
 /** Fails (never skips) when a peer is missing: the suite must not silently test less. */
 export function requirePeer(command: string): void {
+  command = peerCommand(command);
   let ok = found.get(command);
   if (ok === undefined) {
     ok = spawnSync('sh', ['-c', `command -v '${command}'`], { stdio: 'ignore' }).status === 0;
@@ -48,8 +50,11 @@ export class ManagedProcess {
   }
 
   static spawn(label: string, command: string, args: string[], env?: NodeJS.ProcessEnv): ManagedProcess {
+    // A QEMU peer runs from the path the user chose (--qemu-nbd PATH, FLEECE_QEMU_NBD).
+    command = peerCommand(command);
     requirePeer(command);
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    recordStarted(`${label}: ${[command, ...args].join(' ')}`);
     return new ManagedProcess(label, child);
   }
 

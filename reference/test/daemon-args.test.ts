@@ -16,10 +16,10 @@ describe('keyval (QEMU util/keyval.c syntax)', () => {
     expect(parseKeyval('a=1,a=2')).toEqual({ a: '2' });
   });
   it('rejects bad syntax with the offending key', () => {
-    expect(() => parseKeyval('node-name')).toThrow(/expected '=' after parameter 'node-name'/);
+    expect(() => parseKeyval('node-name')).toThrow(/Expected '=' after parameter 'node-name'/);
     expect(() => parseKeyval('file=x,file.driver=y')).toThrow(/'file\.\*' used inconsistently|'file.driver.*' used inconsistently/);
     expect(() => parseKeyval('a.0=x,a.2=y')).toThrow(/'a\.1' missing/);
-    expect(() => parseKeyval('{"x":')).toThrow(/invalid JSON/);
+    expect(() => parseKeyval('{"x":')).toThrow(/JSON parse error/);
   });
 });
 
@@ -72,13 +72,13 @@ describe('fleece serve argv', () => {
   });
 
   it.each([
-    [['--frobnicate'], /unknown option '--frobnicate'/],
-    [['stray'], /unexpected argument 'stray'/],
+    [['--frobnicate'], /unrecognized option '--frobnicate'/],
+    [['stray'], /^stray: Unexpected argument$/],
     [['--export'], /option '--export' requires an argument/],
-    [['--export', 'type=nbd,id=e,node-name=n,colour=red'], /--export: invalid parameter 'colour'/],
+    [['--export', 'type=nbd,id=e,node-name=n,colour=red'], /^--export type=nbd,id=e,node-name=n,colour=red: Parameter 'colour' is unexpected$/],
     [['--export', 'type=vhost-user-blk,id=e,node-name=n'], /export type 'vhost-user-blk' is not supported/],
-    [['--export', 'type=nbd,id=e,node-name=n,writable=maybe'], /parameter 'writable'.*'on' or 'off'/],
-    [['--export', 'type=nbd,id=e'], /parameter 'node-name' is missing/],
+    [['--export', 'type=nbd,id=e,node-name=n,writable=maybe'], /Parameter 'writable' expects 'on' or 'off'/],
+    [['--export', 'type=nbd,id=e'], /^--export type=nbd,id=e: Parameter 'node-name' is missing$/],
     [['--nbd-server', 'addr.type=vsock,addr.cid=3'], /address type 'vsock' is not supported/],
     [['--nbd-server', 'addr.type=inet,addr.host=h,addr.port=http'], /port 'http' is not a port number/],
     [['--nbd-server', 'addr.type=unix,addr.path=/x,tls-authz=a'], /'tls-authz' is not supported without 'tls-creds'/],
@@ -95,9 +95,9 @@ describe('fleece serve argv', () => {
     [['--chardev', 'file,id=q,path=/x'], /backend 'file' is not supported/],
     [['--monitor', 'chardev=q,mode=readline'], /mode 'readline' is not supported/],
     [['--object', 'secret,id=s'], /Parameter 'qom-type' does not accept value 'secret'/],
-    [['--object', 'iothread'], /--object: parameter 'id' is missing/],
-    [['--object', 'iothread,id=io0,colour=red'], /--object: invalid parameter 'colour'/],
-    [['--object', 'iothread,id=io0,poll-max-ns=-1'], /parameter 'poll-max-ns' expects a non-negative integer/],
+    [['--object', 'iothread'], /^--object iothread: Parameter 'id' is missing$/],
+    [['--object', 'iothread,id=io0,colour=red'], /^--object iothread,id=io0,colour=red: Parameter 'colour' is unexpected$/],
+    [['--object', 'iothread,id=io0,poll-max-ns=-1'], /poll-max-ns value must be in range \[0, 9223372036854775807\]/],
   ])('%j → UsageError %s', (argv, re) => {
     expect(() => parseArgs(argv)).toThrow(UsageError);
     expect(() => parseArgs(argv)).toThrow(re);

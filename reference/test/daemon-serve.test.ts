@@ -43,17 +43,17 @@ describe('fleece serve', () => {
   it('a bad configuration exits non-zero as a process', async () => {
     const r = await runServe(['--blockdev', 'driver=vmdk,node-name=x,file=y']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^fleece serve: --blockdev driver=vmdk,node-name=x,file=y: Unknown driver 'vmdk'/);
+    expect(r.stderr).toMatch(/^fleece serve: --blockdev driver=vmdk,node-name=x,file=y: Parameter 'driver' does not accept value 'vmdk'/);
   });
 
   it.each([
-    [['--blockdev', 'driver=null-co,node-name=x'], 1, /Unknown driver 'null-co'.*use 'memory'/],
+    [['--blockdev', 'driver=null-co,node-name=x'], 1, /does not accept value 'null-co'.*use 'memory'/],
     [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Cannot find node-name 'y' \(the 'file' child of node 'x'\)/],
-    [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /node 'm' \(driver memory\): invalid parameter 'colour'/],
+    [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /^fleece serve: --blockdev driver=memory,node-name=m,size=1M,colour=red: Parameter 'colour' is unexpected\n$/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M', '--export', 'type=nbd,id=e,node-name=m'], 1, /NBD server not running/],
-    [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 2, /--export: invalid parameter 'frob'/],
-    [['--bogus'], 2, /unknown option '--bogus'/],
-    [['--monitor', 'chardev=nope'], 2, /chardev 'nope' not found/],
+    [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 1, /^fleece serve: --export type=nbd,id=e,node-name=m,frob=1: Parameter 'frob' is unexpected\n$/],
+    [['--bogus'], 1, /unrecognized option '--bogus'/],
+    [['--monitor', 'chardev=nope'], 1, /^fleece serve: --monitor chardev=nope: chardev "nope" not found\n$/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M', '--blockdev', 'driver=memory,node-name=m,size=1M'], 1, /Duplicate nodes with node-name='m'/],
     // The option first, then the cause in qemu-storage-daemon's words (libuv says EACCES here).
     [['--nbd-server', 'addr.type=unix,addr.path=/nonexistent-dir/n.sock'], 1, /^fleece serve: --nbd-server addr\.type=unix,addr\.path=\/nonexistent-dir\/n\.sock: Failed to bind socket to \/nonexistent-dir\/n\.sock: No such file or directory\n$/],

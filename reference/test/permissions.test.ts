@@ -129,7 +129,7 @@ describe('measured conflicts (docs/requirements/qemu-fleecing.md §1.4)', () => 
     expect(() => exportOn(g, 'fl-cbw', true)).toThrow(/Permission conflict on node 'source'/);
     expect(JSON.stringify(g.queryGraph())).toBe(before);
     // A nested blockdev-add that fails half-way leaves no node behind.
-    expect(() => g.addNode({ driver: 'raw', 'node-name': 'r', file: { driver: 'memory', size: MB, bogus: 1 } })).toThrow(/invalid parameter 'bogus'/);
+    expect(() => g.addNode({ driver: 'raw', 'node-name': 'r', file: { driver: 'memory', size: MB, bogus: 1 } })).toThrow(/Parameter 'file.bogus' is unexpected/);
     expect(g.allNodes().map((n) => n.nodeName).sort()).toEqual(['fl-cbw', 'source', 'temp']);
   });
 

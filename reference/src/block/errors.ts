@@ -38,3 +38,13 @@ export class BlockError extends Error {
 export function isBlockError(e: unknown): e is BlockError {
   return e instanceof BlockError;
 }
+
+/** strerror(3)'s text for a Node system error, as QEMU's messages end ("No such file or directory"). */
+export function strerror(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const text: Record<string, string> = {
+    ENOENT: 'No such file or directory', EACCES: 'Permission denied', ENOTDIR: 'Not a directory', EISDIR: 'Is a directory',
+    EROFS: 'Read-only file system', EEXIST: 'File exists', EPERM: 'Operation not permitted', ELOOP: 'Too many levels of symbolic links',
+  };
+  return (code && text[code]) ?? (e as Error)?.message ?? String(e);
+}

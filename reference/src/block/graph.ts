@@ -9,7 +9,7 @@ import { Breakpoints } from './breakpoints.ts';
 import { BlockError } from './errors.ts';
 import { DRIVER_HINTS, DRIVERS } from './drivers/index.ts';
 import type { DriverContext, DriverFactory } from './drivers/registry.ts';
-import { BdrvChild, BlockNode, type Parent } from './node.ts';
+import { BdrvChild, BlockNode, type NodeCommonOptions, type Parent } from './node.ts';
 import { OptionReader } from './options.ts';
 import { PERM, PERM_ALL, permListQapi, permNames, type ChildRole } from './perm.ts';
 import { StorageChecker } from './storage.ts';
@@ -39,7 +39,21 @@ export interface BlockGraphInfo {
   edges: BlockGraphEdgeInfo[];
 }
 
-const COMMON_OPTIONS = ['read-only', 'auto-read-only', 'discard', 'cache', 'detect-zeroes', 'force-share'];
+/** How the block layer reaches user-creatable objects (`throttle-group=ID`) without knowing who
+ * keeps them: the daemon sets this; `use` returns the object's instance if `id` exists and has
+ * that QOM type (and records `user` as holding it), else undefined. */
+export interface ObjectLookup {
+  use(id: string, qomType: string, user: string): unknown;
+  release(id: string, user: string): void;
+}
+
+const NO_OBJECTS: ObjectLookup = { use: () => undefined, release: () => {} };
+
+/** cache.* as a parent hands it to the children it opens (bdrv_inherited_options). */
+interface InheritedCache {
+  readonly direct: boolean;
+  readonly noFlush: boolean;
+}
 
 export class BlockGraph {
   private readonly nodes = new Map<string, BlockNode>();
@@ -55,6 +69,8 @@ export class BlockGraph {
   readonly breakpoints = new Breakpoints();
   /** Nodes over one file are one disk: permissions across them, snapshot bypass (storage.ts). */
   private readonly storageChecker = new StorageChecker();
+  /** User-creatable objects the drivers refer to by id (see ObjectLookup). */
+  objects: ObjectLookup = NO_OBJECTS;
 
   /** `drivers` replaces the driver table: tests use it to run known-bad driver variants. */
   constructor(opts: { drivers?: Readonly<Record<string, DriverFactory>> } = {}) {
@@ -159,7 +175,8 @@ export class BlockGraph {
       for (const c of node.children) {
         const np = node.childPerm(c, perm, shared);
         c.perm = np.perm;
-        c.shared = np.shared;
+        // bdrv_child_perm: a child opened with force-share=on is shared in full by its parents.
+        c.shared = c.node.forceShare ? PERM_ALL : np.shared;
       }
     }
     if (check) {
@@ -228,35 +245,34 @@ export class BlockGraph {
     return this.transaction((tx) => this.createNode(tx, options, false));
   }
 
-  /** Creates a node (and nested children) inside a transaction. */
-  createNode(tx: Transaction, options: Readonly<Record<string, unknown>>, implicit: boolean): BlockNode {
+  /** Creates a node (and nested children) inside a transaction. `path` is where its options sit
+   * in its parent's ('file.'), for error messages; `inherit`, the parent's cache options. */
+  createNode(tx: Transaction, options: Readonly<Record<string, unknown>>, implicit: boolean, path = '', inherit?: InheritedCache): BlockNode {
     const driver = options['driver'];
-    if (typeof driver !== 'string') {
-      throw new BlockError('EINVAL', `blockdev: parameter 'driver' is missing${implicit ? ' in a nested child' : ''}`);
-    }
+    if (driver === undefined) throw new BlockError('EINVAL', `Parameter '${path}driver' is missing`);
+    if (typeof driver !== 'string') throw new BlockError('EINVAL', `Invalid parameter type for '${path}driver', expected: string`);
     const factory = this.drivers[driver];
     if (!factory) {
+      // QAPI's enum check on BlockdevDriver; a QEMU driver the reference lacks gets a hint.
       const hint = DRIVER_HINTS[driver];
-      throw new BlockError('EINVAL', `Unknown driver '${driver}'${hint ? `: the reference does not implement it, ${hint}` : ''} (known: ${Object.keys(this.drivers).join(', ')})`);
+      throw new BlockError('EINVAL', `Parameter '${path}driver' does not accept value '${driver}'${hint ? `: the reference does not implement it, ${hint}` : ''}`);
     }
     let nodeName = options['node-name'];
     if (nodeName === undefined) {
-      if (!implicit) throw new BlockError('EINVAL', `blockdev (driver ${driver}): parameter 'node-name' is missing`);
+      if (!implicit) throw new BlockError('EINVAL', `'node-name' must be specified for the root node`);
       nodeName = this.autoName();
     }
     if (typeof nodeName !== 'string' || !/^[A-Za-z#][A-Za-z0-9_.#-]*$/.test(nodeName) || nodeName.length > 31) {
-      throw new BlockError('EINVAL', `Invalid node-name: ${JSON.stringify(nodeName)}`);
+      throw new BlockError('EINVAL', `Invalid node-name: '${String(nodeName)}'`);
     }
     if (this.nodes.has(nodeName)) throw new BlockError('EEXIST', `Duplicate nodes with node-name='${nodeName}'`);
-    const opts = new OptionReader(options, `node '${nodeName}' (driver ${driver})`);
-    const readOnly = opts.bool('read-only', false);
-    const discard = opts.enumeration('discard', ['ignore', 'off', 'unmap', 'on'] as const, 'ignore');
-    opts.ignore(...COMMON_OPTIONS);
+    const opts = new OptionReader(options, `node '${nodeName}' (driver ${driver})`, path, nodeName);
+    const common = readCommonOptions(opts, inherit);
     const name = nodeName;
     const ctx: DriverContext = {
       nodeName: name,
       opts,
-      common: { readOnly, discardUnmap: discard === 'unmap' || discard === 'on', breakpoints: this.breakpoints },
+      common: { ...common, breakpoints: this.breakpoints },
       graph: this,
       addChild: (parent, key, role, required, childName, fallback) => {
         const ref = opts.raw(key) ?? fallback;
@@ -267,10 +283,11 @@ export class BlockGraph {
         let child: BlockNode;
         if (typeof ref === 'string') {
           const found = this.nodes.get(ref);
-          if (!found) throw new BlockError('ENOENT', `Cannot find node-name '${ref}' (the '${key}' child of node '${name}')`);
+          // bdrv_lookup_bs's words (a reference may name a device or a node).
+          if (!found) throw new BlockError('ENOENT', `Cannot find device='${ref}' nor node-name='${ref}'`, { node: name });
           child = found;
         } else if (typeof ref === 'object' && ref !== null && !Array.isArray(ref)) {
-          child = this.createNode(tx, ref as Record<string, unknown>, true);
+          child = this.createNode(tx, ref as Record<string, unknown>, true, `${path}${key}.`, { direct: common.cacheDirect ?? false, noFlush: common.noFlush ?? false });
         } else {
           throw new BlockError('EINVAL', `node '${name}': parameter '${key}' expects a node-name or a blockdev object, got ${JSON.stringify(ref)}`);
         }
@@ -458,4 +475,29 @@ export class BlockGraph {
     for (const id of [...this.jobs.keys()]) await this.cancelJob(id);
     for (const n of this.nodes.values()) await n.close();
   }
+}
+
+/**
+ * BlockdevOptions' common members, read in QAPI's order (discard, cache, read-only,
+ * auto-read-only, force-share, detect-zeroes) with its words, then checked as bdrv_open_common
+ * and bdrv_open_inherit do. cache.direct and auto-read-only are accepted with no effect here (the
+ * file driver has no O_DIRECT and opens read-write or fails); cache.no-flush skips the node's own
+ * flush; detect-zeroes turns zero-filled writes into write-zeroes.
+ */
+function readCommonOptions(opts: OptionReader, inherit: InheritedCache | undefined): Omit<NodeCommonOptions, 'breakpoints'> {
+  // BlockdevDiscardOptions is ignore|unmap in QAPI (bdrv_parse_discard_flags' on/off are for -drive).
+  const discard = opts.enumeration('discard', ['ignore', 'unmap'] as const, 'ignore');
+  const cache = opts.struct('cache');
+  const cacheDirect = cache.bool('direct', inherit?.direct ?? false);
+  const noFlush = cache.bool('no-flush', inherit?.noFlush ?? false);
+  cache.finish();
+  const readOnly = opts.bool('read-only', false);
+  opts.bool('auto-read-only', false);
+  const forceShare = opts.bool('force-share', false);
+  const detectZeroes = opts.enumeration('detect-zeroes', ['off', 'on', 'unmap'] as const, 'off');
+  if (forceShare && !readOnly) throw new BlockError('EINVAL', 'force-share=on can only be used with read-only images', opts.nodeName !== undefined ? { node: opts.nodeName } : {});
+  if (detectZeroes === 'unmap' && discard !== 'unmap') {
+    throw new BlockError('EINVAL', 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap', opts.nodeName !== undefined ? { node: opts.nodeName } : {});
+  }
+  return { readOnly, discardUnmap: discard === 'unmap', forceShare, detectZeroes, noFlush, cacheDirect };
 }

@@ -77,9 +77,26 @@ export interface NodeCommonOptions {
   readonly breakpoints: Breakpoints;
   /** discard=unmap: pass discards down; with discard=ignore they succeed and do nothing (B8). */
   readonly discardUnmap: boolean;
+  /** force-share=on (read-only nodes only): every parent shares all permissions on it. */
+  readonly forceShare?: boolean;
+  /** detect-zeroes: a write of zeroes becomes a write-zeroes (unmap: one that may unmap). */
+  readonly detectZeroes?: 'off' | 'on' | 'unmap';
+  /** cache.no-flush=on: flush skips this node's own flush (its children are still flushed). */
+  readonly noFlush?: boolean;
+  /** cache.direct: accepted, no effect (no O_DIRECT from Node). */
+  readonly cacheDirect?: boolean;
 }
 
 export const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+
+/** buffer_is_zero. */
+export function isZero(data: Buffer): boolean {
+  for (let done = 0; done < data.length; done += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, data.length - done);
+    if (!data.subarray(done, done + n).equals(ZERO_CHUNK.subarray(0, n))) return false;
+  }
+  return true;
+}
 
 /**
  * Reusable buffers for large reads. A freshly allocated 256 KiB buffer costs a page-faulting,
@@ -141,6 +158,9 @@ export abstract class BlockNode implements Parent {
   readonly dirtyBitmaps = new Map<string, ClusterBitmap>();
   readonly readOnly: boolean;
   readonly discardUnmap: boolean;
+  readonly forceShare: boolean;
+  readonly detectZeroes: 'off' | 'on' | 'unmap';
+  readonly noFlush: boolean;
   readonly breakpoints: Breakpoints;
 
   constructor(
@@ -150,6 +170,9 @@ export abstract class BlockNode implements Parent {
   ) {
     this.readOnly = common.readOnly;
     this.discardUnmap = common.discardUnmap;
+    this.forceShare = common.forceShare ?? false;
+    this.detectZeroes = common.detectZeroes ?? 'off';
+    this.noFlush = common.noFlush ?? false;
     this.breakpoints = common.breakpoints;
   }
 
@@ -290,7 +313,13 @@ export abstract class BlockNode implements Parent {
     this.writable('write', offset, data.length);
     if (data.length === 0) return Promise.resolve();
     return this.tracked_('write', offset, data.length, flags, async () => {
-      await this.coWrite(offset, data, flags);
+      // bdrv_aligned_pwritev: with detect-zeroes, a zero-filled write goes down as write-zeroes
+      // (allowed to unmap only with detect-zeroes=unmap, which needs discard=unmap).
+      if (this.detectZeroes !== 'off' && !flags.writeUnchanged && isZero(data)) {
+        await this.coWriteZeroes(offset, data.length, { ...(flags.fua ? { fua: true } : {}), noHole: this.detectZeroes !== 'unmap' });
+      } else {
+        await this.coWrite(offset, data, flags);
+      }
       if (!flags.writeUnchanged) this.markDirty(offset, data.length);
     });
   }
@@ -314,7 +343,12 @@ export abstract class BlockNode implements Parent {
     });
   }
 
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
+    // bdrv_co_flush with BDRV_O_NO_FLUSH: skip this node's flush, still flush its children.
+    if (this.noFlush) {
+      for (const c of this.children) if (c.perm & PERM.WRITE) await c.flush();
+      return;
+    }
     return this.coFlush();
   }
 

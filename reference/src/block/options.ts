@@ -1,6 +1,8 @@
 // Reading a blockdev's options (QAPI BlockdevOptions as JSON, or the strings the dotted
-// command-line form produces) with errors that name the node and the offending key, and a final
-// check that rejects every key nobody consumed, as QEMU's "Invalid parameter" does.
+// command-line form produces) with QEMU 7.2's wording for a bad one (the QAPI input visitors':
+// "Parameter 'file.x' expects 'on' or 'off'", "... does not accept value ...", "... is missing",
+// and visit_check_struct's "Parameter 'x' is unexpected" for the first key nobody consumed). The
+// key is named by its full dotted path, so an error in a nested child says where it is.
 import { BlockError } from './errors.ts';
 
 const SIZE_SUFFIX: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
@@ -19,12 +21,27 @@ export class OptionReader {
 
   constructor(
     readonly options: Readonly<Record<string, unknown>>,
-    /** e.g. "node 'temp' (driver overlay)" */
+    /** e.g. "node 'temp' (driver overlay)", for the reference's own messages */
     readonly where: string,
+    /** Dotted path of this blockdev inside its parent's options ('file.'), '' at the top. */
+    readonly path = '',
+    readonly nodeName?: string,
   ) {}
 
+  /** The key as QEMU names it in errors: its full dotted path. */
+  name(key: string): string {
+    return `${this.path}${key}`;
+  }
+
+  private error(message: string): BlockError {
+    return new BlockError('EINVAL', message, this.nodeName !== undefined ? { node: this.nodeName } : {});
+  }
+
   private fail(key: string, expected: string, value: unknown): never {
-    throw new BlockError('EINVAL', `${this.where}: parameter '${key}' expects ${expected}, got ${JSON.stringify(value)}`);
+    // QEMU's keyval visitor: "expects 'on' or 'off'" / "expects integer"; its QObject visitor (QMP
+    // JSON) says "Invalid parameter type for 'x', expected: boolean"; one wording serves both.
+    void value;
+    throw this.error(`Parameter '${this.name(key)}' expects ${expected}`);
   }
 
   has(key: string): boolean {
@@ -41,13 +58,13 @@ export class OptionReader {
   string(key: string, def?: string): string | undefined {
     const v = this.raw(key);
     if (v === undefined) return def;
-    if (typeof v !== 'string') this.fail(key, 'a string', v);
+    if (typeof v !== 'string') throw this.error(`Invalid parameter type for '${this.name(key)}', expected: string`);
     return v;
   }
 
   requiredString(key: string): string {
     const v = this.string(key);
-    if (v === undefined) throw new BlockError('EINVAL', `${this.where}: parameter '${key}' is missing`);
+    if (v === undefined) throw this.error(`Parameter '${this.name(key)}' is missing`);
     return v;
   }
 
@@ -62,7 +79,7 @@ export class OptionReader {
   size(key: string, def?: number): number {
     const v = this.raw(key);
     if (v === undefined) {
-      if (def === undefined) throw new BlockError('EINVAL', `${this.where}: parameter '${key}' is missing`);
+      if (def === undefined) throw this.error(`Parameter '${this.name(key)}' is missing`);
       return def;
     }
     return parseSize(v, `${this.where}: parameter '${key}'`);
@@ -80,7 +97,8 @@ export class OptionReader {
     const v = this.raw(key);
     if (v === undefined) return def;
     if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) {
-      return this.fail(key, `one of ${values.map((x) => `'${x}'`).join(', ')}`, v);
+      // QAPI's enum check (visit_type_enum): QEMU names the value, not the choices.
+      throw this.error(`Parameter '${this.name(key)}' does not accept value '${String(v)}'`);
     }
     return v as T;
   }
@@ -90,14 +108,20 @@ export class OptionReader {
     for (const k of keys) this.used.add(k);
   }
 
-  /** QEMU: "Invalid parameter 'x'" (block.c bdrv_open_driver leftover options). */
-  finish(): void {
-    const unknown = Object.keys(this.options).filter((k) => !this.used.has(k) && this.options[k] !== undefined);
-    if (unknown.length > 0) {
-      throw new BlockError(
-        'EINVAL',
-        `${this.where}: invalid parameter${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `'${k}'`).join(', ')}`,
-      );
+  /** A nested struct option (`cache`): its own reader, whose keys are named `cache.x`. */
+  struct(key: string): OptionReader {
+    const v = this.raw(key);
+    if (v !== undefined && (typeof v !== 'object' || v === null || Array.isArray(v))) {
+      throw this.error(`Invalid parameter type for '${this.name(key)}', expected: object`);
     }
+    const r = new OptionReader((v ?? {}) as Record<string, unknown>, this.where, `${this.name(key)}.`, this.nodeName);
+    r.used.clear();
+    return r;
+  }
+
+  /** QAPI's visit_check_struct: the first key nobody consumed (QEMU names only one). */
+  finish(): void {
+    const unknown = Object.keys(this.options).find((k) => !this.used.has(k) && this.options[k] !== undefined);
+    if (unknown !== undefined) throw this.error(`Parameter '${this.name(unknown)}' is unexpected`);
   }
 }

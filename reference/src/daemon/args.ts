@@ -4,8 +4,8 @@
 // NBD server to exist already.
 import type { ListenAddress } from '../nbd/server.ts';
 import { KeyvalError, parseKeyval, type KeyvalObject } from './keyval.ts';
-import { Keys, UsageError } from './keys.ts';
-import { parseObjectOptions, type ObjectOptions } from './objects/index.ts';
+import { Keys, UsageError, at } from './keys.ts';
+import { objectTypes, parseObjectOptions, type ObjectOptions } from './objects/index.ts';
 
 export { UsageError };
 
@@ -20,6 +20,8 @@ export interface ExportOptions {
   readonly description?: string;
   /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME. */
   readonly bitmaps: string[];
+  /** `iothread=`: must name an --object iothread (it has no effect here: one event loop). */
+  readonly iothread?: string;
 }
 
 export interface NbdServerOptions {
@@ -73,35 +75,39 @@ export interface DaemonConfig {
 
 /** SocketAddress, flat (`type=unix,path=...`) or QMP's legacy form (`{type, data: {...}}`). */
 export function parseSocketAddress(raw: unknown, where: string): ListenAddress {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${where}: parameter 'addr' is missing`);
+  if (raw === undefined) throw new UsageError(`${at(where)}Parameter 'addr' is missing`);
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${at(where)}Invalid parameter type for 'addr', expected: object`);
   let o = raw as Record<string, unknown>;
   if (o.data !== undefined && typeof o.data === 'object' && o.data !== null) o = { type: o.type, ...(o.data as object) };
-  const k = new Keys(o, where);
+  const k = new Keys(o, where, 'addr.');
   const type = k.req('type');
   let addr: ListenAddress;
   switch (type) {
     case 'unix':
       addr = { type: 'unix', path: k.req('path') };
       // Accepted with QEMU's defaults (no abstract namespace here).
-      if (k.get('abstract') !== undefined && k.bool('abstract', false)) throw new UsageError(`${where}: abstract unix sockets are not supported`);
+      if (k.get('abstract') !== undefined && k.bool('abstract', false)) throw new UsageError(`${at(where)}abstract unix sockets are not supported`);
       k.get('tight');
       break;
     case 'inet': {
       const host = k.req('host');
       const port = k.req('port');
-      if (!/^\d+$/.test(port) || Number(port) > 65535) throw new UsageError(`${where}: port '${port}' is not a port number`);
+      if (!/^\d+$/.test(port) || Number(port) > 65535) throw new UsageError(`${at(where)}port '${port}' is not a port number`);
       k.get('numeric');
       addr = { type: 'inet', host, port: Number(port) };
       break;
     }
     case 'fd': {
       const s = k.req('str');
-      if (!/^\d+$/.test(s)) throw new UsageError(`${where}: fd '${s}' must be a file descriptor number`);
+      if (!/^\d+$/.test(s)) throw new UsageError(`${at(where)}fd '${s}' must be a file descriptor number`);
       addr = { type: 'fd', fd: Number(s) };
       break;
     }
+    case 'vsock':
+      throw new UsageError(`${at(where)}address type '${type}' is not supported (use unix, inet or fd)`);
     default:
-      throw new UsageError(`${where}: address type '${type}' is not supported (use unix, inet or fd)`);
+      // QAPI's check of the union's discriminator names it without the 'addr.' path.
+      throw new UsageError(`${at(where)}Parameter 'type' does not accept value '${type}'`);
   }
   k.finish();
   return addr;
@@ -114,7 +120,7 @@ export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd
   const tlsAuthz = k.str('tls-authz');
   // QEMU 7.2 accepts this and ignores the authz: a configuration that authorizes nobody it
   // checks is refused here instead.
-  if (tlsAuthz !== undefined && tlsCreds === undefined) throw new UsageError(`${where}: 'tls-authz' is not supported without 'tls-creds'`);
+  if (tlsAuthz !== undefined && tlsCreds === undefined) throw new UsageError(`${at(where)}'tls-authz' is not supported without 'tls-creds'`);
   const maxConnections = k.int('max-connections', DEFAULT_MAX_CONNECTIONS);
   const handshakeMaxSeconds = k.int('handshake-max-seconds', DEFAULT_HANDSHAKE_MAX_SECONDS);
   const xTlsKeepPlaintext = k.bool('x-tls-keep-plaintext', false);
@@ -131,35 +137,44 @@ export function parseNbdServerOptions(o: Record<string, unknown>, where = '--nbd
 export function parseExportOptions(o: Record<string, unknown>, where = '--export'): ExportOptions {
   const k = new Keys(o, where);
   const type = k.req('type');
-  if (type !== 'nbd') throw new UsageError(`${where}: export type '${type}' is not supported (only 'nbd')`);
+  if (type === 'fuse' || type === 'vhost-user-blk' || type === 'vduse-blk') throw new UsageError(`${at(where)}export type '${type}' is not supported (only 'nbd')`);
+  if (type !== 'nbd') throw new UsageError(`${at(where)}Parameter 'type' does not accept value '${type}'`);
   const id = k.req('id');
   const nodeName = k.req('node-name');
   const name = k.str('name') ?? nodeName;
   const writable = k.bool('writable', false);
   const description = k.str('description');
-  const bm = k.get('bitmaps') ?? k.get('bitmap');
+  // BlockExportOptionsNbd has 'bitmaps' (a list); 7.2's --export refuses 'bitmap'.
+  const bm = k.get('bitmaps');
   const bitmaps = bm === undefined ? [] : Array.isArray(bm) ? bm.map(String) : [String(bm)];
-  if (k.bool('allocation-depth', false)) throw new UsageError(`${where}: 'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
-  // Accepted with no effect in a single-threaded reference: I/O threads and the cache mode.
-  k.get('writethrough');
-  k.get('iothread');
-  k.get('fixed-iothread');
+  if (k.bool('allocation-depth', false)) throw new UsageError(`${at(where)}'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
+  // Accepted with no effect in a single-threaded reference: the cache mode, the I/O thread (but
+  // it must exist: Daemon.addExport looks it up, as blk_exp_add does).
+  k.bool('writethrough', false);
+  const iothread = k.str('iothread');
+  k.bool('fixed-iothread', false);
   k.finish();
-  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(description !== undefined ? { description } : {}) };
+  return {
+    type: 'nbd', id, nodeName, name, writable, bitmaps,
+    ...(description !== undefined ? { description } : {}),
+    ...(iothread !== undefined ? { iothread } : {}),
+  };
 }
 
-function parseChardev(o: Record<string, unknown>): ChardevOptions {
-  const where = '--chardev';
+function parseChardev(o: Record<string, unknown>, where = '--chardev'): ChardevOptions {
   const k = new Keys(o, where);
   const backend = k.req('backend');
-  if (backend !== 'socket') throw new UsageError(`${where}: backend '${backend}' is not supported (only 'socket')`);
+  if (backend !== 'socket') throw new UsageError(`${at(where)}backend '${backend}' is not supported (only 'socket')`);
   const id = k.req('id');
   const path = k.str('path');
-  if (path === undefined) throw new UsageError(`${where}: only unix sockets are supported: parameter 'path' is missing`);
+  if (path === undefined) throw new UsageError(`${at(where)}only unix sockets are supported: parameter 'path' is missing`);
   if (!k.bool('server', false)) throw new UsageError(`${where} '${id}': client mode is not supported, use server=on`);
   k.bool('wait', true); // the reference never blocks waiting for a first client
   k.get('telnet');
   k.get('nodelay');
+  // QemuOpts (chardevs are not QAPI-parsed on the command line): "Invalid parameter".
+  const extra = Object.keys(o).find((key) => !['backend', 'id', 'path', 'server', 'wait', 'telnet', 'nodelay'].includes(key));
+  if (extra !== undefined) throw new UsageError(`${at(where)}Invalid parameter '${extra}'`);
   k.finish();
   return { id, path };
 }
@@ -172,7 +187,7 @@ The reference block stack, configured like qemu-storage-daemon.
   --blockdev [driver=]<driver>[,node-name=<N>][,<driver options>]   or a JSON object
   --chardev socket,id=<id>,path=<path>,server=on[,wait=off]
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<export name>][,writable=on|off]
-           [,description=<text>][,bitmap=<name>]
+           [,description=<text>][,bitmaps.0=<name>][,iothread=<id>]
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
@@ -180,7 +195,9 @@ The reference block stack, configured like qemu-storage-daemon.
            [,tls-creds=<id>[,tls-authz=<id>]][,max-connections=<n>][,handshake-max-seconds=<s>]
            max-connections defaults to 100 and handshake-max-seconds to 10 (0: no limit);
            with tls-creds every client must STARTTLS before any other option
-  --object <type>,id=<id>[,<properties>]   or a JSON object; types: iothread,
+  --object <type>,id=<id>[,<properties>]   or a JSON object; types: ${objectTypes().join(', ')}
+           iothread (accepted, no effect: one event loop),
+           throttle-group (limits.bps-total=, limits.iops-read=, ..., x-bps-total=, ...),
            tls-creds-x509,id=<id>,dir=<dir>,endpoint=server[,verify-peer=on|off]
                (dir: ca-cert.pem server-cert.pem server-key.pem [ca-crl.pem];
                 verify-peer=on, the default, requires a client certificate from that CA)
@@ -221,11 +238,16 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       return (given = v);
     };
     const before = actions.length;
+    // qemu-storage-daemon reports an option's errors after the option and its value as given
+    // ("--object foo,id=x: Parameter 'qom-type' does not accept value 'foo'"): `where`.
+    let where = arg;
     const kv = (implied?: string): KeyvalObject => {
+      const text = value();
+      where = `${arg} ${text}`;
       try {
-        return parseKeyval(value(), implied);
+        return parseKeyval(text, implied);
       } catch (e) {
-        if (e instanceof KeyvalError) throw new UsageError(`${arg}: ${e.message}`);
+        if (e instanceof KeyvalError) throw new UsageError(`${at(where)}${e.message}`);
         throw e;
       }
     };
@@ -241,20 +263,28 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       case '--blockdev':
         actions.push({ kind: 'blockdev', options: kv('driver') });
         break;
-      case '--nbd-server':
-        actions.push({ kind: 'nbd-server', options: parseNbdServerOptions(kv()) });
+      case '--nbd-server': {
+        const o = kv();
+        actions.push({ kind: 'nbd-server', options: parseNbdServerOptions(o, where) });
         break;
-      case '--export':
-        actions.push({ kind: 'export', options: parseExportOptions(kv('type')) });
+      }
+      case '--export': {
+        const o = kv('type');
+        actions.push({ kind: 'export', options: parseExportOptions(o, where) });
         break;
-      case '--chardev':
-        actions.push({ kind: 'chardev', options: parseChardev(kv('backend')) });
+      }
+      case '--chardev': {
+        const o = kv('backend');
+        actions.push({ kind: 'chardev', options: parseChardev(o, where) });
         break;
+      }
       case '--monitor': {
-        const k = new Keys(kv('chardev'), '--monitor');
+        const o = kv('chardev');
+        const k = new Keys(o, where);
         const chardev = k.req('chardev');
         const mode = k.str('mode') ?? 'control';
-        if (mode !== 'control') throw new UsageError(`--monitor: mode '${mode}' is not supported (only 'control', QMP)`);
+        if (mode !== 'control' && mode !== 'readline') throw new UsageError(`${at(where)}Parameter 'mode' does not accept value '${mode}'`);
+        if (mode !== 'control') throw new UsageError(`${at(where)}mode '${mode}' is not supported (only 'control', QMP)`);
         const pretty = k.bool('pretty', false);
         k.get('id');
         k.finish();
@@ -268,14 +298,17 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
       case '--trace':
         value(); // QEMU trace events have no counterpart here; accepted and ignored
         break;
-      case '--object':
-        actions.push({ kind: 'object', options: parseObjectOptions(kv('qom-type')) });
+      case '--object': {
+        const o = kv('qom-type');
+        actions.push({ kind: 'object', options: parseObjectOptions(o, where, where.startsWith('--object {')) });
         break;
+      }
       case '--daemonize':
         throw new UsageError(`option '${arg}' is not supported by fleece serve`);
       default:
-        if (arg.startsWith('-')) throw new UsageError(`unknown option '${arg}'`);
-        throw new UsageError(`unexpected argument '${arg}'`);
+        // getopt_long's and qemu-storage-daemon's words.
+        if (arg.startsWith('-')) throw new UsageError(`unrecognized option '${arg}'`);
+        throw new UsageError(`${arg}: Unexpected argument`);
     }
     if (actions.length > before) actions[before] = { ...actions[before]!, source: `${arg} ${given ?? ''}`.trim() };
   }

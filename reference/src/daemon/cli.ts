@@ -1,6 +1,6 @@
 // `fleece serve`: the reference storage daemon with qemu-storage-daemon's command line.
-// Exit codes: 0 after quit/SIGTERM, 1 when the configuration fails (unknown driver, bad option,
-// permission conflict), 2 for usage errors.
+// Exit codes, as qemu-storage-daemon's: 0 after quit/SIGTERM, 1 when the command line or the
+// configuration fails (bad option, unknown driver, permission conflict).
 import type { Subcommand } from '../../../cli/main.ts';
 import { isBlockError } from '../block/errors.ts';
 import { imageLocking } from '../block/locks.ts';
@@ -25,8 +25,9 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
     config = parseArgs(argv, io.env, io.pid);
   } catch (e) {
     if (e instanceof UsageError) {
+      // qemu-storage-daemon exits 1 for every command-line error.
       io.stderr.write(`fleece serve: ${e.message}\n`);
-      return 2;
+      return 1;
     }
     throw e;
   }
@@ -61,7 +62,7 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
         await daemon.apply(action);
       } catch (e) {
         // qemu-storage-daemon: "--nbd-server addr.type=unix,addr.path=P: Failed to bind socket ...".
-        if (e instanceof Error && action.source && !e.message.startsWith(action.source.split(' ')[0]!)) e.message = `${action.source}: ${e.message}`;
+        if (e instanceof Error && action.source && !e.message.startsWith(`${action.source}: `)) e.message = `${action.source}: ${e.message}`;
         throw e;
       }
       // A kernel-chosen TCP port is only useful if the user learns it.
@@ -75,8 +76,7 @@ export async function serve(argv: string[], io: ServeIo = process): Promise<numb
     const known = e instanceof UsageError || e instanceof QmpError || e instanceof NbdServerError || isBlockError(e);
     io.stderr.write(`fleece serve: ${known ? (e as Error).message : String((e as Error).stack ?? e)}\n`);
     await daemon.close().catch(() => {});
-    // A pid file that could not be written is a failed start (1), as in qemu-storage-daemon.
-    return e instanceof UsageError && !/^cannot create PID file/.test(e.message) ? 2 : 1;
+    return 1;
   }
   // With nothing to serve the daemon still runs until quit or a signal, as qemu-storage-daemon
   // does (Node would otherwise exit with 13, an unsettled top-level await).

@@ -70,6 +70,17 @@ export class Daemon {
 
   constructor(opts: DaemonOptions = {}) {
     this.graph = opts.graph ?? new BlockGraph();
+    // The block layer's seam to user-creatable objects (throttle-group=ID): it never imports the
+    // daemon, it asks this lookup, which also records the node as the object's user.
+    this.graph.objects = {
+      use: (id, qomType, user) => {
+        const obj = this.objects.get(id);
+        if (!obj || obj.qomType !== qomType) return undefined;
+        obj.users.add(user);
+        return obj.instance;
+      },
+      release: (id, user) => this.objects.release(id, user),
+    };
     this.log = opts.log ?? (() => {});
     this.graph.events.on('qmp-event', (name: string, data: unknown) => this.emit(name, data));
     this.registerCommands();
@@ -93,15 +104,16 @@ export class Daemon {
         this.addExport(action.options);
         return;
       case 'object':
-        await this.objects.add(action.options);
+        await this.objects.add(action.options, action.source ?? '--object');
         return;
       case 'chardev':
-        if (this.chardevs.has(action.options.id)) throw new UsageError(`--chardev: duplicate chardev id '${action.options.id}'`);
+        // Errors here are prefixed with the option by the caller (cli.ts), in QEMU's words.
+        if (this.chardevs.has(action.options.id)) throw new UsageError(`Duplicate ID '${action.options.id}' for chardev`);
         this.chardevs.set(action.options.id, action.options);
         return;
       case 'monitor': {
         const cd = this.chardevs.get(action.chardev);
-        if (!cd) throw new UsageError(`--monitor: chardev '${action.chardev}' not found`);
+        if (!cd) throw new UsageError(`chardev "${action.chardev}" not found`);
         const mon = new QmpMonitor(this.dispatcher, {
           pretty: action.pretty,
           log: this.log,
@@ -174,7 +186,13 @@ export class Daemon {
     if (srv.list().some((e) => e.name === o.name)) {
       throw new QmpError('GenericError', `NBD server already has export named '${o.name}'`);
     }
-    const node = this.graph.requireNode(o.nodeName);
+    // blk_exp_add: "Cannot find device='' nor node-name='x'" (bdrv_lookup_bs's words).
+    const node = this.graph.node(o.nodeName);
+    if (!node) throw new QmpError('GenericError', `Cannot find device='' nor node-name='${o.nodeName}'`);
+    // blk_exp_add looks the iothread up (iothread_by_id) after the node; it has no effect here.
+    if (o.iothread !== undefined && this.objects.get(o.iothread)?.qomType !== 'iothread') {
+      throw new QmpError('GenericError', `iothread "${o.iothread}" not found`);
+    }
     if (o.writable && node.readOnly) throw new QmpError('GenericError', `Cannot export read-only node '${o.nodeName}' as writable`);
     const bitmaps = new Map<string, DirtyBitmapSource>();
     for (const b of o.bitmaps) bitmaps.set(b, this.bitmapSource(node, b));
@@ -252,8 +270,8 @@ export class Daemon {
     });
     d.register('object-add', async (a) => {
       a.accept(...Object.keys(a.raw));
-      const o = this.usage(() => parseObjectOptions(a.raw as Record<string, unknown>, 'object-add'));
-      await this.usageAsync(() => this.objects.add(o, 'object-add'));
+      const o = this.usage(() => parseObjectOptions(a.raw as Record<string, unknown>, '', true));
+      await this.usageAsync(() => this.objects.add(o, ''));
       return {};
     });
     d.register('object-del', async (a) => {
@@ -264,7 +282,7 @@ export class Daemon {
     });
     d.register('nbd-server-start', async (a) => {
       a.accept(...Object.keys(a.raw));
-      await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, 'nbd-server-start')));
+      await this.startNbdServer(this.usage(() => parseNbdServerOptions(a.raw as Record<string, unknown>, '')));
       return {};
     });
     d.register('nbd-server-stop', noArgs(async () => {
@@ -273,7 +291,7 @@ export class Daemon {
     }));
     d.register('block-export-add', (a) => {
       a.accept(...Object.keys(a.raw));
-      this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, 'block-export-add')));
+      this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, '')));
       return {};
     });
     d.register('block-export-del', (a) => {

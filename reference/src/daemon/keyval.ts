@@ -47,7 +47,7 @@ export function parseKeyval(text: string, impliedKey?: string): KeyvalObject {
     try {
       v = JSON.parse(t);
     } catch (e) {
-      throw new KeyvalError(`invalid JSON: ${(e as Error).message}`);
+      throw new KeyvalError(`JSON parse error, ${(e as Error).message}`);
     }
     if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new KeyvalError('JSON form must be an object');
     return v as KeyvalObject;
@@ -65,26 +65,26 @@ export function parseKeyval(text: string, impliedKey?: string): KeyvalObject {
       } else if (pair === '' && idx === pairs.length - 1 && idx > 0) {
         return; // a trailing comma
       } else {
-        throw new KeyvalError(`expected '=' after parameter '${pair}'`);
+        throw new KeyvalError(`Expected '=' after parameter '${pair}'`);
       }
     } else {
       key = pair.slice(0, eq);
       value = pair.slice(eq + 1);
     }
     const parts = key.split('.');
-    for (const p of parts) if (!KEY_RE.test(p)) throw new KeyvalError(`invalid parameter '${key}'`);
+    for (const p of parts) if (!KEY_RE.test(p)) throw new KeyvalError(`Invalid parameter '${key}'`);
     let obj = root;
     for (let i = 0; i < parts.length - 1; i++) {
       const p = parts[i]!;
       const next = obj[p];
       if (next === undefined) obj[p] = {};
       else if (typeof next !== 'object') {
-        throw new KeyvalError(`parameters '${parts.slice(0, i + 1).join('.')}.*' used inconsistently`);
+        throw new KeyvalError(`Parameters '${parts.slice(0, i + 1).join('.')}.*' used inconsistently`);
       }
       obj = obj[p] as Record<string, unknown>;
     }
     const leaf = parts[parts.length - 1]!;
-    if (typeof obj[leaf] === 'object') throw new KeyvalError(`parameters '${key}.*' used inconsistently`);
+    if (typeof obj[leaf] === 'object') throw new KeyvalError(`Parameters '${key}.*' used inconsistently`);
     obj[leaf] = value;
   });
   return listify(root, '') as KeyvalObject;
@@ -97,10 +97,10 @@ function listify(v: unknown, path: string): KeyvalValue {
   const keys = Object.keys(o);
   const numeric = keys.filter((k) => /^\d+$/.test(k));
   if (numeric.length > 0) {
-    if (numeric.length !== keys.length) throw new KeyvalError(`parameters '${path}*' mix list indices and names`);
+    if (numeric.length !== keys.length) throw new KeyvalError(`Parameters '${path}*' used inconsistently`);
     const arr: KeyvalValue[] = [];
     for (let i = 0; i < keys.length; i++) {
-      if (!(String(i) in o)) throw new KeyvalError(`parameter '${path}${i}' missing`);
+      if (!(String(i) in o)) throw new KeyvalError(`Parameter '${path}${i}' missing`);
       arr.push(listify(o[String(i)], `${path}${i}.`));
     }
     return arr;
@@ -114,5 +114,5 @@ function listify(v: unknown, path: string): KeyvalValue {
 export function toBool(v: unknown, where: string): boolean {
   if (v === true || v === 'on' || v === 'true' || v === 'yes') return true;
   if (v === false || v === 'off' || v === 'false' || v === 'no') return false;
-  throw new KeyvalError(`${where}: expected 'on' or 'off', got ${JSON.stringify(v)}`);
+  throw new KeyvalError(`${where} expects 'on' or 'off'`);
 }

@@ -7,7 +7,7 @@
 // "NBD_CMD_FLUSH", "NBD_CMD_FLAG_FUA"). x-skip-flush=on is an UNSAFE known-bad option that skips
 // it (tests show the durability check failing on it); the data then lives only in the page cache.
 import * as fs from 'node:fs';
-import { BlockError, type Errno } from '../errors.ts';
+import { BlockError, strerror, type Errno } from '../errors.ts';
 import { ImageLock, imageLocking, lockingEnabled } from '../locks.ts';
 import { BlockNode, readBuffers } from '../node.ts';
 import type { PermPair } from '../perm.ts';
@@ -63,7 +63,7 @@ export class FileNode extends BlockNode {
       this.size = Number(st.size);
       this.storageId = noIdentity ? undefined : { key: `${st.dev}:${st.ino}`, file: this.filename, dev: String(st.dev), ino: String(st.ino) };
     } catch (e) {
-      throw new BlockError('ENOENT', `Could not open '${this.filename}': ${(e as Error).message}`, { node: ctx.nodeName });
+      throw new BlockError('ENOENT', `Could not open '${this.filename}': ${strerror(e)}`, { node: ctx.nodeName });
     }
     this.lock = locking ? new ImageLock(this.fd, this.filename, ctx.nodeName, imageLocking.ops!, swapped) : undefined;
   }

@@ -9,6 +9,7 @@ import { Qcow2Node } from './qcow2.ts';
 import { RawNode } from './raw.ts';
 import type { DriverFactory } from './registry.ts';
 import { SnapshotAccessNode } from './snapshot-access.ts';
+import { ThrottleNode } from './throttle.ts';
 
 export const DRIVERS: Readonly<Record<string, DriverFactory>> = {
   file: (ctx) => new FileNode(ctx),
@@ -20,10 +21,10 @@ export const DRIVERS: Readonly<Record<string, DriverFactory>> = {
   delay: (ctx) => new DelayNode(ctx),
   blkdebug: (ctx) => new BlkdebugNode(ctx),
   qcow2: (ctx) => new Qcow2Node(ctx),
+  throttle: (ctx) => new ThrottleNode(ctx),
 };
 
 /** QEMU drivers a user may reach for, and what to use in the reference instead. */
 export const DRIVER_HINTS: Readonly<Record<string, string>> = {
   'null-co': "use 'memory'",
-  throttle: "use 'delay'",
 };

@@ -6,7 +6,7 @@
 //   authz-listfile,id=,filename=F[,refresh=on|off] the same list read from a JSON file
 // authz-pam is not provided (no PAM in the reference).
 import * as fs from 'node:fs';
-import { Keys, UsageError } from '../keys.ts';
+import { Keys, UsageError, at as prefix } from '../keys.ts';
 import { registerObjectType } from './registry.ts';
 
 export interface Authz {
@@ -28,7 +28,7 @@ interface ListProps {
 }
 
 function policyOf(v: unknown, where: string, key: string): Policy {
-  if (v !== 'allow' && v !== 'deny') throw new UsageError(`${where}: Parameter '${key}' does not accept value '${String(v)}'`);
+  if (v !== 'allow' && v !== 'deny') throw new UsageError(`${prefix(where)}Parameter '${key}' does not accept value '${String(v)}'`);
   return v;
 }
 
@@ -39,9 +39,9 @@ function parseList(o: Record<string, unknown>, where: string, k = new Keys(o, wh
   const raw = k.get('rules') ?? [];
   // keyval gives `rules.0.match=` as a list; JSON gives a list too.
   const list = Array.isArray(raw) ? raw : typeof raw === 'object' && raw !== null ? Object.values(raw) : undefined;
-  if (!list) throw new UsageError(`${where}: Parameter 'rules' expects a list of rules`);
+  if (!list) throw new UsageError(`${prefix(where)}Parameter 'rules' expects a list of rules`);
   const rules = list.map((r, i): Rule => {
-    const at = `${where}: rules.${i}`;
+    const at = `${prefix(where)}rules.${i}`;
     if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new UsageError(`${at}: expected a rule object`);
     const rk = new Keys(r as Record<string, unknown>, at);
     const match = rk.req('match');
@@ -152,10 +152,10 @@ function readListfile(file: string, where: string): ListProps {
   try {
     o = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new UsageError(`${where}: cannot read authz list ${file}: ${(e as Error).message}`);
+    throw new UsageError(`${prefix(where)}cannot read authz list ${file}: ${(e as Error).message}`);
   }
-  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new UsageError(`${where}: ${file}: expected a JSON object with 'policy' and 'rules'`);
-  const l = parseList(o as Record<string, unknown>, `${where}: ${file}`);
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new UsageError(`${prefix(where)}${file}: expected a JSON object with 'policy' and 'rules'`);
+  const l = parseList(o as Record<string, unknown>, `${prefix(where)}${file}`);
   return l;
 }
 

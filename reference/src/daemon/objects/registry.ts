@@ -4,7 +4,7 @@
 // fails before anything starts) and is created when its turn comes (it may read files then, as
 // tls-creds reads its directory). Other options refer to objects by id (tls-creds=, iothread=,
 // throttle-group=) and hold them, so an object in use cannot be deleted.
-import { Keys, UsageError } from '../keys.ts';
+import { Keys, UsageError, at } from '../keys.ts';
 
 export interface ObjectType<P = unknown> {
   /** QOM type name, as in `--object help`. */
@@ -35,13 +35,17 @@ export interface ObjectOptions {
 }
 
 /** `--object qom-type=T,id=X,...` (keyval with qom-type implied) or object-add's arguments. */
-export function parseObjectOptions(o: Record<string, unknown>, where = '--object'): ObjectOptions {
-  const k = new Keys(o, where);
+export function parseObjectOptions(o: Record<string, unknown>, where = '--object', typed = false): ObjectOptions {
+  const k = new Keys(o, where, { typed });
   const qomType = k.req('qom-type');
   const t = types.get(qomType);
   // QAPI's enum check on ObjectOptions.qom-type, QEMU's wording.
-  if (!t) throw new UsageError(`${where}: Parameter 'qom-type' does not accept value '${qomType}'`);
+  if (!t) throw new UsageError(`${at(where)}Parameter 'qom-type' does not accept value '${qomType}'`);
   const id = k.req('id');
+  // id_wellformed (util/id.c), in user_creatable_add_qapi's words.
+  if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(id)) {
+    throw new UsageError(`${at(where)}Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, '-', '.', '_', starting with a letter.`);
+  }
   const props = t.parse(k, where);
   k.finish();
   return { qomType, id, props };
@@ -61,7 +65,7 @@ export class ObjectStore {
   async add(o: ObjectOptions, where = '--object'): Promise<void> {
     if (this.objects.has(o.id)) {
       // object_property_try_add_child on /objects: QEMU's wording.
-      throw new UsageError(`${where}: attempt to add duplicate property '${o.id}' to object (type 'container')`);
+      throw new UsageError(`${at(where)}attempt to add duplicate property '${o.id}' to object (type 'container')`);
     }
     const t = types.get(o.qomType)!;
     const instance = t.create ? await t.create(o.id, o.props, where) : o.props;
@@ -71,9 +75,9 @@ export class ObjectStore {
   /** The object `id` of type `qomType` for a user option (`tls-creds=ID`), held by `user`. */
   use<T>(id: string, qomTypes: readonly string[], user: string, where: string): T {
     const obj = this.objects.get(id);
-    if (!obj) throw new UsageError(`${where}: No object with id '${id}'`);
+    if (!obj) throw new UsageError(`${at(where)}No object with id '${id}'`);
     if (!qomTypes.includes(obj.qomType)) {
-      throw new UsageError(`${where}: object '${id}' is a '${obj.qomType}', expected ${qomTypes.map((t) => `'${t}'`).join(' or ')}`);
+      throw new UsageError(`${at(where)}object '${id}' is a '${obj.qomType}', expected ${qomTypes.map((t) => `'${t}'`).join(' or ')}`);
     }
     obj.users.add(user);
     return obj.instance as T;

@@ -10,7 +10,7 @@
 // needs credentials.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { UsageError, type Keys } from '../keys.ts';
+import { UsageError, at as prefix, type Keys } from '../keys.ts';
 import { registerObjectType } from './registry.ts';
 
 export type TlsEndpoint = 'server' | 'client';
@@ -53,13 +53,13 @@ function parseCommon(k: Keys, where: string, x509: boolean): CredsProps {
   const dir = k.req('dir');
   const endpoint = k.str('endpoint') ?? 'client'; // QEMU's default endpoint
   if (endpoint !== 'server' && endpoint !== 'client') {
-    throw new UsageError(`${where}: Parameter 'endpoint' does not accept value '${endpoint}'`);
+    throw new UsageError(`${prefix(where)}Parameter 'endpoint' does not accept value '${endpoint}'`);
   }
   // verify-peer is a property of every tls-creds type in QEMU (default on), used by x509 only.
   const verifyPeer = k.bool('verify-peer', true);
   // GnuTLS priority strings have no OpenSSL counterpart that would mean the same thing.
-  if (k.get('priority') !== undefined) throw new UsageError(`${where}: 'priority' (a GnuTLS priority string) is not supported by the reference`);
-  if (k.get('passwordid') !== undefined) throw new UsageError(`${where}: 'passwordid' (an encrypted server key) is not supported by the reference`);
+  if (k.get('priority') !== undefined) throw new UsageError(`${prefix(where)}'priority' (a GnuTLS priority string) is not supported by the reference`);
+  if (k.get('passwordid') !== undefined) throw new UsageError(`${prefix(where)}'passwordid' (an encrypted server key) is not supported by the reference`);
   if (x509) k.bool('sanity-check', true); // the checks are OpenSSL's at handshake time
   k.get('loaded'); // deprecated read-only property QEMU still accepts
   let username: string | undefined;
@@ -76,7 +76,7 @@ function readCred(dir: string, file: string, required: boolean, where: string): 
     const code = (e as NodeJS.ErrnoException).code;
     if (!required && code === 'ENOENT') return undefined;
     const why = code === 'ENOENT' ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : code === 'EISDIR' ? 'Is a directory' : (e as Error).message;
-    throw new UsageError(`${where}: Unable to access credentials ${p}: ${why}`);
+    throw new UsageError(`${prefix(where)}Unable to access credentials ${p}: ${why}`);
   }
 }
 
@@ -119,11 +119,11 @@ registerObjectType<CredsProps>({
   parse: (k, where) => parseCommon(k, where, false),
   create(id, p, where): PskCreds {
     const file = path.join(p.dir, 'keys.psk');
-    const keys = parsePskFile(readCred(p.dir, 'keys.psk', true, where)!.toString('utf8'), `${where}: ${file}`);
+    const keys = parsePskFile(readCred(p.dir, 'keys.psk', true, where)!.toString('utf8'), `${prefix(where)}${file}`);
     if (p.endpoint === 'client') {
       // QEMU's client looks its username up in the file (default "qemu").
       const user = p.username ?? 'qemu';
-      if (!keys.has(user)) throw new UsageError(`${where}: Username ${user} not found in PSK file ${file}`);
+      if (!keys.has(user)) throw new UsageError(`${prefix(where)}Username ${user} not found in PSK file ${file}`);
     }
     const dhparam = readCred(p.dir, 'dh-params.pem', false, where);
     return { kind: 'psk', id, endpoint: p.endpoint, keys, ...(p.username !== undefined ? { username: p.username } : {}), ...(dhparam ? { dhparam } : {}) };
