@@ -17,9 +17,14 @@ export interface ExportOptions {
   readonly name: string;
   readonly writable: boolean;
   readonly description?: string;
-  /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME. */
-  readonly bitmaps: string[];
+  /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME: a name (searched on the node and down
+   * its filter and backing chain) or {node, name} (BlockDirtyBitmapOrStr). */
+  readonly bitmaps: ExportBitmap[];
+  /** qemu:allocation-depth (docs/interop/nbd.txt). */
+  readonly allocationDepth?: boolean;
 }
+
+export type ExportBitmap = string | { readonly node: string; readonly name: string };
 
 export interface NbdServerOptions {
   readonly addr: ListenAddress;
@@ -157,15 +162,27 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   const name = k.str('name') ?? nodeName;
   const writable = k.bool('writable', false);
   const description = k.str('description');
-  const bm = k.get('bitmaps') ?? k.get('bitmap');
-  const bitmaps = bm === undefined ? [] : Array.isArray(bm) ? bm.map(String) : [String(bm)];
-  if (k.bool('allocation-depth', false)) throw new UsageError(`${where}: 'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
+  // 'bitmap' is nbd-server-add's; BlockExportOptionsNbd has only 'bitmaps' (qemu-storage-daemon 7.2).
+  if (k.get('bitmap') !== undefined) throw new UsageError(`${where}: Parameter 'bitmap' is unexpected`);
+  const bitmaps = exportBitmaps(k.get('bitmaps'), where);
+  const allocationDepth = k.bool('allocation-depth', false);
   // Accepted with no effect in a single-threaded reference: I/O threads and the cache mode.
   k.get('writethrough');
   k.get('iothread');
   k.get('fixed-iothread');
   k.finish();
-  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(description !== undefined ? { description } : {}) };
+  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(allocationDepth ? { allocationDepth } : {}), ...(description !== undefined ? { description } : {}) };
+}
+
+function exportBitmaps(v: unknown, where: string): ExportBitmap[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new UsageError(`${where}: Invalid parameter type for 'bitmaps', expected: array`);
+  return v.map((b, i) => {
+    if (typeof b === 'string') return b;
+    const o = b as { node?: unknown; name?: unknown };
+    if (typeof b === 'object' && b !== null && typeof o.node === 'string' && typeof o.name === 'string' && Object.keys(b).length === 2) return { node: o.node, name: o.name };
+    throw new UsageError(`${where}: Invalid parameter type for 'bitmaps[${i}]', expected: a bitmap name or {node, name}`);
+  });
 }
 
 function parseChardev(o: Record<string, unknown>): ChardevOptions {
@@ -192,7 +209,7 @@ The reference block stack, configured like qemu-storage-daemon.
   --blockdev [driver=]<driver>[,node-name=<N>][,<driver options>]   or a JSON object
   --chardev socket,id=<id>,path=<path>,server=on[,wait=off]
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<export name>][,writable=on|off]
-           [,description=<text>][,bitmap=<name>]
+           [,description=<text>][,bitmaps.0=<name>][,allocation-depth=on|off]
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
