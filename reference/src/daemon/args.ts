@@ -22,6 +22,8 @@ export interface ExportOptions {
   readonly bitmaps: ExportBitmap[];
   /** qemu:allocation-depth (docs/interop/nbd.txt). */
   readonly allocationDepth?: boolean;
+  /** UNSAFE, known bad (the backup suite's contexts check): qemu:allocation-depth says 0 everywhere. */
+  readonly xAllocationDepthZero?: boolean;
 }
 
 export type ExportBitmap = string | { readonly node: string; readonly name: string };
@@ -166,12 +168,13 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   if (k.get('bitmap') !== undefined) throw new UsageError(`${where}: Parameter 'bitmap' is unexpected`);
   const bitmaps = exportBitmaps(k.get('bitmaps'), where);
   const allocationDepth = k.bool('allocation-depth', false);
+  const xAllocationDepthZero = k.bool('x-allocation-depth-zero', false);
   // Accepted with no effect in a single-threaded reference: I/O threads and the cache mode.
   k.get('writethrough');
   k.get('iothread');
   k.get('fixed-iothread');
   k.finish();
-  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(allocationDepth ? { allocationDepth } : {}), ...(description !== undefined ? { description } : {}) };
+  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(allocationDepth ? { allocationDepth } : {}), ...(xAllocationDepthZero ? { xAllocationDepthZero } : {}), ...(description !== undefined ? { description } : {}) };
 }
 
 function exportBitmaps(v: unknown, where: string): ExportBitmap[] {

@@ -172,7 +172,9 @@ export class Daemon {
       writable: o.writable,
       ...(o.description !== undefined ? { description: o.description } : {}),
       ...(bitmaps.size ? { bitmaps } : {}),
-      ...(o.allocationDepth ? { allocationDepth: { status: (offset: number, bytes: number) => allocationDepthExtents(node, offset, bytes) } } : {}),
+      ...(o.allocationDepth
+        ? { allocationDepth: { status: o.xAllocationDepthZero ? async (_offset: number, bytes: number) => [{ length: bytes, depth: 0 }] : (offset: number, bytes: number) => allocationDepthExtents(node, offset, bytes) } }
+        : {}),
     };
     try {
       srv.addExport(nbd);

@@ -257,9 +257,13 @@ async function transaction(a: QmpArgs, graph: BlockGraph): Promise<Record<string
   const props = a.optObj('properties');
   a.finish();
   let grouped = false;
+  let noRollback = false;
   if (props) {
     const p = new QmpArgs(props);
     const mode = nested('properties', () => p.optStr('completion-mode')) ?? 'individual';
+    // UNSAFE, known bad (the backup suite's rollback check): a failed transaction keeps the
+    // actions prepared before the failing one.
+    noRollback = nested('properties', () => p.optBool('x-no-rollback')) ?? false;
     p.finish();
     if (mode !== 'individual' && mode !== 'grouped') throw new QmpError('GenericError', `Parameter 'completion-mode' does not accept value '${mode}'`);
     grouped = mode === 'grouped';
@@ -286,6 +290,10 @@ async function transaction(a: QmpArgs, graph: BlockGraph): Promise<Record<string
       prepared.push(act);
     }
   } catch (e) {
+    if (noRollback) {
+      for (const act of prepared) act.commit();
+      throw e;
+    }
     // The failed action undoes its own partial work too (its abort checks what it did).
     const failed = actions[prepared.length];
     if (failed) prepared.push(failed);
