@@ -138,13 +138,17 @@ function backupAction(s: BackupSetup, i: number, extra: Record<string, unknown> 
 
 /** One backup started the way backup software does: the temp, one transaction (bitmap actions
  * and blockdev-backup), snapshot-access on the modern graph, then the export. */
-async function startBackup(ctx: Ctx, s: BackupSetup, i: number, bitmapActions: unknown[], bitmap?: unknown): Promise<boolean> {
+async function startBackup(ctx: Ctx, s: BackupSetup, i: number, bitmapActions: unknown[], bitmap?: string | { node: string; name: string }): Promise<boolean> {
   if (!(await execute(ctx, s, `temp ${i} is added`, 'blockdev-add', s.temp(i)))) return false;
   if (!(await execute(ctx, s, `backup ${i}: the transaction (bitmaps + blockdev-backup sync=none) is accepted`, 'transaction', transactionArgs(s, [...bitmapActions, backupAction(s, i)])))) return false;
   let node = `temp${i}`;
   if (s.graph === 'modern') {
     if (!(await execute(ctx, s, `backup ${i}: snapshot-access over the job's copy-before-write filter is added`, 'blockdev-add', { driver: 'snapshot-access', 'node-name': `fl-access${i}`, file: `fl-cbw${i}` }))) return false;
     node = `fl-access${i}`;
+  }
+  if (s.exportNodeOverride) {
+    node = s.exportNodeOverride;
+    if (typeof bitmap === 'string') bitmap = { node: `temp${i}`, name: bitmap };
   }
   return execute(ctx, s, `backup ${i}: the snapshot is exported`, 'block-export-add', {
     type: 'nbd', id: `exp-b${i}`, 'node-name': node, name: `backup${i}`, 'allocation-depth': true, ...(bitmap ? { bitmaps: [bitmap] } : {}), ...s.exportExtra,

@@ -8,6 +8,8 @@
 //                                  in the dirty bitmap (known bad: the incremental check fails)
 //   reference-depth-zero           reference-legacy whose exports get the UNSAFE
 //                                  x-allocation-depth-zero (known bad: the contexts check fails)
+//   reference-zero-status          reference-legacy whose exports get the UNSAFE
+//                                  x-base-allocation-zero (known bad: the contexts check fails)
 //   reference-no-rollback          reference-legacy whose transactions get the UNSAFE property
 //                                  x-no-rollback (known bad: the rollback check fails)
 import { execFileSync, spawn } from 'node:child_process';
@@ -50,6 +52,8 @@ export interface BackupSetup {
   readonly exportExtra: Record<string, unknown>;
   /** `properties` for every transaction (known-bad options). */
   readonly transactionProperties: Record<string, unknown>;
+  /** Known-bad mutants only: export this node instead of the snapshot (the live disk). */
+  readonly exportNodeOverride?: string;
   readonly description: string;
   logs(): string;
   stop(): Promise<void>;
@@ -115,7 +119,7 @@ function writeSource(file: string): void {
   }
 }
 
-function referenceFlavor(name: string, graph: BackupGraph, bad?: 'lossy' | 'depth-zero' | 'no-rollback'): BackupFlavor {
+function referenceFlavor(name: string, graph: BackupGraph, bad?: 'lossy' | 'depth-zero' | 'zero-status' | 'no-rollback'): BackupFlavor {
   return {
     name,
     graph,
@@ -123,7 +127,9 @@ function referenceFlavor(name: string, graph: BackupGraph, bad?: 'lossy' | 'dept
     summary:
       bad === 'lossy'
         ? 'fleece serve, pull-mode backup with the UNSAFE x-drop-dirty-writes on every backup job (known bad)'
-        : bad === 'no-rollback'
+        : bad === 'zero-status'
+          ? 'fleece serve, pull-mode backup with the UNSAFE x-base-allocation-zero on every export (known bad)'
+          : bad === 'no-rollback'
           ? 'fleece serve, pull-mode backup with the UNSAFE transaction property x-no-rollback (known bad)'
           : bad === 'depth-zero'
           ? 'fleece serve, pull-mode backup with the UNSAFE x-allocation-depth-zero on every export (known bad)'
@@ -148,7 +154,7 @@ function referenceFlavor(name: string, graph: BackupGraph, bad?: 'lossy' | 'dept
             ? { driver: 'overlay', 'node-name': `temp${i}`, file: { driver: 'file', filename: path.join(dir, `tmp${i}.raw`) }, backing: 'source' }
             : { driver: 'file', 'node-name': `temp${i}`, filename: path.join(dir, `tmp${i}.raw`) },
         backupExtra: bad === 'lossy' ? { 'x-drop-dirty-writes': true } : {},
-        exportExtra: bad === 'depth-zero' ? { 'x-allocation-depth-zero': true } : {},
+        exportExtra: bad === 'depth-zero' ? { 'x-allocation-depth-zero': true } : bad === 'zero-status' ? { 'x-base-allocation-zero': true } : {},
         transactionProperties: bad === 'no-rollback' ? { 'x-no-rollback': true } : {},
       });
     },
@@ -197,8 +203,22 @@ export const BACKUP_FLAVORS: readonly BackupFlavor[] = [
   qemuFlavor('qemu-legacy', 'legacy'),
   referenceFlavor('reference-backup-lossy', 'legacy', 'lossy'),
   referenceFlavor('reference-depth-zero', 'legacy', 'depth-zero'),
+  referenceFlavor('reference-zero-status', 'legacy', 'zero-status'),
   referenceFlavor('reference-no-rollback', 'legacy', 'no-rollback'),
 ];
+
+/** A known-bad variant for tests: the same launch with the setup changed (e.g. the live disk
+ * exported in place of the snapshot). */
+export function mutantBackupFlavor(base: BackupFlavor, name: string, patch: Partial<Pick<BackupSetup, 'exportNodeOverride'>>): BackupFlavor {
+  return {
+    ...base,
+    name,
+    summary: `${base.summary} [known bad: ${name}]`,
+    async launch(dir, timeoutMs) {
+      return { ...(await base.launch(dir, timeoutMs)), ...patch };
+    },
+  };
+}
 
 export function findBackupFlavor(name: string): BackupFlavor | undefined {
   return BACKUP_FLAVORS.find((f) => f.name === name);

@@ -24,6 +24,8 @@ export interface ExportOptions {
   readonly allocationDepth?: boolean;
   /** UNSAFE, known bad (the backup suite's contexts check): qemu:allocation-depth says 0 everywhere. */
   readonly xAllocationDepthZero?: boolean;
+  /** UNSAFE, known bad (the backup suite's contexts check): base:allocation says ZERO everywhere. */
+  readonly xBaseAllocationZero?: boolean;
 }
 
 export type ExportBitmap = string | { readonly node: string; readonly name: string };
@@ -169,12 +171,13 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   const bitmaps = exportBitmaps(k.get('bitmaps'), where);
   const allocationDepth = k.bool('allocation-depth', false);
   const xAllocationDepthZero = k.bool('x-allocation-depth-zero', false);
+  const xBaseAllocationZero = k.bool('x-base-allocation-zero', false);
   // Accepted with no effect in a single-threaded reference: I/O threads and the cache mode.
   k.get('writethrough');
   k.get('iothread');
   k.get('fixed-iothread');
   k.finish();
-  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(allocationDepth ? { allocationDepth } : {}), ...(xAllocationDepthZero ? { xAllocationDepthZero } : {}), ...(description !== undefined ? { description } : {}) };
+  return { type: 'nbd', id, nodeName, name, writable, bitmaps, ...(allocationDepth ? { allocationDepth } : {}), ...(xAllocationDepthZero ? { xAllocationDepthZero } : {}), ...(xBaseAllocationZero ? { xBaseAllocationZero } : {}), ...(description !== undefined ? { description } : {}) };
 }
 
 function exportBitmaps(v: unknown, where: string): ExportBitmap[] {

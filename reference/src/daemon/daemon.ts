@@ -172,6 +172,7 @@ export class Daemon {
       writable: o.writable,
       ...(o.description !== undefined ? { description: o.description } : {}),
       ...(bitmaps.size ? { bitmaps } : {}),
+      ...(o.xBaseAllocationZero ? { xBaseAllocationZero: true } : {}),
       ...(o.allocationDepth
         ? { allocationDepth: { status: o.xAllocationDepthZero ? async (_offset: number, bytes: number) => [{ length: bytes, depth: 0 }] : (offset: number, bytes: number) => allocationDepthExtents(node, offset, bytes) } }
         : {}),

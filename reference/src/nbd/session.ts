@@ -67,6 +67,8 @@ export interface NbdExport {
   readonly writable: boolean;
   readonly bitmaps?: ReadonlyMap<string, DirtyBitmapSource>;
   readonly allocationDepth?: AllocationDepthSource;
+  /** UNSAFE, known bad: base:allocation reports NBD_STATE_ZERO over data. */
+  readonly xBaseAllocationZero?: boolean;
 }
 
 export interface ExportLookup {
@@ -532,7 +534,7 @@ export class NbdSession {
       let ext: StatusExtent[];
       if (ctx.name === BASE_ALLOCATION) {
         const e = await exp.backend.blockStatus(req.offset, req.length);
-        ext = e.map((x: Extent) => ({ length: x.length, flags: (x.allocated ? 0 : STATE_HOLE) | (x.zero ? STATE_ZERO : 0) }));
+        ext = e.map((x: Extent) => ({ length: x.length, flags: (x.allocated ? 0 : STATE_HOLE) | (x.zero || exp.xBaseAllocationZero ? STATE_ZERO : 0) }));
       } else if (ctx.name === ALLOCATION_DEPTH) {
         const e = await exp.allocationDepth!.status(req.offset, req.length);
         ext = e.map((x) => ({ length: x.length, flags: x.depth }));
