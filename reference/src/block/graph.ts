@@ -348,6 +348,15 @@ export class BlockGraph {
 
   /** A backup job in state 'created' with its filter in place: a transaction's prepare step. */
   prepareBackup(opts: BackupOptions): BackupJob {
+    // A running job's nodes (its filter and its target) carry op blockers until it concludes
+    // (block_job_add_bdrv); QEMU checks them before the job ID.
+    for (const name of [opts.device, opts.target]) {
+      for (const j of this.jobs.values()) {
+        if (j.status !== 'concluded' && j.status !== 'null' && (j.opts.target === name || j.filter?.nodeName === name)) {
+          throw new BlockError('EBUSY', `Node '${name}' is busy: block device is in use by block job: backup`);
+        }
+      }
+    }
     if (this.jobs.has(opts.jobId)) throw new BlockError('EEXIST', `Job ID '${opts.jobId}' already in use`);
     const job = new BackupJob(this, opts);
     this.jobs.set(opts.jobId, job);

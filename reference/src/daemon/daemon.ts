@@ -247,6 +247,8 @@ export class Daemon {
       return {};
     }));
     d.register('block-export-add', (a) => {
+      // nbd-server-add's 'bitmap' is not BlockExportOptionsNbd's: QMP says so without a prefix.
+      if ('bitmap' in a.raw) throw new QmpError('GenericError', "Parameter 'bitmap' is unexpected");
       a.accept(...Object.keys(a.raw));
       this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, 'block-export-add')));
       return {};
