@@ -166,3 +166,41 @@ describe('QMP of backup flows: fleece serve answers as qemu-storage-daemon 7.2',
     }
   }, 30_000);
 });
+
+describe('qemu:allocation-depth on the legacy temp, as qemu-storage-daemon 7.2 reports it', () => {
+  async function depths(kind: 'qsd' | 'fleece'): Promise<unknown> {
+    requirePeer('nbdinfo');
+    const t = tmpDir(`fleece-depth-${kind}-`);
+    const d = t.dir;
+    let daemon: Daemon | undefined;
+    try {
+      execFileSync('qemu-img', ['create', '-q', '-f', 'raw', `${d}/src.raw`, '4M']);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', `${d}/tmp.qcow2`, '4M']);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'raw', `${d}/tmp.raw`, '4M']);
+      const qmp = path.join(d, 'qmp.sock');
+      const temp = kind === 'qsd' ? `driver=qcow2,node-name=temp,file.driver=file,file.filename=${d}/tmp.qcow2,backing=source` : `driver=overlay,node-name=temp,file.driver=file,file.filename=${d}/tmp.raw,backing=source`;
+      daemon = await startDaemon(kind, [
+        '--blockdev', `driver=file,node-name=source,filename=${d}/src.raw`, '--blockdev', temp,
+        '--nbd-server', `addr.type=unix,addr.path=${d}/nbd.sock`, '--export', 'type=nbd,id=exp-live,node-name=source,name=live,writable=on',
+        '--chardev', `socket,id=qmp0,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=qmp0',
+      ], qmp);
+      const c = await QmpClient.connect(qmp);
+      await c.ok('transaction', tx(['blockdev-backup', backup('j1')]));
+      // A guest write of one cluster and a bit: cbw copies clusters 0 and 1 into the temp.
+      execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x55 0 0x18000', `nbd+unix:///live?socket=${d}/nbd.sock`], { stdio: 'pipe' });
+      await c.ok('block-export-add', { type: 'nbd', id: 'f', 'node-name': 'temp', name: 'fleece', 'allocation-depth': true });
+      const out = execFileSync('nbdinfo', ['--json', '--map=qemu:allocation-depth', `nbd+unix:///fleece?socket=${d}/nbd.sock`], { encoding: 'utf8' });
+      c.close();
+      return (JSON.parse(out) as { offset: number; length: number; type: number }[]).map(({ offset, length, type }) => ({ offset, length, type }));
+    } finally {
+      await daemon?.kill();
+      t.cleanup();
+    }
+  }
+
+  it('1 where the temp holds copied clusters, 2 where reads go to the source', async () => {
+    const qsd = await depths('qsd');
+    expect(qsd).toEqual([{ offset: 0, length: 0x20000, type: 1 }, { offset: 0x20000, length: 4 * 1024 * 1024 - 0x20000, type: 2 }]);
+    expect(await depths('fleece')).toEqual(qsd);
+  }, 60_000);
+});
