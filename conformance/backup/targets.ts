@@ -209,7 +209,7 @@ export const BACKUP_FLAVORS: readonly BackupFlavor[] = [
 
 /** A known-bad variant for tests: the same launch with the setup changed (e.g. the live disk
  * exported in place of the snapshot). */
-export function mutantBackupFlavor(base: BackupFlavor, name: string, patch: Partial<Pick<BackupSetup, 'exportNodeOverride'>>): BackupFlavor {
+export function mutantBackupFlavor(base: BackupFlavor, name: string, patch: Partial<Pick<BackupSetup, 'exportNodeOverride' | 'exportExtra' | 'backupExtra'>>): BackupFlavor {
   return {
     ...base,
     name,

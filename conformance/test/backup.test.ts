@@ -67,4 +67,16 @@ describe('backup suite: every check fails on a known-bad target', () => {
     expect(failed(r)).toContain('the full backup equals the disk at its transaction (no post-snapshot data)');
     expect(failed(r)).toContain("the incremental backup's snapshot equals the disk at its transaction (no post-snapshot data)");
   }, 120_000);
+
+  it('the steps the checks stand on fail visibly: an export without qemu:allocation-depth, a transaction the daemon refuses', async () => {
+    const noDepth = mutantBackupFlavor(flavor('reference-legacy'), 'reference-legacy-no-depth', { exportExtra: { 'allocation-depth': false } });
+    const refused = mutantBackupFlavor(flavor('reference-legacy'), 'reference-legacy-refused', { backupExtra: { 'x-bogus': true } });
+    const res = await runBackup([noDepth, refused], { seed: 5, filter: ['backup/pull', 'backup/contexts'] });
+    for (const id of ['backup/pull/incremental', 'backup/contexts/consistent']) {
+      expect(failed(byId(res.results, 'reference-legacy-no-depth', id))).toEqual(['the incremental export offers base:allocation, qemu:allocation-depth and qemu:dirty-bitmap:inc']);
+      const r = byId(res.results, 'reference-legacy-refused', id);
+      expect(failed(r)).toEqual(['backup 1: the transaction (bitmaps + blockdev-backup sync=none) is accepted']);
+      expect(r.reason).toMatch(/Parameter 'actions\[1\]\.data\.x-bogus' is unexpected/);
+    }
+  }, 120_000);
 });
