@@ -8,3 +8,4 @@ import './fleecing/index.ts';
 import './permissions/index.ts';
 import './interleavings/index.ts';
 import './monitor/index.ts';
+import './backup/index.ts';

@@ -16,7 +16,7 @@ describe('Daemon in-process', () => {
       for (const a of cfg.actions) await d.apply(a);
       const s = { negotiated: true };
       expect(await d.dispatcher.dispatch({ execute: 'block-dirty-bitmap-add', arguments: { node: 'm', name: 'bm0', granularity: 1000 } }, s)).toMatchObject({
-        error: { desc: 'Granularity must be power of 2, and at least 512' },
+        error: { desc: 'Granularity must be power of 2 and at least 512' },
       });
       expect(await d.dispatcher.dispatch({ execute: 'block-dirty-bitmap-add', arguments: { node: 'm', name: 'bm0' } }, s)).toEqual({ return: {} });
       expect(
@@ -28,7 +28,7 @@ describe('Daemon in-process', () => {
       const dirty = map.filter((e: { type: number }) => e.type === 1).map((e: { offset: number; length: number }) => [e.offset, e.length]);
       expect(dirty).toEqual([[65536, 65536], [3 << 20, 65536]]);
       const nodes = (await d.dispatcher.dispatch({ execute: 'query-named-block-nodes' }, s)).return as { 'dirty-bitmaps': unknown[] }[];
-      expect(nodes[0]!['dirty-bitmaps']).toEqual([{ name: 'bm0', granularity: 65536, count: 131072 }]);
+      expect(nodes[0]!['dirty-bitmaps']).toEqual([{ name: 'bm0', recording: true, persistent: false, busy: true, granularity: 65536, count: 131072 }]);
     } finally {
       await d.close();
       t.cleanup();

@@ -21,20 +21,48 @@ export interface BackupOptions {
   /** UNSAFE, for reproducing the 2018 race only: copies into the target are not serialising. */
   readonly xUnserializedTargetWrites?: boolean;
   readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
+  readonly autoFinalize?: boolean;
+  readonly autoDismiss?: boolean;
+  /** UNSAFE, known bad (the backup suite's lossy target): while the job runs, guest writes to its
+   * source mark no dirty bitmap, so the next incremental backup misses them. */
+  readonly xDropDirtyWrites?: boolean;
 }
 
-export type JobStatus = 'created' | 'running' | 'aborting' | 'concluded' | 'null';
+/** QEMU's JobStatus (qapi/job.json). A sync=none backup runs until cancelled, so it only ever
+ * reaches created, running, paused, aborting, concluded and null; the others are here so the
+ * verb table reads as QEMU's. */
+export type JobStatus = 'created' | 'running' | 'paused' | 'ready' | 'standby' | 'waiting' | 'pending' | 'aborting' | 'concluded' | 'null';
+export type JobVerb = 'cancel' | 'pause' | 'resume' | 'set-speed' | 'complete' | 'finalize' | 'dismiss';
+
+/** job.c's JobVerbTable (7.2): the states in which each verb is accepted. */
+const VERB_STATES: Readonly<Record<JobVerb, readonly JobStatus[]>> = {
+  cancel: ['created', 'running', 'paused', 'ready', 'standby', 'waiting', 'pending'],
+  pause: ['created', 'running', 'paused', 'ready', 'standby'],
+  resume: ['created', 'running', 'paused', 'ready', 'standby'],
+  'set-speed': ['created', 'running', 'paused', 'ready', 'standby'],
+  complete: ['ready'],
+  finalize: ['pending'],
+  dismiss: ['concluded'],
+};
 
 export class BackupJob implements RootParent {
   readonly kind = 'block-job' as const;
   status: JobStatus = 'created';
   filter!: CopyBeforeWriteNode;
   private source!: BlockNode;
+  private userPaused = false;
+  /** Set when the job concluded with an error ("Operation canceled" after a cancel). */
+  error: string | undefined;
+  readonly autoFinalize: boolean;
+  readonly autoDismiss: boolean;
 
   constructor(
     private readonly graph: BlockGraph,
     readonly opts: BackupOptions,
-  ) {}
+  ) {
+    this.autoFinalize = opts.autoFinalize ?? true;
+    this.autoDismiss = opts.autoDismiss ?? true;
+  }
 
   get name(): string {
     return this.opts.jobId;
@@ -49,7 +77,21 @@ export class BackupJob implements RootParent {
     this.graph.emit('JOB_STATUS_CHANGE', { id: this.opts.jobId, status });
   }
 
+  /** job_apply_verb: refuses a verb the current state does not take, in QEMU's words. */
+  checkVerb(verb: JobVerb): void {
+    if (!VERB_STATES[verb].includes(this.status)) {
+      throw new BlockError('EPERM', `Job '${this.opts.jobId}' in state '${this.status}' cannot accept command verb '${verb}'`);
+    }
+  }
+
+  /** The graph change and the 'created' state: what a transaction's prepare step does
+   * (backup_job_create); `run` is its commit (job_start). */
   start(): void {
+    this.prepare();
+    this.run();
+  }
+
+  prepare(): void {
     const { device, target, sync } = this.opts;
     if (sync !== 'none') throw new BlockError('ENOTSUP', `backup sync='${String(sync)}' is not supported by the reference (only 'none')`);
     const source = this.graph.requireNode(device);
@@ -77,8 +119,34 @@ export class BackupJob implements RootParent {
       this.graph.attachJobEdge(tx, this, 'main node', filter, 0, PERM_ALL);
       this.graph.attachJobEdge(tx, this, 'target', targetNode, 0, PERM_ALL);
     });
+    if (this.opts.xDropDirtyWrites) source.dirtyTrackingSuppressed++;
     this.setStatus('created');
+  }
+
+  run(): void {
     this.setStatus('running');
+  }
+
+  /** job-pause / block-job-pause. Pausing a sync=none backup stops nothing that matters: its
+   * copy-before-write filter keeps copying, as in QEMU (the job's coroutine only waits). */
+  pause(): void {
+    this.checkVerb('pause');
+    if (this.userPaused) throw new BlockError('EINVAL', 'Job is already paused');
+    this.userPaused = true;
+    this.setStatus('paused');
+  }
+
+  resume(): void {
+    this.checkVerb('resume');
+    if (!this.userPaused) throw new BlockError('EINVAL', "Can't resume a job that was not paused");
+    this.userPaused = false;
+    this.setStatus('running');
+  }
+
+  /** job-dismiss: a concluded job (auto-dismiss off) goes away. */
+  dismiss(): void {
+    this.checkVerb('dismiss');
+    this.setStatus('null');
   }
 
   /** bdrv_replace_node(from, to) minus should_update_child's exceptions: an edge whose parent is
@@ -98,6 +166,7 @@ export class BackupJob implements RootParent {
     }
   }
 
+  /** query-block-jobs' BlockJobInfo. */
   info(): Record<string, unknown> {
     return {
       type: 'backup',
@@ -105,19 +174,36 @@ export class BackupJob implements RootParent {
       len: this.source.length(),
       offset: this.filter.bcs.bytesCopied,
       busy: false,
-      paused: false,
+      paused: this.userPaused,
       speed: 0,
       'io-status': 'ok',
       ready: false,
       status: this.status,
-      'auto-finalize': true,
-      'auto-dismiss': true,
+      'auto-finalize': this.autoFinalize,
+      'auto-dismiss': this.autoDismiss,
+      ...(this.error !== undefined ? { error: this.error } : {}),
     };
   }
 
-  /** block-job-cancel: drop the filter (bdrv_cbw_drop: its parents go back to the source and the
-   * filter goes away in one transaction), release the job's handles. */
-  async cancel(): Promise<void> {
+  /** query-jobs' JobInfo. */
+  jobInfo(): Record<string, unknown> {
+    return {
+      id: this.opts.jobId,
+      type: 'backup',
+      status: this.status,
+      'current-progress': this.filter.bcs.bytesCopied,
+      'total-progress': this.source.length(),
+      ...(this.error !== undefined ? { error: this.error } : {}),
+    };
+  }
+
+  /** job-cancel / block-job-cancel, or the abort of the transaction that created the job
+   * (`quiet`: QEMU then emits no BLOCK_JOB_CANCELLED). The filter goes (bdrv_cbw_drop: its
+   * parents go back to the source and the filter goes away in one transaction) and the job's
+   * handles are released at finalize, before 'concluded'. QEMU's order: aborting,
+   * BLOCK_JOB_CANCELLED, concluded, then null unless auto-dismiss is off. */
+  async cancel(quiet = false): Promise<void> {
+    this.checkVerb('cancel');
     const filter = this.filter;
     this.setStatus('aborting');
     const info = this.info();
@@ -127,12 +213,15 @@ export class BackupJob implements RootParent {
       for (const edge of [...filter.parents]) this.graph.replaceChild(tx, edge, this.source);
       this.graph.removeNodeTx(tx, filter, closed);
     });
+    if (this.opts.xDropDirtyWrites) this.source.dirtyTrackingSuppressed--;
     for (const n of closed) await n.close();
-    // QEMU's order: aborting, BLOCK_JOB_CANCELLED (at finalize), concluded, null.
-    this.graph.emit('BLOCK_JOB_CANCELLED', {
-      type: 'backup', device: this.opts.jobId, len: info['len'], offset: info['offset'], speed: 0,
-    });
+    if (!quiet) {
+      this.graph.emit('BLOCK_JOB_CANCELLED', {
+        type: 'backup', device: this.opts.jobId, len: info['len'], offset: info['offset'], speed: 0,
+      });
+    }
+    this.error = 'Operation canceled';
     this.setStatus('concluded');
-    this.setStatus('null');
+    if (this.autoDismiss || quiet) this.setStatus('null');
   }
 }

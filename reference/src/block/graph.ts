@@ -387,11 +387,27 @@ export class BlockGraph {
   // ---- jobs ----------------------------------------------------------------------------------
 
   startBackup(opts: BackupOptions): BackupJob {
+    const job = this.prepareBackup(opts);
+    job.run();
+    return job;
+  }
+
+  /** A backup job in state 'created' with its filter in place: a transaction's prepare step. */
+  prepareBackup(opts: BackupOptions): BackupJob {
+    // A running job's nodes (its filter and its target) carry op blockers until it concludes
+    // (block_job_add_bdrv); QEMU checks them before the job ID.
+    for (const name of [opts.device, opts.target]) {
+      for (const j of this.jobs.values()) {
+        if (j.status !== 'concluded' && j.status !== 'null' && (j.opts.target === name || j.filter?.nodeName === name)) {
+          throw new BlockError('EBUSY', `Node '${name}' is busy: block device is in use by block job: backup`);
+        }
+      }
+    }
     if (this.jobs.has(opts.jobId)) throw new BlockError('EEXIST', `Job ID '${opts.jobId}' already in use`);
     const job = new BackupJob(this, opts);
     this.jobs.set(opts.jobId, job);
     try {
-      job.start();
+      job.prepare();
     } catch (e) {
       this.jobs.delete(opts.jobId);
       throw e;
@@ -403,10 +419,23 @@ export class BlockGraph {
     return this.jobs.get(id);
   }
 
-  async cancelJob(id: string): Promise<void> {
+  allJobs(): BackupJob[] {
+    return [...this.jobs.values()];
+  }
+
+  /** Cancels a job; it is gone unless auto-dismiss is off (then it waits, concluded, for
+   * job-dismiss). `quiet`: the abort of the transaction that created it. */
+  async cancelJob(id: string, quiet = false): Promise<void> {
     const job = this.jobs.get(id);
     if (!job) throw new BlockError('ENOENT', `Block job '${id}' not found`);
-    await job.cancel();
+    await job.cancel(quiet);
+    if (job.status === 'null') this.jobs.delete(id);
+  }
+
+  dismissJob(id: string): void {
+    const job = this.jobs.get(id);
+    if (!job) throw new BlockError('ENOENT', 'Job not found');
+    job.dismiss();
     this.jobs.delete(id);
   }
 
@@ -460,7 +489,7 @@ export class BlockGraph {
       file: (n as { filename?: string }).filename ?? '',
       image: { 'virtual-size': n.length(), filename: (n as { filename?: string }).filename ?? '', format: n.driver },
       'dirty-bitmaps': [...n.dirtyBitmaps.entries()].map(([name, b]) => ({
-        name, granularity: b.granularity, count: b.count() * b.granularity,
+        name, recording: b.enabled, persistent: false, busy: b.busy > 0, granularity: b.granularity, count: b.count() * b.granularity,
       })),
     }));
   }
@@ -472,7 +501,10 @@ export class BlockGraph {
 
   async close(): Promise<void> {
     this.breakpoints.clear();
-    for (const id of [...this.jobs.keys()]) await this.cancelJob(id);
+    for (const [id, j] of [...this.jobs]) {
+      if (j.status === 'concluded') this.jobs.delete(id);
+      else await this.cancelJob(id);
+    }
     for (const n of this.nodes.values()) await n.close();
   }
 }

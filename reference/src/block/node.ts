@@ -2,7 +2,7 @@
 // is one module subclassing BlockNode and implementing the same small set of operations
 // (co* methods) plus its child-permission rule. The public methods here are the generic layer of
 // block/io.c: bounds checks, tracked requests and the serialising wait rules, dirty bitmaps.
-import { ClusterBitmap } from './bitmap.ts';
+import { DirtyBitmap } from './dirty-bitmap.ts';
 import type { Breakpoints } from './breakpoints.ts';
 import type { StorageIdentity } from './storage.ts';
 import { BlockError } from './errors.ts';
@@ -155,7 +155,9 @@ export abstract class BlockNode implements Parent {
   /** Newest first, as QLIST_INSERT_HEAD leaves bs->parents; conflict messages depend on order. */
   readonly parents: BdrvChild[] = [];
   readonly tracked = new TrackedRequests();
-  readonly dirtyBitmaps = new Map<string, ClusterBitmap>();
+  readonly dirtyBitmaps = new Map<string, DirtyBitmap>();
+  /** UNSAFE (backup's x-drop-dirty-writes, known bad): while above 0, writes mark no bitmap. */
+  dirtyTrackingSuppressed = 0;
   readonly readOnly: boolean;
   readonly discardUnmap: boolean;
   readonly forceShare: boolean;
@@ -301,7 +303,9 @@ export abstract class BlockNode implements Parent {
   }
 
   private markDirty(offset: number, bytes: number): void {
-    for (const b of this.dirtyBitmaps.values()) b.setRange(offset, bytes, true);
+    if (this.dirtyTrackingSuppressed > 0) return;
+    // A disabled bitmap records nothing (bdrv_set_dirty skips !bdrv_dirty_bitmap_enabled).
+    for (const b of this.dirtyBitmaps.values()) if (b.enabled) b.setRange(offset, bytes, true);
   }
 
   async read(offset: number, bytes: number, flags: RequestFlags = {}): Promise<Buffer> {
@@ -370,11 +374,11 @@ export abstract class BlockNode implements Parent {
   }
 
   /** A named dirty bitmap on this node (block-dirty-bitmap-add); it records every write. */
-  addDirtyBitmap(name: string, granularity = 65536): ClusterBitmap {
+  addDirtyBitmap(name: string, granularity = 65536): DirtyBitmap {
     if (this.dirtyBitmaps.has(name)) {
       throw new BlockError('EEXIST', `Bitmap already exists: ${name}`, { node: this.nodeName });
     }
-    const b = new ClusterBitmap(this.length(), granularity);
+    const b = new DirtyBitmap(name, this.nodeName, this.length(), granularity);
     this.dirtyBitmaps.set(name, b);
     return b;
   }

@@ -18,11 +18,20 @@ export interface ExportOptions {
   readonly name: string;
   readonly writable: boolean;
   readonly description?: string;
-  /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME. */
-  readonly bitmaps: string[];
+  /** Dirty bitmaps to expose as qemu:dirty-bitmap:NAME: a name (searched on the node and down
+   * its filter and backing chain) or {node, name} (BlockDirtyBitmapOrStr). */
+  readonly bitmaps: ExportBitmap[];
+  /** qemu:allocation-depth (docs/interop/nbd.txt). */
+  readonly allocationDepth?: boolean;
+  /** UNSAFE, known bad (the backup suite's contexts check): qemu:allocation-depth says 0 everywhere. */
+  readonly xAllocationDepthZero?: boolean;
+  /** UNSAFE, known bad (the backup suite's contexts check): base:allocation says ZERO everywhere. */
+  readonly xBaseAllocationZero?: boolean;
   /** `iothread=`: must name an --object iothread (it has no effect here: one event loop). */
   readonly iothread?: string;
 }
+
+export type ExportBitmap = string | { readonly node: string; readonly name: string };
 
 export interface NbdServerOptions {
   readonly addr: ListenAddress;
@@ -144,10 +153,12 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   const name = k.str('name') ?? nodeName;
   const writable = k.bool('writable', false);
   const description = k.str('description');
-  // BlockExportOptionsNbd has 'bitmaps' (a list); 7.2's --export refuses 'bitmap'.
-  const bm = k.get('bitmaps');
-  const bitmaps = bm === undefined ? [] : Array.isArray(bm) ? bm.map(String) : [String(bm)];
-  if (k.bool('allocation-depth', false)) throw new UsageError(`${at(where)}'allocation-depth' (qemu:allocation-depth) is not supported by the reference server`);
+  // 'bitmap' is nbd-server-add's; BlockExportOptionsNbd has only 'bitmaps' (qemu-storage-daemon 7.2).
+  if (k.get('bitmap') !== undefined) throw new UsageError(`${at(where)}Parameter 'bitmap' is unexpected`);
+  const bitmaps = exportBitmaps(k.get('bitmaps'), where);
+  const allocationDepth = k.bool('allocation-depth', false);
+  const xAllocationDepthZero = k.bool('x-allocation-depth-zero', false);
+  const xBaseAllocationZero = k.bool('x-base-allocation-zero', false);
   // Accepted with no effect in a single-threaded reference: the cache mode, the I/O thread (but
   // it must exist: Daemon.addExport looks it up, as blk_exp_add does).
   k.bool('writethrough', false);
@@ -156,9 +167,23 @@ export function parseExportOptions(o: Record<string, unknown>, where = '--export
   k.finish();
   return {
     type: 'nbd', id, nodeName, name, writable, bitmaps,
+    ...(allocationDepth ? { allocationDepth } : {}),
+    ...(xAllocationDepthZero ? { xAllocationDepthZero } : {}),
+    ...(xBaseAllocationZero ? { xBaseAllocationZero } : {}),
     ...(description !== undefined ? { description } : {}),
     ...(iothread !== undefined ? { iothread } : {}),
   };
+}
+
+function exportBitmaps(v: unknown, where: string): ExportBitmap[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw new UsageError(`${at(where)}Invalid parameter type for 'bitmaps', expected: array`);
+  return v.map((b, i) => {
+    if (typeof b === 'string') return b;
+    const o = b as { node?: unknown; name?: unknown };
+    if (typeof b === 'object' && b !== null && typeof o.node === 'string' && typeof o.name === 'string' && Object.keys(b).length === 2) return { node: o.node, name: o.name };
+    throw new UsageError(`${at(where)}Invalid parameter type for 'bitmaps[${i}]', expected: a bitmap name or {node, name}`);
+  });
 }
 
 function parseChardev(o: Record<string, unknown>, where = '--chardev'): ChardevOptions {
@@ -187,7 +212,7 @@ The reference block stack, configured like qemu-storage-daemon.
   --blockdev [driver=]<driver>[,node-name=<N>][,<driver options>]   or a JSON object
   --chardev socket,id=<id>,path=<path>,server=on[,wait=off]
   --export [type=]nbd,id=<id>,node-name=<node>[,name=<export name>][,writable=on|off]
-           [,description=<text>][,bitmaps.0=<name>][,iothread=<id>]
+           [,description=<text>][,bitmaps.0=<name>][,allocation-depth=on|off][,iothread=<id>]
   --monitor [chardev=]<id>[,mode=control][,pretty=on|off]
   --nbd-server addr.type=unix,addr.path=<path>
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>

@@ -5,6 +5,9 @@ import * as fs from 'node:fs';
 import { BlockGraph } from '../block/graph.ts';
 import type { BlockNode } from '../block/node.ts';
 import { PERM, PERM_ALL } from '../block/perm.ts';
+import { allocationDepthExtents } from '../block/allocation-depth.ts';
+import type { DirtyBitmap } from '../block/dirty-bitmap.ts';
+import { registerBackupCommands } from './qmp-backup.ts';
 import type { BlockBackend } from '../block/types.ts';
 import { NbdServer, type BoundAddress } from '../nbd/server.ts';
 import type { DirtyBitmapSource, NbdExport } from '../nbd/session.ts';
@@ -19,6 +22,7 @@ import {
   parseNbdServerOptions,
   type Action,
   type ChardevOptions,
+  type ExportBitmap,
   type ExportOptions,
   type NbdServerOptions,
 } from './args.ts';
@@ -27,6 +31,8 @@ interface LiveExport {
   readonly opts: ExportOptions;
   readonly backend: BlockBackend;
   readonly nbd: NbdExport;
+  /** Bitmaps this export holds busy (nbd_export_create), released when it goes. */
+  readonly held: DirtyBitmap[];
 }
 
 /** The export's BlockBackend user, as QEMU names it in permission-conflict messages. */
@@ -195,7 +201,19 @@ export class Daemon {
     }
     if (o.writable && node.readOnly) throw new QmpError('GenericError', `Cannot export read-only node '${o.nodeName}' as writable`);
     const bitmaps = new Map<string, DirtyBitmapSource>();
-    for (const b of o.bitmaps) bitmaps.set(b, this.bitmapSource(node, b));
+    const held: DirtyBitmap[] = [];
+    for (const b of o.bitmaps) {
+      const bm = this.exportBitmap(node, b);
+      // A read-only export of a node someone writes cannot offer a bitmap that still records
+      // (checked before busy, as nbd_export_create does).
+      if (!o.writable && bm.enabled && !node.readOnly && node.parents.some((p) => p.perm & PERM.WRITE)) {
+        throw new QmpError('GenericError', `Enabled bitmap '${bm.name}' incompatible with readonly export`);
+      }
+      bm.check();
+      if (bitmaps.has(bm.name)) throw new QmpError('GenericError', `Bitmap '${bm.name}' is exported twice`);
+      bitmaps.set(bm.name, bitmapSource(bm));
+      held.push(bm);
+    }
     const { perm, shared } = exportPermissions(o.writable);
     const backend = this.graph.attachBackend(EXPORT_USER, o.nodeName, perm, shared);
     const nbd: NbdExport = {
@@ -204,6 +222,10 @@ export class Daemon {
       writable: o.writable,
       ...(o.description !== undefined ? { description: o.description } : {}),
       ...(bitmaps.size ? { bitmaps } : {}),
+      ...(o.xBaseAllocationZero ? { xBaseAllocationZero: true } : {}),
+      ...(o.allocationDepth
+        ? { allocationDepth: { status: o.xAllocationDepthZero ? async (_offset: number, bytes: number) => [{ length: bytes, depth: 0 }] : (offset: number, bytes: number) => allocationDepthExtents(node, offset, bytes) } }
+        : {}),
     };
     try {
       srv.addExport(nbd);
@@ -211,29 +233,25 @@ export class Daemon {
       backend.detach();
       throw e;
     }
-    this.exports.set(o.id, { opts: o, backend, nbd });
+    for (const bm of held) bm.busy++;
+    this.exports.set(o.id, { opts: o, backend, nbd, held });
   }
 
-  /** A dirty bitmap on the node or down its filter/backing chain (QEMU searches the same way). */
-  private bitmapSource(node: BlockNode, name: string): DirtyBitmapSource {
-    for (let n: BlockNode | undefined = node; n; n = (n.filtered() ?? n.backing())?.node) {
-      const bm = n.dirtyBitmaps.get(name);
-      if (bm) {
-        return {
-          async status(offset: number, bytes: number) {
-            const out: { length: number; dirty: boolean }[] = [];
-            for (let pos = offset; pos < offset + bytes; ) {
-              const s = bm.status(pos, offset + bytes - pos);
-              const length = Math.max(1, Math.min(s.bytes, offset + bytes - pos));
-              out.push({ length, dirty: s.set });
-              pos += length;
-            }
-            return out;
-          },
-        };
-      }
+  /** An export's bitmap: {node, name}, or a name searched on the node and down its filter and
+   * backing chain (nbd_export_create: bdrv_filter_or_cow_bs). */
+  private exportBitmap(node: BlockNode, ref: ExportBitmap): DirtyBitmap {
+    if (typeof ref !== 'string') {
+      const bm = this.graph.node(ref.node)?.dirtyBitmaps.get(ref.name);
+      if (!bm) throw new QmpError('GenericError', `Bitmap '${ref.name}' is not found`);
+      return bm;
     }
-    throw new QmpError('GenericError', `Bitmap '${name}' is not found`);
+    for (let n: BlockNode | undefined = node; n; n = (n.filtered() ?? n.backing())?.node) {
+      const bm = n.dirtyBitmaps.get(ref);
+      if (bm) return bm;
+      // snapshot-access is no filter in QEMU: a name is not searched below it.
+      if (n.driver === 'snapshot-access') break;
+    }
+    throw new QmpError('GenericError', `Bitmap '${ref}' is not found`);
   }
 
   /** block-export-del; 'safe' refuses while clients are connected, 'hard' drops them. */
@@ -245,6 +263,7 @@ export class Daemon {
     }
     this.nbd?.removeExport(e.nbd.name, 'hard');
     this.exports.delete(id);
+    for (const bm of e.held) bm.busy--;
     e.backend.detach();
     this.emit('BLOCK_EXPORT_DELETED', { id });
   }
@@ -290,6 +309,8 @@ export class Daemon {
       return {};
     }));
     d.register('block-export-add', (a) => {
+      // nbd-server-add's 'bitmap' is not BlockExportOptionsNbd's: QMP says so without a prefix.
+      if ('bitmap' in a.raw) throw new QmpError('GenericError', "Parameter 'bitmap' is unexpected");
       a.accept(...Object.keys(a.raw));
       this.addExport(this.usage(() => parseExportOptions(a.raw as Record<string, unknown>, '')));
       return {};
@@ -331,47 +352,6 @@ export class Daemon {
     d.register('query-block-exports', noArgs(() =>
       [...this.exports.values()].map((e) => ({ type: 'nbd', id: e.opts.id, 'node-name': e.opts.nodeName, 'shutting-down': false })),
     ));
-    d.register('blockdev-backup', (a) => {
-      const device = a.str('device');
-      const jobId = a.optStr('job-id') ?? device;
-      const target = a.str('target');
-      const sync = a.str('sync');
-      const filterNodeName = a.optStr('filter-node-name');
-      const unsafe = a.optBool('x-unserialized-target-writes');
-      // Accepted with no effect: the reference job has no rate limit and finishes immediately.
-      a.accept('speed', 'auto-finalize', 'auto-dismiss', 'on-source-error', 'on-target-error', 'compress');
-      a.finish();
-      if (sync !== 'none') throw new QmpError('GenericError', `backup sync='${sync}' is not supported by the reference (only 'none')`);
-      this.graph.startBackup({
-        jobId,
-        device,
-        target,
-        sync: 'none',
-        ...(filterNodeName !== undefined ? { filterNodeName } : {}),
-        ...(unsafe !== undefined ? { xUnserializedTargetWrites: unsafe } : {}),
-      });
-      return {};
-    });
-    d.register('block-job-cancel', async (a) => {
-      const device = a.str('device');
-      a.optBool('force');
-      a.finish();
-      if (!this.graph.job(device)) throw new QmpError('DeviceNotActive', `Block job '${device}' not found`);
-      await this.graph.cancelJob(device);
-      return {};
-    });
-    d.register('block-dirty-bitmap-add', (a) => {
-      const node = a.str('node');
-      const name = a.str('name');
-      const granularity = a.optInt('granularity') ?? 65536;
-      a.accept('persistent', 'disabled');
-      a.finish();
-      if (granularity < 512 || (granularity & (granularity - 1)) !== 0) {
-        throw new QmpError('GenericError', 'Granularity must be power of 2, and at least 512');
-      }
-      this.graph.requireNode(node).addDirtyBitmap(name, granularity);
-      return {};
-    });
     d.register('block_resize', (a) => {
       const nodeName = a.optStr('node-name');
       const device = a.optStr('device');
@@ -385,7 +365,6 @@ export class Daemon {
       this.graph.resize(name, size);
       return {};
     });
-    d.register('query-block-jobs', noArgs(() => this.graph.queryJobs()));
     d.register('query-named-block-nodes', (a) => {
       a.optBool('flat');
       a.finish();
@@ -396,6 +375,7 @@ export class Daemon {
     d.register('query-commands', noArgs(() => ['qmp_capabilities', ...d.list()].map((name) => ({ name }))));
     d.register('quit', noArgs(() => ({})));
     registerBreakpointCommands(d, this.graph, (e, data) => this.emit(e, data));
+    registerBackupCommands(d, this.graph);
   }
 
   /** Option-parsing failures inside QMP commands are GenericErrors with the same text. */
@@ -441,6 +421,22 @@ export class Daemon {
       /* already gone */
     }
   }
+}
+
+/** qemu:dirty-bitmap:NAME over a bitmap: one extent per run of equal clusters. */
+function bitmapSource(bm: DirtyBitmap): DirtyBitmapSource {
+  return {
+    async status(offset: number, bytes: number) {
+      const out: { length: number; dirty: boolean }[] = [];
+      for (let pos = offset; pos < offset + bytes; ) {
+        const s = bm.status(pos, offset + bytes - pos);
+        const length = Math.max(1, Math.min(s.bytes, offset + bytes - pos));
+        out.push({ length, dirty: s.set });
+        pos += length;
+      }
+      return out;
+    },
+  };
 }
 
 /** FLEECE_NBD_UNIX_SNDBUF: SO_SNDBUF in bytes for unix-socket NBD connections, 0 for the kernel's

@@ -52,6 +52,13 @@ export interface DirtyBitmapSource {
   status(offset: number, bytes: number): Promise<{ length: number; dirty: boolean }[]>;
 }
 
+/** `qemu:allocation-depth` (QEMU docs/interop/nbd.txt): per extent, 0 where no layer of the
+ * backing chain allocates the data, 1 where the exported node itself does, N+1 where its N-th
+ * backing layer does. */
+export interface AllocationDepthSource {
+  status(offset: number, bytes: number): Promise<{ length: number; depth: number }[]>;
+}
+
 /** What an NBD export is to the session: a BlockBackend plus how it is offered. */
 export interface NbdExport {
   readonly name: string;
@@ -59,6 +66,9 @@ export interface NbdExport {
   readonly backend: BlockBackend;
   readonly writable: boolean;
   readonly bitmaps?: ReadonlyMap<string, DirtyBitmapSource>;
+  readonly allocationDepth?: AllocationDepthSource;
+  /** UNSAFE, known bad: base:allocation reports NBD_STATE_ZERO over data. */
+  readonly xBaseAllocationZero?: boolean;
 }
 
 export interface ExportLookup {
@@ -113,6 +123,7 @@ export function transmissionFlags(exp: NbdExport, structured: boolean): number {
 
 const BASE_ALLOCATION = 'base:allocation';
 const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
+const ALLOCATION_DEPTH = 'qemu:allocation-depth';
 
 interface MetaContext {
   readonly id: number;
@@ -391,7 +402,8 @@ export class NbdSession {
 
   /** The contexts an export offers, in a stable order. */
   private contextsOf(exp: NbdExport): string[] {
-    return [BASE_ALLOCATION, ...[...(exp.bitmaps?.keys() ?? [])].map((b) => DIRTY_BITMAP_PREFIX + b)];
+    // QEMU's order: base:allocation, qemu:allocation-depth, then the bitmaps.
+    return [BASE_ALLOCATION, ...(exp.allocationDepth ? [ALLOCATION_DEPTH] : []), ...[...(exp.bitmaps?.keys() ?? [])].map((b) => DIRTY_BITMAP_PREFIX + b)];
   }
 
   private optMetaContext(option: number, data: Buffer, at: number): void {
@@ -576,7 +588,10 @@ export class NbdSession {
       let ext: StatusExtent[];
       if (ctx.name === BASE_ALLOCATION) {
         const e = await exp.backend.blockStatus(req.offset, req.length);
-        ext = e.map((x: Extent) => ({ length: x.length, flags: (extentHasData(x) ? 0 : STATE_HOLE) | (x.zero ? STATE_ZERO : 0) }));
+        ext = e.map((x: Extent) => ({ length: x.length, flags: (extentHasData(x) ? 0 : STATE_HOLE) | (x.zero || exp.xBaseAllocationZero ? STATE_ZERO : 0) }));
+      } else if (ctx.name === ALLOCATION_DEPTH) {
+        const e = await exp.allocationDepth!.status(req.offset, req.length);
+        ext = e.map((x) => ({ length: x.length, flags: x.depth }));
       } else {
         const bm = exp.bitmaps?.get(ctx.name.slice(DIRTY_BITMAP_PREFIX.length));
         if (!bm) fail(NBD_ERR.EINVAL, `meta context ${ctx.name} is gone`);
