@@ -43,7 +43,8 @@ function parseList(o: Record<string, unknown>, where: string, k = new Keys(o, wh
   const rules = list.map((r, i): Rule => {
     const at = `${prefix(where)}rules.${i}`;
     if (r === null || typeof r !== 'object' || Array.isArray(r)) throw new UsageError(`${at}: expected a rule object`);
-    const rk = new Keys(r as Record<string, unknown>, at);
+    // QEMU names a rule's keys by their dotted path: "Parameter 'rules.0.policy' is missing".
+    const rk = new Keys(r as Record<string, unknown>, where, `rules.${i}.`);
     const match = rk.req('match');
     const policy = policyOf(rk.req('policy'), at, 'policy');
     const format = rk.str('format') ?? 'exact';

@@ -50,6 +50,8 @@ export type TlsCreds = X509Creds | PskCreds;
 export const TLS_CREDS_TYPES = ['tls-creds-x509', 'tls-creds-psk'] as const;
 
 function parseCommon(k: Keys, where: string, x509: boolean): CredsProps {
+  // A QOM property, not a QAPI member: QEMU's words differ from a missing parameter's.
+  if (k.get('dir') === undefined) throw new UsageError(`${prefix(where)}Missing 'dir' property value`);
   const dir = k.req('dir');
   const endpoint = k.str('endpoint') ?? 'client'; // QEMU's default endpoint
   if (endpoint !== 'server' && endpoint !== 'client') {
