@@ -48,7 +48,7 @@ describe('fleece serve', () => {
 
   it.each([
     [['--blockdev', 'driver=null-co,node-name=x'], 1, /does not accept value 'null-co'.*use 'memory'/],
-    [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /Cannot find node-name 'y' \(the 'file' child of node 'x'\)/],
+    [['--blockdev', 'driver=qcow2,node-name=x,file=y'], 1, /^fleece serve: --blockdev driver=qcow2,node-name=x,file=y: Cannot find device='y' nor node-name='y'\n$/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M,colour=red'], 1, /^fleece serve: --blockdev driver=memory,node-name=m,size=1M,colour=red: Parameter 'colour' is unexpected\n$/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M', '--export', 'type=nbd,id=e,node-name=m'], 1, /NBD server not running/],
     [['--export', 'type=nbd,id=e,node-name=m,frob=1'], 1, /^fleece serve: --export type=nbd,id=e,node-name=m,frob=1: Parameter 'frob' is unexpected\n$/],
