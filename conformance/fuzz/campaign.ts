@@ -377,6 +377,17 @@ export async function replayCase(def: TargetDef, file: ReplayFile, timeoutMs: nu
     checkCase(file.case);
     const out = await runCase(t, file.case, timeoutMs);
     const findings = [...out.findings];
+    // One case, so time is cheap: a server that aborted on it may not have been seen exiting yet
+    // (a loaded machine); watch its processes for two seconds before saying it survived.
+    for (let i = 0; i < 40 && t.pids && !findings.some((f) => f.kind === 'dead'); i++) {
+      const gone = t.pids().filter((pid) => !pidAlive(pid));
+      const died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
+      if (died) {
+        findings.push({ kind: 'dead', message: `the server died: ${died}\n    ${t.logs().trim().split('\n').slice(-12).join('\n    ')}` });
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
     if (findings.length === 0 && file.case.proto === 'qmp' && t.qmp) {
       const alive = await qmpServes(t.qmp, timeoutMs);
       if (alive) findings.push({ kind: 'dead', message: alive });
