@@ -4,6 +4,7 @@
 // invariant of spec/models/fleecing (S3 for the legacy graph, S4 for cbw + snapshot-access),
 // docs/requirements/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
 import fc from 'fast-check';
+import fs from 'node:fs';
 import { CF, Errno, STATE_ZERO, TF, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
 import type { CaseContext, CaseDef } from '../runner/model.ts';
@@ -552,6 +553,18 @@ const bitmapCase: CaseDef<FleeceEnv> = {
   },
 };
 
+/** Bytes of the temp image file (raw) as the server left them. */
+function tempBytes(file: string, offset: number, length: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    fs.readSync(fd, buf, 0, length, offset);
+    return buf;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 async function trimSnapshot(d: FleeceDriver, offset: number, length: number) {
   return d.request('snapshot-trim', offset, length);
 }
@@ -562,7 +575,7 @@ const discardAligned: CaseDef<FleeceEnv> = {
   level: 'MUST',
   title: 'Snapshot discard of a whole cluster',
   description: 'snapshot-access and the temp with discard=unmap, snapshot export writable. Discards [0,+0x10000) through the snapshot export, reads it and a neighbour, then writes the discarded cluster through the live export.',
-  expectation: 'The discard succeeds; the discarded cluster is no longer readable (EINVAL on QEMU 7.2), before and after the guest write; the neighbour still reads as the snapshot.',
+  expectation: 'The discard succeeds; the discarded cluster is no longer readable (EINVAL on QEMU 7.2), before and after the guest write; the neighbour still reads as the snapshot; the guest write copies nothing into the temp (where the judge made the temp).',
   async run(ctx) {
     const config: FleeceConfig = { content: 'iotest', snapshotDiscard: true };
     const setup = await launch(ctx, config);
@@ -580,6 +593,13 @@ const discardAligned: CaseDef<FleeceEnv> = {
     const r2 = await d.request('read', 0, CLUSTER);
     const leaked = r2.rec.error === 0 && r2.reply?.data?.some((b) => b === 0xab);
     ctx.must(!leaked && r2.rec.error !== 0, 'after the guest write the discarded cluster is still unreadable, never the guest data', leaked ? 'it returned the guest write 0xab' : r2.rec.note);
+    // The discard also dropped the copy duty (block_copy_reset in cbw_co_pdiscard_snapshot): the
+    // guest write copied nothing into the temp. Only the temp shows it, when the judge made it.
+    if (setup.temp) {
+      const old = IOTEST_PATTERNS[0]!;
+      const copied = tempBytes(setup.temp, old.offset, old.length).filter((b) => b === old.byte).length;
+      ctx.must(copied === 0, `the guest write to the discarded cluster copies nothing into the temp: ${range(old.offset, old.length)} of the temp holds none of the snapshot's ${hex(old.byte)} (docs/requirements/qemu-fleecing.md §2.3 "Snapshot discard": stop copying it)`, copied ? `the temp holds ${copied} byte(s) ${hex(old.byte)} there: the write copied the discarded cluster` : undefined);
+    }
   },
 };
 

@@ -68,6 +68,9 @@ export interface FleeceConfig {
   /** Known-bad knob: with snapshotDiscard, leave the snapshot-access node at discard=ignore, so a
    * snapshot discard succeeds and does nothing (docs/requirements/qemu-fleecing.md §6 B8). */
   discardIgnored?: boolean;
+  /** Known-bad knob of the reference only: copy-before-write's UNSAFE x-no-copy-reset, so a
+   * snapshot discard does not drop the copy duty of its clusters (§2.3 "Snapshot discard"). */
+  noCopyReset?: boolean;
 }
 
 export type Graph = 'modern' | 'legacy' | 'external';
@@ -77,6 +80,9 @@ export interface FleeceSetup {
   readonly snapshot: ExportRef;
   readonly description: string;
   readonly graph: Graph;
+  /** The raw temp image the judge made for the modern graph (not under blkdebug), which a case
+   * may read to see what copy-before-write copied into it. */
+  readonly temp?: string;
   /** undefined while the server runs; else how it ended ('signal SIGABRT', 'exit code 1'). */
   exited(): string | undefined;
   logs(): string;
@@ -103,8 +109,9 @@ interface Started {
   qmp?: QmpClient;
 }
 
-function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess): FleeceSetup {
+function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess, temp?: string): FleeceSetup {
   return {
+    ...(temp ? { temp } : {}),
     live,
     snapshot,
     description,
@@ -205,7 +212,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         if (c.cbwError) {
           bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
         } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
-        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}`);
+        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}${c.noCopyReset ? ',x-no-copy-reset=on' : ''}`);
         bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
         args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
@@ -238,7 +245,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'fl-cbw', name: 'live', writable: true });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'fl-access', name: 'fleece' });
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc, graph === 'modern' && !c.cbwError ? tmp : undefined);
       });
     },
   };
@@ -291,6 +298,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && c.sourceReadDelayMs) return 'a bitmap needs the qcow2 source, a delay the NBD source';
+      if (c.noCopyReset) return 'x-no-copy-reset is an UNSAFE option of the reference only';
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
@@ -302,6 +310,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
       const qmp = path.join(dir, 'qmp.sock');
       const started: Started = { procs: [] };
       const t = tlsSetup(tls, dir);
+      let tempFile: string | undefined;
       return guarded(started, async () => {
         const args: string[] = [...t.objects];
         const bd = (s: string) => args.push('--blockdev', s);
@@ -316,6 +325,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
         }
         if (graph === 'modern') {
           const tmp = path.join(dir, 'tmp.raw');
+          if (!c.cbwError) tempFile = tmp;
           qemuImg(['create', '-q', '-f', 'raw', tmp, String(content.size)]);
           const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
           if (c.cbwError) {
@@ -349,7 +359,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
           await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none' });
           await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc, tempFile);
       });
     },
   };
@@ -385,6 +395,7 @@ export function describeConfig(c: FleeceConfig): string {
   if (c.snapshotDiscard) parts.push('snapshot discard=unmap, writable snapshot export');
   if (c.cbwError) parts.push(`blkdebug EIO on the first target write, on-cbw-error=${c.cbwError}`);
   if (c.discardIgnored) parts.push('snapshot-access left at discard=ignore');
+  if (c.noCopyReset) parts.push('copy-before-write with the UNSAFE x-no-copy-reset');
   return parts.join(', ');
 }
 
@@ -440,6 +451,7 @@ export class FleeceLab {
     const s = await this.flavor.launch(config, dir, this.startTimeoutMs);
     let stopped: Promise<void> | undefined;
     const wrapped: FleeceSetup = {
+      ...(s.temp ? { temp: s.temp } : {}),
       live: s.live,
       snapshot: s.snapshot,
       description: s.description,

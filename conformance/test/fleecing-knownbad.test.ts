@@ -98,3 +98,15 @@ describe('every other fleecing check fails on a known-bad qemu target', () => {
     expect(by.get('fleecing/cbw-error/break-snapshot')!.reason).toMatch(/succeeds although its copy-before-write failed/);
   }, 60_000);
 });
+
+describe('a fleecing check that only the reference can fail: its UNSAFE x- options', () => {
+  it('copy-before-write x-no-copy-reset: after a snapshot discard the guest write still copies the cluster into the temp, and discard/aligned sees it there', async () => {
+    const bad = mutantFlavor(findFlavor('reference')!, 'no-copy-reset', { config: (c: FleeceConfig) => ({ ...c, noCopyReset: true }) });
+    const res = await runFleecing([bad], { filter: ['fleecing/discard/aligned'], seed: 5 });
+    const r = res.results.find((x) => x.id === 'fleecing/discard/aligned')!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => c.what)).toEqual([expect.stringMatching(/copies nothing into the temp/)]);
+    const good = await runFleecing([findFlavor('reference')!], { filter: ['fleecing/discard/aligned'], seed: 5 });
+    expect(good.results.find((x) => x.id === 'fleecing/discard/aligned')!.verdict).toBe('pass');
+  }, 60_000);
+});

@@ -17,6 +17,10 @@
 // path, the failed-copy and broken-snapshot ones included: a snapshot read still reading a
 // cluster from the source can then return the data the guest write lands. The interleavings
 // suite's blocking check shows it (target reference-no-read-wait).
+// `x-no-copy-reset` (UNSAFE, for tests only) skips block_copy_reset in a snapshot discard: the
+// discarded clusters keep their copy duty, so a later guest write still copies them into the
+// temp (which the discard just freed). Snapshot reads cannot tell (access is dropped); the temp
+// can, and fleecing/discard/aligned looks at it.
 import { ClusterBitmap } from '../bitmap.ts';
 import { BlockCopyState } from '../block-copy.ts';
 import { BlockError } from '../errors.ts';
@@ -53,6 +57,8 @@ export class CopyBeforeWriteNode extends BlockNode {
   readonly hbitmapStatusBug: boolean;
   /** UNSAFE `x-no-frozen-read-wait`: guest writes do not wait for frozen snapshot reads. */
   readonly noFrozenReadWait: boolean;
+  /** UNSAFE `x-no-copy-reset`: a snapshot discard leaves its clusters to be copied. */
+  readonly noCopyReset: boolean;
   snapshotError: BlockError | undefined;
   /** Copies that timed out but still run (B5): close waits for them. */
   private readonly orphanedCopies = new Set<Promise<void>>();
@@ -67,6 +73,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     const unserialized = o.bool('x-unserialized-target-writes', false);
     this.hbitmapStatusBug = o.bool('x-hbitmap-status-bug', false);
     this.noFrozenReadWait = o.bool('x-no-frozen-read-wait', false);
+    this.noCopyReset = o.bool('x-no-copy-reset', false);
     const clusterSize = Math.max(65536, this.target.node.clusterSize());
     const length = this.file.node.length();
     if (this.target.node.length() < length) {
@@ -290,7 +297,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     const end = offset + bytes >= len ? len : Math.floor((offset + bytes) / cl) * cl;
     if (end <= start) return;
     this.accessBitmap.setRange(start, end - start, false);
-    this.bcs.reset(start, end - start);
+    if (!this.noCopyReset) this.bcs.reset(start, end - start);
     const bp = this.breakpoints;
     if (bp.armed) await bp.reach('snapshot-discard-wait', this.nodeName, start, end - start);
     await this.targetReadReqs.waitAll(start, end - start);
