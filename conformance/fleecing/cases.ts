@@ -130,7 +130,7 @@ const imageFleecing: CaseDef<FleeceEnv> = {
   title: "QEMU's image-fleecing scenario over the wire",
   description:
     'Disk with the iotest patterns; reads every pattern and zero range through the snapshot export, overwrites (full, partial-left, partial-right, adjacent) through the live export, reads the snapshot again, reads the overwrites back from the live export. Also checks the snapshot export is read-only.',
-  expectation: 'Every snapshot read returns the pre-write patterns and zeroes; the live export returns the overwrites; the snapshot export advertises READ_ONLY.',
+  expectation: "Every snapshot read returns the pre-write patterns and zeroes; the live export returns the overwrites; the snapshot export advertises READ_ONLY; on the legacy graph the backup job's offset is the bytes its copy-before-write copied (six clusters) and its len the disk size.",
   async run(ctx) {
     const config: FleeceConfig = { content: 'iotest' };
     if (ctx.env.lab.flavor.graph === 'external') ctx.skip('needs the §4.1 patterns on the disk, which the runner cannot write into a setup it did not start');
@@ -148,6 +148,16 @@ const imageFleecing: CaseDef<FleeceEnv> = {
       const { rec, reply } = await d.request('live-read', w.offset, w.length);
       const ok = rec.error === 0 && !!reply?.data && reply.data.every((b) => b === w.byte);
       ctx.must(ok, `the live export returns the guest's ${hex(w.byte)} at ${range(w.offset, w.length)}`, ok ? undefined : rec.note ?? 'other bytes');
+    }
+    if (setup.graph === 'legacy' && setup.qmp) {
+      // The backup job's progress is block-copy's: each cluster the writes touched, once (§5.2).
+      const clusters = new Set<number>();
+      for (const w of IOTEST_OVERWRITE) for (let c = Math.floor(w.offset / CLUSTER); c * CLUSTER < w.offset + w.length; c++) clusters.add(c);
+      const want = clusters.size * CLUSTER;
+      const size = CONTENTS[config.content]!.size;
+      const jobs = (await setup.qmp.ok('query-block-jobs')) as Record<string, unknown>[];
+      const job = jobs.find((j) => j.device === 'fleecing');
+      ctx.must(job?.offset === want && job?.len === size, `query-block-jobs: the backup job's offset is the bytes copied before the guest writes, ${want} (the ${clusters.size} clusters they touched, each once), its len the disk size ${size} (docs/requirements/qemu-fleecing.md §5.2)`, job ? `offset ${String(job.offset)}, len ${String(job.len)}` : `no job 'fleecing' in ${JSON.stringify(jobs)}`);
     }
     const dead = deathReport(setup, 'during the scenario');
     ctx.must(!dead, 'the server keeps running', dead);

@@ -71,6 +71,9 @@ export interface FleeceConfig {
   /** Known-bad knob of the reference only: copy-before-write's UNSAFE x-no-copy-reset, so a
    * snapshot discard does not drop the copy duty of its clusters (§2.3 "Snapshot discard"). */
   noCopyReset?: boolean;
+  /** Known-bad knob of the reference only: blockdev-backup's UNSAFE x-no-job-progress (legacy
+   * graph), so the job's `offset` stays 0 (§5.2). */
+  noJobProgress?: boolean;
 }
 
 export type Graph = 'modern' | 'legacy' | 'external';
@@ -83,6 +86,8 @@ export interface FleeceSetup {
   /** The raw temp image the judge made for the modern graph (not under blkdebug), which a case
    * may read to see what copy-before-write copied into it. */
   readonly temp?: string;
+  /** The judge's QMP monitor of the setup, when it holds one (the legacy graph's backup job). */
+  readonly qmp?: QmpClient;
   /** undefined while the server runs; else how it ended ('signal SIGABRT', 'exit code 1'). */
   exited(): string | undefined;
   logs(): string;
@@ -112,6 +117,7 @@ interface Started {
 function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess, temp?: string): FleeceSetup {
   return {
     ...(temp ? { temp } : {}),
+    ...(started.qmp ? { qmp: started.qmp } : {}),
     live,
     snapshot,
     description,
@@ -233,7 +239,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         await waitFile(qmp, proc, timeoutMs);
         if (graph === 'legacy') {
           started.qmp = await QmpClient.connect(qmp);
-          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}) });
+          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}), ...(c.noJobProgress ? { 'x-no-job-progress': true } : {}) });
           await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
         } else if (c.bitmap) {
           const q = (started.qmp = await QmpClient.connect(qmp));
@@ -298,7 +304,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && c.sourceReadDelayMs) return 'a bitmap needs the qcow2 source, a delay the NBD source';
-      if (c.noCopyReset) return 'x-no-copy-reset is an UNSAFE option of the reference only';
+      if (c.noCopyReset || c.noJobProgress) return 'x-no-copy-reset and x-no-job-progress are UNSAFE options of the reference only';
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
@@ -396,6 +402,7 @@ export function describeConfig(c: FleeceConfig): string {
   if (c.cbwError) parts.push(`blkdebug EIO on the first target write, on-cbw-error=${c.cbwError}`);
   if (c.discardIgnored) parts.push('snapshot-access left at discard=ignore');
   if (c.noCopyReset) parts.push('copy-before-write with the UNSAFE x-no-copy-reset');
+  if (c.noJobProgress) parts.push('blockdev-backup with the UNSAFE x-no-job-progress');
   return parts.join(', ');
 }
 
@@ -452,6 +459,7 @@ export class FleeceLab {
     let stopped: Promise<void> | undefined;
     const wrapped: FleeceSetup = {
       ...(s.temp ? { temp: s.temp } : {}),
+      ...(s.qmp ? { qmp: s.qmp } : {}),
       live: s.live,
       snapshot: s.snapshot,
       description: s.description,

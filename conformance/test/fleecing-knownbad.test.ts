@@ -109,4 +109,14 @@ describe('a fleecing check that only the reference can fail: its UNSAFE x- optio
     const good = await runFleecing([findFlavor('reference')!], { filter: ['fleecing/discard/aligned'], seed: 5 });
     expect(good.results.find((x) => x.id === 'fleecing/discard/aligned')!.verdict).toBe('pass');
   }, 60_000);
+
+  it("blockdev-backup x-no-job-progress: the legacy graph's backup job reports offset 0 after six clusters were copied, and image-fleecing sees it in query-block-jobs", async () => {
+    const bad = mutantFlavor(findFlavor('reference-legacy')!, 'no-job-progress', { config: (c: FleeceConfig) => ({ ...c, noJobProgress: true }) });
+    const res = await runFleecing([bad], { filter: ['fleecing/image-fleecing'], seed: 5 });
+    const r = res.results.find((x) => x.id === 'fleecing/image-fleecing/scenario')!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => `${c.what} / ${c.observed}`)).toEqual([expect.stringMatching(/backup job's offset is the bytes copied .* 393216 .* \/ offset 0, len 67108864$/)]);
+    const good = await runFleecing([findFlavor('reference-legacy')!], { filter: ['fleecing/image-fleecing'], seed: 5 });
+    expect(good.results.find((x) => x.id === 'fleecing/image-fleecing/scenario')!.verdict).toBe('pass');
+  }, 60_000);
 });

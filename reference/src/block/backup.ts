@@ -20,6 +20,8 @@ export interface BackupOptions {
   readonly filterNodeName?: string;
   /** UNSAFE, for reproducing the 2018 race only: copies into the target are not serialising. */
   readonly xUnserializedTargetWrites?: boolean;
+  /** UNSAFE, known bad for tests only: the job reports no progress (`offset` stays 0). */
+  readonly xNoJobProgress?: boolean;
   readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
 }
 
@@ -103,7 +105,7 @@ export class BackupJob implements RootParent {
       type: 'backup',
       device: this.opts.jobId,
       len: this.source.length(),
-      offset: this.filter.bcs.bytesCopied,
+      offset: this.opts.xNoJobProgress ? 0 : this.filter.bcs.bytesCopied,
       busy: false,
       paused: false,
       speed: 0,

@@ -320,6 +320,7 @@ export class Daemon {
       const sync = a.str('sync');
       const filterNodeName = a.optStr('filter-node-name');
       const unsafe = a.optBool('x-unserialized-target-writes');
+      const noProgress = a.optBool('x-no-job-progress');
       // Accepted with no effect: the reference job has no rate limit and finishes immediately.
       a.accept('speed', 'auto-finalize', 'auto-dismiss', 'on-source-error', 'on-target-error', 'compress');
       a.finish();
@@ -331,6 +332,7 @@ export class Daemon {
         sync: 'none',
         ...(filterNodeName !== undefined ? { filterNodeName } : {}),
         ...(unsafe !== undefined ? { xUnserializedTargetWrites: unsafe } : {}),
+        ...(noProgress !== undefined ? { xNoJobProgress: noProgress } : {}),
       });
       return {};
     });
