@@ -645,25 +645,31 @@ const discardUnaligned: CaseDef<FleeceEnv> = {
   },
 };
 
-function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot'): CaseDef<FleeceEnv> {
+/** The target's error a case injects: EIO (iotest copy-before-write), or ENOSPC, a temp out of
+ * space, which break-guest-write must pass on to the guest as it is (§4.2). */
+type InjectedErrno = 'EIO' | 'ENOSPC';
+
+function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot', injected: InjectedErrno = 'EIO'): CaseDef<FleeceEnv> {
   const guestFails = policy === 'break-guest-write';
+  const errno = Errno[injected];
   return {
-    id: `fleecing/cbw-error/${policy}`,
-    section: 'docs/requirements/qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write), §6 B4; spec/models/fleecing S4 on-cbw-error',
+    id: `fleecing/cbw-error/${policy}${injected === 'EIO' ? '' : `-${injected.toLowerCase()}`}`,
+    section: `docs/requirements/qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write${injected === 'EIO' ? '' : '; the target\'s own error reaches the guest'}), §6 B4; spec/models/fleecing S4 on-cbw-error`,
     level: 'MUST',
-    title: `on-cbw-error=${policy} under an injected target write error`,
-    description: `The cbw target fails its first write with EIO (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
+    title: `on-cbw-error=${policy} under an injected target write error${injected === 'EIO' ? '' : ` (${injected})`}`,
+    description: `The cbw target fails its first write with ${injected} (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
     expectation: guestFails
-      ? 'The guest write fails (EIO); the snapshot stays readable and equal to the snapshot.'
+      ? `The guest write fails (${injected}${injected === 'EIO' ? '' : ', a MUST: the target\'s error, not a generic one'}); the snapshot stays readable and equal to the snapshot.`
       : 'The guest write succeeds; from then on every snapshot read fails (EINVAL on the wire for EACCES), none returns data.',
     async run(ctx) {
-      const config: FleeceConfig = { content: 'iotest', cbwError: policy };
+      const config: FleeceConfig = { content: 'iotest', cbwError: policy, ...(injected === 'EIO' ? {} : { cbwErrno: errno }) };
       const setup = await launch(ctx, config);
       const d = await openDriver(ctx, setup, config, 1, 1);
       const w = await d.writePattern(0, CLUSTER, 0xab);
       if (guestFails) {
         ctx.must(w.error > 0, 'the guest write whose copy-before-write failed fails', w.error === 0 ? 'it succeeded' : w.note);
-        ctx.should(w.error === Errno.EIO, 'with EIO, the injected error', w.note);
+        if (injected === 'EIO') ctx.should(w.error === Errno.EIO, 'with EIO, the injected error', w.note);
+        else ctx.must(w.error === errno, `with ${injected}, the target's own error passed on (docs/requirements/qemu-fleecing.md §4.2: a temp out of space is ENOSPC to the guest, not EIO)`, w.error > 0 ? errnoName(w.error) : w.note);
         await readSnapshot(ctx, d, [...IOTEST_PATTERNS.slice(0, 2), ...IOTEST_ZEROES.slice(0, 1)], 'after the failed guest write');
       } else {
         ctx.must(w.error === 0, 'the guest write succeeds although its copy-before-write failed', w.note);
@@ -778,6 +784,7 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   discardAligned,
   discardUnaligned,
   cbwErrorCase('break-guest-write'),
+  cbwErrorCase('break-guest-write', 'ENOSPC'),
   cbwErrorCase('break-snapshot'),
   breakInflightRead,
 ].map(traced);

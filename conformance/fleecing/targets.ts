@@ -74,6 +74,11 @@ export interface FleeceConfig {
   /** Known-bad knob of the reference only: blockdev-backup's UNSAFE x-no-job-progress (legacy
    * graph), so the job's `offset` stays 0 (§5.2). */
   noJobProgress?: boolean;
+  /** With cbwError: the errno blkdebug injects (default 5, EIO; 28 is ENOSPC, a temp out of space). */
+  cbwErrno?: number;
+  /** Known-bad knob of the reference only: copy-before-write's UNSAFE x-copy-error-eio (every
+   * failed copy reported as EIO, whatever the target said). */
+  copyErrorEio?: boolean;
 }
 
 export type Graph = 'modern' | 'legacy' | 'external';
@@ -216,9 +221,9 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
       } else if (graph === 'modern') {
         const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
         if (c.cbwError) {
-          bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
+          bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: c.cbwErrno ?? 5, once: true }] }));
         } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
-        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}${c.noCopyReset ? ',x-no-copy-reset=on' : ''}`);
+        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}${c.noCopyReset ? ',x-no-copy-reset=on' : ''}${c.copyErrorEio ? ',x-copy-error-eio=on' : ''}`);
         bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
         args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
@@ -304,7 +309,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && c.sourceReadDelayMs) return 'a bitmap needs the qcow2 source, a delay the NBD source';
-      if (c.noCopyReset || c.noJobProgress) return 'x-no-copy-reset and x-no-job-progress are UNSAFE options of the reference only';
+      if (c.noCopyReset || c.noJobProgress || c.copyErrorEio) return 'x-no-copy-reset, x-no-job-progress and x-copy-error-eio are UNSAFE options of the reference only';
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
@@ -339,7 +344,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
             // the target is raw over blkdebug over the file, as in iotest copy-before-write (§4.2).
             bd(JSON.stringify({
               driver: 'raw', 'node-name': 'temp',
-              file: { driver: 'blkdebug', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] },
+              file: { driver: 'blkdebug', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: c.cbwErrno ?? 5, once: true }] },
             }));
           } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
           const bitmap = c.bitmap ? ',bitmap.node=source,bitmap.name=bitmap0' : '';
@@ -399,10 +404,11 @@ export function describeConfig(c: FleeceConfig): string {
   if (c.sourceReadDelayMs) parts.push(`source read delay ${c.sourceReadDelayMs} ms`);
   if (c.bitmap) parts.push('cbw bitmap');
   if (c.snapshotDiscard) parts.push('snapshot discard=unmap, writable snapshot export');
-  if (c.cbwError) parts.push(`blkdebug EIO on the first target write, on-cbw-error=${c.cbwError}`);
+  if (c.cbwError) parts.push(`blkdebug ${c.cbwErrno === 28 ? 'ENOSPC' : c.cbwErrno === undefined || c.cbwErrno === 5 ? 'EIO' : `errno ${c.cbwErrno}`} on the first target write, on-cbw-error=${c.cbwError}`);
   if (c.discardIgnored) parts.push('snapshot-access left at discard=ignore');
   if (c.noCopyReset) parts.push('copy-before-write with the UNSAFE x-no-copy-reset');
   if (c.noJobProgress) parts.push('blockdev-backup with the UNSAFE x-no-job-progress');
+  if (c.copyErrorEio) parts.push('copy-before-write with the UNSAFE x-copy-error-eio');
   return parts.join(', ');
 }
 

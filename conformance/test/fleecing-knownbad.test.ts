@@ -119,4 +119,15 @@ describe('a fleecing check that only the reference can fail: its UNSAFE x- optio
     const good = await runFleecing([findFlavor('reference-legacy')!], { filter: ['fleecing/image-fleecing'], seed: 5 });
     expect(good.results.find((x) => x.id === 'fleecing/image-fleecing/scenario')!.verdict).toBe('pass');
   }, 60_000);
+
+  it('copy-before-write x-copy-error-eio: a temp out of space (ENOSPC) reaches the guest as EIO under break-guest-write, and break-guest-write-enospc fails on it', async () => {
+    const id = 'fleecing/cbw-error/break-guest-write-enospc';
+    const bad = mutantFlavor(findFlavor('reference')!, 'copy-error-eio', { config: (c: FleeceConfig) => ({ ...c, copyErrorEio: true }) });
+    const res = await runFleecing([bad], { filter: [id], seed: 5 });
+    const r = res.results.find((x) => x.id === id)!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => `${c.what} / ${c.observed}`)).toEqual([expect.stringMatching(/with ENOSPC, the target's own error passed on .* \/ EIO$/)]);
+    const good = await runFleecing([findFlavor('reference')!], { filter: [id], seed: 5 });
+    expect(good.results.find((x) => x.id === id)!.verdict).toBe('pass');
+  }, 60_000);
 });
