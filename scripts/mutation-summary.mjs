@@ -6,7 +6,9 @@
 // Run by scripts/mutate.mjs after each Stryker run; `npm run mutation-summary` reruns it alone.
 //
 // survivors.json: [{ "file", "line", "column"? (when one line has two alike), "mutator", "replacement", "verdict": "equivalent" |
-//   "not yet killed", "reason", "score"?: "conform" | "unit" }]  (no score: applies to both)
+//   "not yet killed" | "killed by", "case"? and "since"? (with "killed by": the case that now kills it, and the date it was
+//   added; the mutant survived the last Stryker run, which predates the case), "reason", "score"?: "conform" | "unit" }]
+//   (no score: applies to both). A "killed by" entry whose mutant a later run reports Killed is spent, not stale.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mutate as configured } from '../stryker.shared.mjs';
 
@@ -37,8 +39,8 @@ function original(source, { start, end }) {
   return parts.join('\n');
 }
 
-function reasonFor(score, file, m) {
-  const i = annotations.findIndex(
+function findReason(score, file, m) {
+  return annotations.findIndex(
     (a) =>
       a.file === file &&
       a.line === m.location.start.line &&
@@ -47,9 +49,15 @@ function reasonFor(score, file, m) {
       a.replacement === m.replacement &&
       (a.score === undefined || a.score === score),
   );
+}
+
+function reasonFor(score, file, m) {
+  const i = findReason(score, file, m);
   if (i < 0) return 'not yet reviewed';
   used.add(i);
-  return `${annotations[i].verdict}: ${annotations[i].reason}`;
+  const a = annotations[i];
+  if (a.verdict === 'killed by') return `killed by ${a.case}${a.since ? ` (since ${a.since})` : ''}: ${a.reason}`;
+  return `${a.verdict}: ${a.reason}`;
 }
 
 const counted = ['Killed', 'Timeout', 'Survived', 'NoCoverage', 'RuntimeError', 'CompileError', 'Ignored', 'Pending'];
@@ -102,6 +110,10 @@ function section(score) {
       const what = `${m.mutatorName} ${code(original(source, m.location))} -> ${code(m.replacement ?? '')}`;
       if (m.status === 'Survived' || m.status === 'NoCoverage')
         survivors.push(`- \`${where}\` ${what}${m.status === 'NoCoverage' ? ' (no test reaches it)' : ''}: ${reasonFor(score.key, f, m)}`);
+      if (m.status === 'Killed' || m.status === 'Timeout') {
+        const k = findReason(score.key, f, m);
+        if (k >= 0 && annotations[k].verdict === 'killed by') used.add(k);
+      }
       if (m.status === 'Killed' && /fleece conform exit 2/.test(m.statusReason ?? ''))
         exit2.push(`- \`${where}\` ${what}: ${oneLine((m.statusReason ?? '').replace(/^fleece conform exit 2:?/, ''), 160) || 'no verdicts (a target did not start)'}`);
     }

@@ -4,6 +4,7 @@
 // invariant of spec/models/fleecing (S3 for the legacy graph, S4 for cbw + snapshot-access),
 // docs/requirements/qemu-fleecing.md §4.1-§4.3 and §6 for bitmap, discard and on-cbw-error.
 import fc from 'fast-check';
+import fs from 'node:fs';
 import { CF, Errno, STATE_ZERO, TF, errnoName } from '../nbd/constants.ts';
 import type { Reply } from '../nbd/reply.ts';
 import type { CaseContext, CaseDef } from '../runner/model.ts';
@@ -129,7 +130,7 @@ const imageFleecing: CaseDef<FleeceEnv> = {
   title: "QEMU's image-fleecing scenario over the wire",
   description:
     'Disk with the iotest patterns; reads every pattern and zero range through the snapshot export, overwrites (full, partial-left, partial-right, adjacent) through the live export, reads the snapshot again, reads the overwrites back from the live export. Also checks the snapshot export is read-only.',
-  expectation: 'Every snapshot read returns the pre-write patterns and zeroes; the live export returns the overwrites; the snapshot export advertises READ_ONLY.',
+  expectation: "Every snapshot read returns the pre-write patterns and zeroes; the live export returns the overwrites; the snapshot export advertises READ_ONLY; on the legacy graph the backup job's offset is the bytes its copy-before-write copied (six clusters) and its len the disk size.",
   async run(ctx) {
     const config: FleeceConfig = { content: 'iotest' };
     if (ctx.env.lab.flavor.graph === 'external') ctx.skip('needs the §4.1 patterns on the disk, which the runner cannot write into a setup it did not start');
@@ -147,6 +148,16 @@ const imageFleecing: CaseDef<FleeceEnv> = {
       const { rec, reply } = await d.request('live-read', w.offset, w.length);
       const ok = rec.error === 0 && !!reply?.data && reply.data.every((b) => b === w.byte);
       ctx.must(ok, `the live export returns the guest's ${hex(w.byte)} at ${range(w.offset, w.length)}`, ok ? undefined : rec.note ?? 'other bytes');
+    }
+    if (setup.graph === 'legacy' && setup.qmp) {
+      // The backup job's progress is block-copy's: each cluster the writes touched, once (§5.2).
+      const clusters = new Set<number>();
+      for (const w of IOTEST_OVERWRITE) for (let c = Math.floor(w.offset / CLUSTER); c * CLUSTER < w.offset + w.length; c++) clusters.add(c);
+      const want = clusters.size * CLUSTER;
+      const size = CONTENTS[config.content]!.size;
+      const jobs = (await setup.qmp.ok('query-block-jobs')) as Record<string, unknown>[];
+      const job = jobs.find((j) => j.device === 'fleecing');
+      ctx.must(job?.offset === want && job?.len === size, `query-block-jobs: the backup job's offset is the bytes copied before the guest writes, ${want} (the ${clusters.size} clusters they touched, each once), its len the disk size ${size} (docs/requirements/qemu-fleecing.md §5.2)`, job ? `offset ${String(job.offset)}, len ${String(job.len)}` : `no job 'fleecing' in ${JSON.stringify(jobs)}`);
     }
     const dead = deathReport(setup, 'during the scenario');
     ctx.must(!dead, 'the server keeps running', dead);
@@ -552,6 +563,18 @@ const bitmapCase: CaseDef<FleeceEnv> = {
   },
 };
 
+/** Bytes of the temp image file (raw) as the server left them. */
+function tempBytes(file: string, offset: number, length: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    fs.readSync(fd, buf, 0, length, offset);
+    return buf;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 async function trimSnapshot(d: FleeceDriver, offset: number, length: number) {
   return d.request('snapshot-trim', offset, length);
 }
@@ -562,7 +585,7 @@ const discardAligned: CaseDef<FleeceEnv> = {
   level: 'MUST',
   title: 'Snapshot discard of a whole cluster',
   description: 'snapshot-access and the temp with discard=unmap, snapshot export writable. Discards [0,+0x10000) through the snapshot export, reads it and a neighbour, then writes the discarded cluster through the live export.',
-  expectation: 'The discard succeeds; the discarded cluster is no longer readable (EINVAL on QEMU 7.2), before and after the guest write; the neighbour still reads as the snapshot.',
+  expectation: 'The discard succeeds; the discarded cluster is no longer readable (EINVAL on QEMU 7.2), before and after the guest write; the neighbour still reads as the snapshot; the guest write copies nothing into the temp (where the judge made the temp).',
   async run(ctx) {
     const config: FleeceConfig = { content: 'iotest', snapshotDiscard: true };
     const setup = await launch(ctx, config);
@@ -580,6 +603,13 @@ const discardAligned: CaseDef<FleeceEnv> = {
     const r2 = await d.request('read', 0, CLUSTER);
     const leaked = r2.rec.error === 0 && r2.reply?.data?.some((b) => b === 0xab);
     ctx.must(!leaked && r2.rec.error !== 0, 'after the guest write the discarded cluster is still unreadable, never the guest data', leaked ? 'it returned the guest write 0xab' : r2.rec.note);
+    // The discard also dropped the copy duty (block_copy_reset in cbw_co_pdiscard_snapshot): the
+    // guest write copied nothing into the temp. Only the temp shows it, when the judge made it.
+    if (setup.temp) {
+      const old = IOTEST_PATTERNS[0]!;
+      const copied = tempBytes(setup.temp, old.offset, old.length).filter((b) => b === old.byte).length;
+      ctx.must(copied === 0, `the guest write to the discarded cluster copies nothing into the temp: ${range(old.offset, old.length)} of the temp holds none of the snapshot's ${hex(old.byte)} (docs/requirements/qemu-fleecing.md §2.3 "Snapshot discard": stop copying it)`, copied ? `the temp holds ${copied} byte(s) ${hex(old.byte)} there: the write copied the discarded cluster` : undefined);
+    }
   },
 };
 
@@ -615,25 +645,31 @@ const discardUnaligned: CaseDef<FleeceEnv> = {
   },
 };
 
-function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot'): CaseDef<FleeceEnv> {
+/** The target's error a case injects: EIO (iotest copy-before-write), or ENOSPC, a temp out of
+ * space, which break-guest-write must pass on to the guest as it is (§4.2). */
+type InjectedErrno = 'EIO' | 'ENOSPC';
+
+function cbwErrorCase(policy: 'break-guest-write' | 'break-snapshot', injected: InjectedErrno = 'EIO'): CaseDef<FleeceEnv> {
   const guestFails = policy === 'break-guest-write';
+  const errno = Errno[injected];
   return {
-    id: `fleecing/cbw-error/${policy}`,
-    section: 'docs/requirements/qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write), §6 B4; spec/models/fleecing S4 on-cbw-error',
+    id: `fleecing/cbw-error/${policy}${injected === 'EIO' ? '' : `-${injected.toLowerCase()}`}`,
+    section: `docs/requirements/qemu-fleecing.md §4.2 (tests/qemu-iotests/tests/copy-before-write${injected === 'EIO' ? '' : '; the target\'s own error reaches the guest'}), §6 B4; spec/models/fleecing S4 on-cbw-error`,
     level: 'MUST',
-    title: `on-cbw-error=${policy} under an injected target write error`,
-    description: `The cbw target fails its first write with EIO (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
+    title: `on-cbw-error=${policy} under an injected target write error${injected === 'EIO' ? '' : ` (${injected})`}`,
+    description: `The cbw target fails its first write with ${injected} (reference: blkdebug over the temp; QEMU: raw over blkdebug over the temp file). The guest writes [0,+0x10000) through the live export; then the snapshot is read.`,
     expectation: guestFails
-      ? 'The guest write fails (EIO); the snapshot stays readable and equal to the snapshot.'
+      ? `The guest write fails (${injected}${injected === 'EIO' ? '' : ', a MUST: the target\'s error, not a generic one'}); the snapshot stays readable and equal to the snapshot.`
       : 'The guest write succeeds; from then on every snapshot read fails (EINVAL on the wire for EACCES), none returns data.',
     async run(ctx) {
-      const config: FleeceConfig = { content: 'iotest', cbwError: policy };
+      const config: FleeceConfig = { content: 'iotest', cbwError: policy, ...(injected === 'EIO' ? {} : { cbwErrno: errno }) };
       const setup = await launch(ctx, config);
       const d = await openDriver(ctx, setup, config, 1, 1);
       const w = await d.writePattern(0, CLUSTER, 0xab);
       if (guestFails) {
         ctx.must(w.error > 0, 'the guest write whose copy-before-write failed fails', w.error === 0 ? 'it succeeded' : w.note);
-        ctx.should(w.error === Errno.EIO, 'with EIO, the injected error', w.note);
+        if (injected === 'EIO') ctx.should(w.error === Errno.EIO, 'with EIO, the injected error', w.note);
+        else ctx.must(w.error === errno, `with ${injected}, the target's own error passed on (docs/requirements/qemu-fleecing.md §4.2: a temp out of space is ENOSPC to the guest, not EIO)`, w.error > 0 ? errnoName(w.error) : w.note);
         await readSnapshot(ctx, d, [...IOTEST_PATTERNS.slice(0, 2), ...IOTEST_ZEROES.slice(0, 1)], 'after the failed guest write');
       } else {
         ctx.must(w.error === 0, 'the guest write succeeds although its copy-before-write failed', w.note);
@@ -748,6 +784,7 @@ export const fleecingCases: readonly CaseDef<FleeceEnv>[] = [
   discardAligned,
   discardUnaligned,
   cbwErrorCase('break-guest-write'),
+  cbwErrorCase('break-guest-write', 'ENOSPC'),
   cbwErrorCase('break-snapshot'),
   breakInflightRead,
 ].map(traced);

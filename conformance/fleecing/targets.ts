@@ -69,6 +69,17 @@ export interface FleeceConfig {
   /** Known-bad knob: with snapshotDiscard, leave the snapshot-access node at discard=ignore, so a
    * snapshot discard succeeds and does nothing (docs/requirements/qemu-fleecing.md §6 B8). */
   discardIgnored?: boolean;
+  /** Known-bad knob of the reference only: copy-before-write's UNSAFE x-no-copy-reset, so a
+   * snapshot discard does not drop the copy duty of its clusters (§2.3 "Snapshot discard"). */
+  noCopyReset?: boolean;
+  /** Known-bad knob of the reference only: blockdev-backup's UNSAFE x-no-job-progress (legacy
+   * graph), so the job's `offset` stays 0 (§5.2). */
+  noJobProgress?: boolean;
+  /** With cbwError: the errno blkdebug injects (default 5, EIO; 28 is ENOSPC, a temp out of space). */
+  cbwErrno?: number;
+  /** Known-bad knob of the reference only: copy-before-write's UNSAFE x-copy-error-eio (every
+   * failed copy reported as EIO, whatever the target said). */
+  copyErrorEio?: boolean;
 }
 
 export type Graph = 'modern' | 'legacy' | 'external';
@@ -78,6 +89,11 @@ export interface FleeceSetup {
   readonly snapshot: ExportRef;
   readonly description: string;
   readonly graph: Graph;
+  /** The raw temp image the judge made for the modern graph (not under blkdebug), which a case
+   * may read to see what copy-before-write copied into it. */
+  readonly temp?: string;
+  /** The judge's QMP monitor of the setup, when it holds one (the legacy graph's backup job). */
+  readonly qmp?: QmpClient;
   /** undefined while the server runs; else how it ended ('signal SIGABRT', 'exit code 1'). */
   exited(): string | undefined;
   logs(): string;
@@ -104,8 +120,10 @@ interface Started {
   qmp?: QmpClient;
 }
 
-function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess): FleeceSetup {
+function makeSetup(started: Started, live: ExportRef, snapshot: ExportRef, description: string, graph: Graph, main: ManagedProcess, temp?: string): FleeceSetup {
   return {
+    ...(temp ? { temp } : {}),
+    ...(started.qmp ? { qmp: started.qmp } : {}),
     live,
     snapshot,
     description,
@@ -204,9 +222,9 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
       } else if (graph === 'modern') {
         const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
         if (c.cbwError) {
-          bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] }));
+          bd(JSON.stringify({ driver: 'blkdebug', 'node-name': 'temp', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: c.cbwErrno ?? 5, once: true }] }));
         } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
-        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}`);
+        bd(`driver=copy-before-write,node-name=fl-cbw,file=source,target=temp${c.cbwError ? `,on-cbw-error=${c.cbwError}` : ''}${hbitmapBug ? ',x-hbitmap-status-bug=on' : ''}${c.noCopyReset ? ',x-no-copy-reset=on' : ''}${c.copyErrorEio ? ',x-copy-error-eio=on' : ''}`);
         bd(`driver=snapshot-access,node-name=fl-access,file=fl-cbw${unmap}`);
         args.push('--nbd-server', `addr.type=unix,addr.path=${nbd}${t.suffix}`);
         args.push('--export', 'type=nbd,id=exp-live,node-name=fl-cbw,name=live,writable=on');
@@ -227,7 +245,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
         await waitFile(qmp, proc, timeoutMs);
         if (graph === 'legacy') {
           started.qmp = await QmpClient.connect(qmp);
-          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}) });
+          await started.qmp.ok('blockdev-backup', { 'job-id': 'fleecing', device: 'source', target: 'temp', sync: 'none', ...(racy ? { 'x-unserialized-target-writes': true } : {}), ...(c.noJobProgress ? { 'x-no-job-progress': true } : {}) });
           await started.qmp.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'temp', name: 'fleece' });
         } else if (c.bitmap) {
           const q = (started.qmp = await QmpClient.connect(qmp));
@@ -239,7 +257,7 @@ function referenceFlavor(name: string, graph: 'modern' | 'legacy', bug?: Referen
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-live', 'node-name': 'fl-cbw', name: 'live', writable: true });
           await q.ok('block-export-add', { type: 'nbd', id: 'exp-fleece', 'node-name': 'fl-access', name: 'fleece' });
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc, graph === 'modern' && !c.cbwError ? tmp : undefined);
       });
     },
   };
@@ -295,6 +313,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
     unsupported(c) {
       if (graph === 'legacy' && (c.bitmap || c.snapshotDiscard || c.cbwError)) return 'cbw bitmap, snapshot discard and on-cbw-error exist only with copy-before-write + snapshot-access (the modern graph)';
       if (c.bitmap && c.sourceReadDelayMs) return 'a bitmap needs the qcow2 source, a delay the NBD source';
+      if (c.noCopyReset || c.noJobProgress || c.copyErrorEio) return 'x-no-copy-reset, x-no-job-progress and x-copy-error-eio are UNSAFE options of the reference only';
       return undefined;
     },
     async launch(c, dir, timeoutMs) {
@@ -306,6 +325,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
       const qmp = path.join(dir, 'qmp.sock');
       const started: Started = { procs: [] };
       const t = tlsSetup(tls, dir);
+      let tempFile: string | undefined;
       return guarded(started, async () => {
         const args: string[] = [...t.objects];
         const bd = (s: string) => args.push('--blockdev', s);
@@ -320,6 +340,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
         }
         if (graph === 'modern') {
           const tmp = path.join(dir, 'tmp.raw');
+          if (!c.cbwError) tempFile = tmp;
           qemuImg(['create', '-q', '-f', 'raw', tmp, String(content.size)]);
           const unmap = c.snapshotDiscard && !c.discardIgnored ? ',discard=unmap' : '';
           if (c.cbwError) {
@@ -327,7 +348,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
             // the target is raw over blkdebug over the file, as in iotest copy-before-write (§4.2).
             bd(JSON.stringify({
               driver: 'raw', 'node-name': 'temp',
-              file: { driver: 'blkdebug', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: 5, once: true }] },
+              file: { driver: 'blkdebug', image: { driver: 'file', filename: tmp }, 'inject-error': [{ event: 'write_aio', errno: c.cbwErrno ?? 5, once: true }] },
             }));
           } else bd(`driver=file,node-name=temp,filename=${tmp}${unmap}`);
           const bitmap = c.bitmap ? ',bitmap.node=source,bitmap.name=bitmap0' : '';
@@ -358,7 +379,7 @@ function qemuFlavor(name: string, graph: 'modern' | 'legacy', tls?: FleeceTls): 
             await started.qmp.ok(cmd, a);
           }
         }
-        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc);
+        return makeSetup(started, { address: unix(nbd), name: 'live', tls: t.creds }, { address: unix(nbd), name: 'fleece', tls: t.creds }, `${this.summary}; ${describeConfig(c)}`, graph, proc, tempFile);
       });
     },
   };
@@ -392,8 +413,11 @@ export function describeConfig(c: FleeceConfig): string {
   if (c.sourceReadDelayMs) parts.push(`source read delay ${c.sourceReadDelayMs} ms`);
   if (c.bitmap) parts.push('cbw bitmap');
   if (c.snapshotDiscard) parts.push('snapshot discard=unmap, writable snapshot export');
-  if (c.cbwError) parts.push(`blkdebug EIO on the first target write, on-cbw-error=${c.cbwError}`);
+  if (c.cbwError) parts.push(`blkdebug ${c.cbwErrno === 28 ? 'ENOSPC' : c.cbwErrno === undefined || c.cbwErrno === 5 ? 'EIO' : `errno ${c.cbwErrno}`} on the first target write, on-cbw-error=${c.cbwError}`);
   if (c.discardIgnored) parts.push('snapshot-access left at discard=ignore');
+  if (c.noCopyReset) parts.push('copy-before-write with the UNSAFE x-no-copy-reset');
+  if (c.noJobProgress) parts.push('blockdev-backup with the UNSAFE x-no-job-progress');
+  if (c.copyErrorEio) parts.push('copy-before-write with the UNSAFE x-copy-error-eio');
   return parts.join(', ');
 }
 
@@ -449,6 +473,8 @@ export class FleeceLab {
     const s = await this.flavor.launch(config, dir, this.startTimeoutMs);
     let stopped: Promise<void> | undefined;
     const wrapped: FleeceSetup = {
+      ...(s.temp ? { temp: s.temp } : {}),
+      ...(s.qmp ? { qmp: s.qmp } : {}),
       live: s.live,
       snapshot: s.snapshot,
       description: s.description,

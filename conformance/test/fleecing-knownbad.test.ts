@@ -98,3 +98,36 @@ describe('every other fleecing check fails on a known-bad qemu target', () => {
     expect(by.get('fleecing/cbw-error/break-snapshot')!.reason).toMatch(/succeeds although its copy-before-write failed/);
   }, 60_000);
 });
+
+describe('a fleecing check that only the reference can fail: its UNSAFE x- options', () => {
+  it('copy-before-write x-no-copy-reset: after a snapshot discard the guest write still copies the cluster into the temp, and discard/aligned sees it there', async () => {
+    const bad = mutantFlavor(findFlavor('reference')!, 'no-copy-reset', { config: (c: FleeceConfig) => ({ ...c, noCopyReset: true }) });
+    const res = await runFleecing([bad], { filter: ['fleecing/discard/aligned'], seed: 5 });
+    const r = res.results.find((x) => x.id === 'fleecing/discard/aligned')!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => c.what)).toEqual([expect.stringMatching(/copies nothing into the temp/)]);
+    const good = await runFleecing([findFlavor('reference')!], { filter: ['fleecing/discard/aligned'], seed: 5 });
+    expect(good.results.find((x) => x.id === 'fleecing/discard/aligned')!.verdict).toBe('pass');
+  }, 60_000);
+
+  it("blockdev-backup x-no-job-progress: the legacy graph's backup job reports offset 0 after six clusters were copied, and image-fleecing sees it in query-block-jobs", async () => {
+    const bad = mutantFlavor(findFlavor('reference-legacy')!, 'no-job-progress', { config: (c: FleeceConfig) => ({ ...c, noJobProgress: true }) });
+    const res = await runFleecing([bad], { filter: ['fleecing/image-fleecing'], seed: 5 });
+    const r = res.results.find((x) => x.id === 'fleecing/image-fleecing/scenario')!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => `${c.what} / ${c.observed}`)).toEqual([expect.stringMatching(/backup job's offset is the bytes copied .* 393216 .* \/ offset 0, len 67108864$/)]);
+    const good = await runFleecing([findFlavor('reference-legacy')!], { filter: ['fleecing/image-fleecing'], seed: 5 });
+    expect(good.results.find((x) => x.id === 'fleecing/image-fleecing/scenario')!.verdict).toBe('pass');
+  }, 60_000);
+
+  it('copy-before-write x-copy-error-eio: a temp out of space (ENOSPC) reaches the guest as EIO under break-guest-write, and break-guest-write-enospc fails on it', async () => {
+    const id = 'fleecing/cbw-error/break-guest-write-enospc';
+    const bad = mutantFlavor(findFlavor('reference')!, 'copy-error-eio', { config: (c: FleeceConfig) => ({ ...c, copyErrorEio: true }) });
+    const res = await runFleecing([bad], { filter: [id], seed: 5 });
+    const r = res.results.find((x) => x.id === id)!;
+    expect(r.verdict).toBe('fail');
+    expect(r.checks.filter((c) => !c.ok).map((c) => `${c.what} / ${c.observed}`)).toEqual([expect.stringMatching(/with ENOSPC, the target's own error passed on .* \/ EIO$/)]);
+    const good = await runFleecing([findFlavor('reference')!], { filter: [id], seed: 5 });
+    expect(good.results.find((x) => x.id === id)!.verdict).toBe('pass');
+  }, 60_000);
+});

@@ -20,6 +20,8 @@ export interface BackupOptions {
   readonly filterNodeName?: string;
   /** UNSAFE, for reproducing the 2018 race only: copies into the target are not serialising. */
   readonly xUnserializedTargetWrites?: boolean;
+  /** UNSAFE, known bad for tests only: the job reports no progress (`offset` stays 0). */
+  readonly xNoJobProgress?: boolean;
   readonly onCbwError?: 'break-guest-write' | 'break-snapshot';
   readonly autoFinalize?: boolean;
   readonly autoDismiss?: boolean;
@@ -172,7 +174,7 @@ export class BackupJob implements RootParent {
       type: 'backup',
       device: this.opts.jobId,
       len: this.source.length(),
-      offset: this.filter.bcs.bytesCopied,
+      offset: this.opts.xNoJobProgress ? 0 : this.filter.bcs.bytesCopied,
       busy: false,
       paused: this.userPaused,
       speed: 0,
@@ -191,7 +193,7 @@ export class BackupJob implements RootParent {
       id: this.opts.jobId,
       type: 'backup',
       status: this.status,
-      'current-progress': this.filter.bcs.bytesCopied,
+      'current-progress': this.opts.xNoJobProgress ? 0 : this.filter.bcs.bytesCopied,
       'total-progress': this.source.length(),
       ...(this.error !== undefined ? { error: this.error } : {}),
     };

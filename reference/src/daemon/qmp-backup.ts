@@ -215,6 +215,7 @@ function backupOptions(a: QmpArgs): Parameters<BlockGraph['prepareBackup']>[0] {
   const autoDismiss = a.optBool('auto-dismiss');
   const unsafe = a.optBool('x-unserialized-target-writes');
   const dropDirty = a.optBool('x-drop-dirty-writes');
+  const noProgress = a.optBool('x-no-job-progress');
   // Accepted with no effect: the reference job copies nothing of its own (sync=none).
   a.accept('speed', 'on-source-error', 'on-target-error', 'compress', 'bitmap', 'bitmap-mode', 'x-perf');
   a.finish();
@@ -231,6 +232,7 @@ function backupOptions(a: QmpArgs): Parameters<BlockGraph['prepareBackup']>[0] {
     ...(autoDismiss !== undefined ? { autoDismiss } : {}),
     ...(unsafe !== undefined ? { xUnserializedTargetWrites: unsafe } : {}),
     ...(dropDirty !== undefined ? { xDropDirtyWrites: dropDirty } : {}),
+    ...(noProgress !== undefined ? { xNoJobProgress: noProgress } : {}),
   };
 }
 

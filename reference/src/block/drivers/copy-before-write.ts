@@ -17,6 +17,13 @@
 // path, the failed-copy and broken-snapshot ones included: a snapshot read still reading a
 // cluster from the source can then return the data the guest write lands. The interleavings
 // suite's blocking check shows it (target reference-no-read-wait).
+// `x-no-copy-reset` (UNSAFE, for tests only) skips block_copy_reset in a snapshot discard: the
+// discarded clusters keep their copy duty, so a later guest write still copies them into the
+// temp (which the discard just freed). Snapshot reads cannot tell (access is dropped); the temp
+// can, and fleecing/discard/aligned looks at it.
+// `x-copy-error-eio` (UNSAFE, for tests only) reports every failed copy as EIO instead of the
+// target's own error, so under break-guest-write a temp out of space (ENOSPC) reaches the guest
+// as a generic I/O error (fleecing/cbw-error/break-guest-write-enospc).
 import { ClusterBitmap } from '../bitmap.ts';
 import { BlockCopyState } from '../block-copy.ts';
 import { BlockError } from '../errors.ts';
@@ -53,6 +60,10 @@ export class CopyBeforeWriteNode extends BlockNode {
   readonly hbitmapStatusBug: boolean;
   /** UNSAFE `x-no-frozen-read-wait`: guest writes do not wait for frozen snapshot reads. */
   readonly noFrozenReadWait: boolean;
+  /** UNSAFE `x-no-copy-reset`: a snapshot discard leaves its clusters to be copied. */
+  readonly noCopyReset: boolean;
+  /** UNSAFE `x-copy-error-eio`: a failed copy is EIO whatever the target said. */
+  readonly copyErrorEio: boolean;
   snapshotError: BlockError | undefined;
   /** Copies that timed out but still run (B5): close waits for them. */
   private readonly orphanedCopies = new Set<Promise<void>>();
@@ -67,6 +78,8 @@ export class CopyBeforeWriteNode extends BlockNode {
     const unserialized = o.bool('x-unserialized-target-writes', false);
     this.hbitmapStatusBug = o.bool('x-hbitmap-status-bug', false);
     this.noFrozenReadWait = o.bool('x-no-frozen-read-wait', false);
+    this.noCopyReset = o.bool('x-no-copy-reset', false);
+    this.copyErrorEio = o.bool('x-copy-error-eio', false);
     const clusterSize = Math.max(65536, this.target.node.clusterSize());
     const length = this.file.node.length();
     if (this.target.node.length() < length) {
@@ -151,7 +164,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     try {
       await this.withTimeout(this.bcs.copy(start, end - start), start, end);
     } catch (e) {
-      failed = e instanceof BlockError ? e : new BlockError('EIO', String(e));
+      failed = e instanceof BlockError && !this.copyErrorEio ? e : new BlockError('EIO', String(e));
       if (this.onCbwError === 'break-guest-write') {
         throw new BlockError(failed.errno, `copy-before-write '${this.nodeName}' failed, guest write refused: ${failed.message}`, {
           node: this.nodeName, op: 'copy-before-write', offset: start, bytes: end - start,
@@ -290,7 +303,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     const end = offset + bytes >= len ? len : Math.floor((offset + bytes) / cl) * cl;
     if (end <= start) return;
     this.accessBitmap.setRange(start, end - start, false);
-    this.bcs.reset(start, end - start);
+    if (!this.noCopyReset) this.bcs.reset(start, end - start);
     const bp = this.breakpoints;
     if (bp.armed) await bp.reach('snapshot-discard-wait', this.nodeName, start, end - start);
     await this.targetReadReqs.waitAll(start, end - start);
