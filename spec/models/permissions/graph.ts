@@ -11,7 +11,9 @@ import { match } from 'ts-pattern';
 import { SpecError } from '../../explorer/errors.ts';
 import { childPerm, childSlots, roleNames, type CbwRule, type Driver, type Role } from './drivers.ts';
 import { changedFileNodes, readerHazard, snapshotReaders, storageConflict, type StorageRule } from './storage.ts';
-import { ALL, NONE, RESIZE, WRITE, WRITE_UNCHANGED, CONSISTENT_READ, allows, permNames, permText, type PermName, type PermSet } from './perm.ts';
+import { ALL, NONE, RESIZE, WRITE, WRITE_UNCHANGED, CONSISTENT_READ, allows, cumulative, permNames, permText, type PermName, type PermSet } from './perm.ts';
+
+export { cumulative };
 
 // ---------------------------------------------------------------------------------------------
 // Plain-data descriptions
@@ -224,17 +226,6 @@ function topological(w: Work): NodeState[] {
   return list;
 }
 
-/** Cumulative permission of a node (bdrv_get_cumulative_perm). */
-export function cumulative(edges: readonly Edge[], node: string): { perm: PermSet; shared: PermSet } {
-  let perm = NONE;
-  let shared = ALL;
-  for (const e of edges) {
-    if (e.child !== node) continue;
-    perm |= e.perm;
-    shared &= e.shared;
-  }
-  return { perm, shared };
-}
 
 /** The conflict message of bdrv_a_allow_b since 6.1 (docs/requirements/qemu-fleecing.md §1.4). */
 export function conflictMessage(node: string, perms: PermSet, b: Pick<Edge, 'parent' | 'name'>, a: Pick<Edge, 'parent' | 'name'>): string {

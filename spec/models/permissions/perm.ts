@@ -55,3 +55,17 @@ export function permsFrom(names: readonly PermName[]): PermSet {
 export function allows(aShared: PermSet, bPerm: PermSet): boolean {
   return (bPerm & aShared) === bPerm;
 }
+
+/** Cumulative permission of a node over the edges into it (bdrv_get_cumulative_perm): the union
+ * of what its parents take, the intersection of what they share. Here, not in graph.ts, so that
+ * graph.ts and storage.ts both use it without importing each other for it. */
+export function cumulative(edges: readonly { readonly child: string; readonly perm: PermSet; readonly shared: PermSet }[], node: string): { perm: PermSet; shared: PermSet } {
+  let perm = NONE;
+  let shared = ALL;
+  for (const e of edges) {
+    if (e.child !== node) continue;
+    perm |= e.perm;
+    shared &= e.shared;
+  }
+  return { perm, shared };
+}

@@ -16,7 +16,7 @@
 //     with a message naming nodes and file), and a graph in which a snapshot reader can see a
 //     write that copy-before-write or the backup job's serialisation does not see is refused.
 import type { Edge, GraphState, NodeState, Parent } from './graph.ts';
-import { ALL, allows, NONE, permText, WRITE, type PermSet } from './perm.ts';
+import { allows, cumulative, permText, WRITE, type PermSet } from './perm.ts';
 
 export type StorageRule = 'none' | 'locking' | 'storage-aware';
 
@@ -296,18 +296,6 @@ export function storageConflict(g: G, rule: StorageRule, changed: ReadonlySet<st
     }
   }
   return undefined;
-}
-
-/** bdrv_get_cumulative_perm, here to keep this module free of a cycle with graph.ts. */
-function cumulative(edges: readonly Edge[], node: string): { perm: PermSet; shared: PermSet } {
-  let perm = NONE;
-  let shared = ALL;
-  for (const e of edges) {
-    if (e.child !== node) continue;
-    perm |= e.perm;
-    shared &= e.shared;
-  }
-  return { perm, shared };
 }
 
 /** File nodes the step from `before` to `after` added or whose cumulative permissions it changed. */
