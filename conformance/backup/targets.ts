@@ -20,6 +20,7 @@ import type { Address } from '../nbd/client.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
 import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { Lab } from '../runner/lab.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -226,31 +227,20 @@ export function findBackupFlavor(name: string): BackupFlavor | undefined {
 
 /** Starts one setup per case in subdirectories of a directory of its own; stops them all. */
 export class BackupLab {
-  private readonly running = new Set<BackupSetup>();
-  private n = 0;
+  private readonly lab: Lab<BackupSetup>;
   constructor(
     readonly flavor: BackupFlavor,
-    private readonly dir: string,
+    dir: string,
     readonly startTimeoutMs: number,
-  ) {}
-
-  async launch(): Promise<BackupSetup> {
-    const dir = path.join(this.dir, `setup-${++this.n}`);
-    fs.mkdirSync(dir, { recursive: true });
-    const s = await this.flavor.launch(dir, this.startTimeoutMs);
-    const wrapped: BackupSetup = {
-      ...s,
-      stop: async () => {
-        this.running.delete(wrapped);
-        await s.stop();
-        fs.rmSync(dir, { recursive: true, force: true });
-      },
-    };
-    this.running.add(wrapped);
-    return wrapped;
+  ) {
+    this.lab = new Lab(dir);
   }
 
-  async stopAll(): Promise<void> {
-    for (const s of [...this.running]) await s.stop().catch(() => undefined);
+  launch(): Promise<BackupSetup> {
+    return this.lab.launch((dir) => this.flavor.launch(dir, this.startTimeoutMs), (s, stop) => ({ ...s, stop }));
+  }
+
+  stopAll(): Promise<void> {
+    return this.lab.stopAll();
   }
 }

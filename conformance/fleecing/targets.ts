@@ -33,6 +33,7 @@ import { open } from '../nbd/session.ts';
 import { CONTENTS, qemuIoWrites, writeRaw, type Content } from './content.ts';
 import type { TlsClientConfig } from '../nbd/tls.ts';
 import { makePki } from '../tls/pki.ts';
+import { Lab } from '../runner/lab.ts';
 
 export type FleeceTls = 'x509' | 'psk';
 
@@ -459,41 +460,34 @@ export function findFlavor(name: string): FleeceFlavor | undefined {
 
 /** Starts setups for cases in fresh subdirectories of the runner's work dir; stops them all. */
 export class FleeceLab {
-  private readonly running = new Set<FleeceSetup>();
-  private n = 0;
+  private readonly lab: Lab<FleeceSetup>;
   constructor(
     readonly flavor: FleeceFlavor,
-    private readonly workDir: string,
+    workDir: string,
     readonly startTimeoutMs: number,
-  ) {}
-
-  async launch(config: FleeceConfig): Promise<FleeceSetup> {
-    const dir = path.join(this.workDir, `setup-${++this.n}`);
-    fs.mkdirSync(dir, { recursive: true });
-    const s = await this.flavor.launch(config, dir, this.startTimeoutMs);
-    let stopped: Promise<void> | undefined;
-    const wrapped: FleeceSetup = {
-      ...(s.temp ? { temp: s.temp } : {}),
-      ...(s.qmp ? { qmp: s.qmp } : {}),
-      live: s.live,
-      snapshot: s.snapshot,
-      description: s.description,
-      graph: s.graph,
-      exited: () => s.exited(),
-      logs: () => s.logs(),
-      stop: () => {
-        this.running.delete(wrapped);
-        stopped ??= s.stop().finally(() => fs.rmSync(dir, { recursive: true, force: true }));
-        return stopped;
-      },
-    };
-    this.running.add(wrapped);
-    return wrapped;
+  ) {
+    this.lab = new Lab(workDir);
   }
 
-  async stopAll(): Promise<void> {
-    for (const s of [...this.running]) await s.stop().catch(() => undefined);
-    this.running.clear();
+  launch(config: FleeceConfig): Promise<FleeceSetup> {
+    return this.lab.launch(
+      (dir) => this.flavor.launch(config, dir, this.startTimeoutMs),
+      (s, stop) => ({
+        ...(s.temp ? { temp: s.temp } : {}),
+        ...(s.qmp ? { qmp: s.qmp } : {}),
+        live: s.live,
+        snapshot: s.snapshot,
+        description: s.description,
+        graph: s.graph,
+        exited: () => s.exited(),
+        logs: () => s.logs(),
+        stop,
+      }),
+    );
+  }
+
+  stopAll(): Promise<void> {
+    return this.lab.stopAll();
   }
 }
 
