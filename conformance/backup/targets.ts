@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import type { Address } from '../nbd/client.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
-import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { ManagedProcess, requirePeer, waitFile, waitListening } from '../targets/process.ts';
 import { Lab } from '../runner/lab.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -69,15 +69,6 @@ export interface BackupFlavor {
 }
 
 const TEMPS = 4;
-
-async function waitFile(p: string, proc: ManagedProcess, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!fs.existsSync(p)) {
-    if (proc.hasExited) throw new HarnessError(`${proc.label} exited (${proc.exitStatus}) before creating ${p}:\n${proc.output.trim()}`);
-    if (Date.now() > deadline) throw new HarnessError(`${proc.label} did not create ${p} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function started(proc: ManagedProcess, dir: string, timeoutMs: number, f: Omit<BackupSetup, 'qmp' | 'nbd' | 'live' | 'logs' | 'stop'>): Promise<BackupSetup> {
   const nbd: Address = { kind: 'unix', path: path.join(dir, 'nbd.sock') };

@@ -23,7 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Address } from '../nbd/client.ts';
 import { HarnessError } from '../targets/errors.ts';
-import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { ManagedProcess, requirePeer, waitFile, waitListening } from '../targets/process.ts';
 import { peerCommand, recordStarted } from '../targets/peers.ts';
 import type { ExportRef, RunningTarget, TargetDef, TargetStartOptions } from '../targets/types.ts';
 import { parseNbdUri } from '../targets/uri.ts';
@@ -146,15 +146,6 @@ async function guarded<T>(started: Started, f: () => Promise<T>): Promise<T> {
     for (const p of [...started.procs].reverse()) await p.stop();
     const logs = started.procs.map((p) => `--- ${p.label} (${p.exitStatus})\n${p.output.trim()}`).join('\n');
     throw new HarnessError(`${(e as Error).message}${logs ? `\n${logs}` : ''}`);
-  }
-}
-
-async function waitFile(p: string, proc: ManagedProcess, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!fs.existsSync(p)) {
-    if (proc.hasExited) throw new HarnessError(`${proc.label} exited (${proc.exitStatus}) before creating ${p}:\n${proc.output.trim()}`);
-    if (Date.now() > deadline) throw new HarnessError(`${proc.label} did not create ${p} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
   }
 }
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { Address } from '../nbd/client.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { HarnessError } from '../targets/errors.ts';
-import { ManagedProcess, requirePeer, waitListening } from '../targets/process.ts';
+import { ManagedProcess, requirePeer, waitFile, waitListening } from '../targets/process.ts';
 import { peerCommand, recordStarted } from '../targets/peers.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -70,15 +70,6 @@ export interface Setup {
 }
 
 const unix = (p: string): Address => ({ kind: 'unix', path: p });
-
-async function waitFile(p: string, proc: ManagedProcess, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!fs.existsSync(p)) {
-    if (proc.hasExited) throw new HarnessError(`${proc.label} exited (${proc.exitStatus}) before creating ${p}:\n${proc.output.trim()}`);
-    if (Date.now() > deadline) throw new HarnessError(`${proc.label} did not create ${p} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Starts `target` in a fresh private directory; the caller must stop() it. */
 export async function startSetup(target: InterleavingTarget, o: SetupOptions, parentDir: string): Promise<Setup> {

@@ -90,6 +90,17 @@ function tryConnect(address: Address): Promise<boolean> {
   });
 }
 
+/** Waits for a daemon to create `p` (a QMP socket or a pidfile it writes once every option is
+ * open); a daemon that exits first, or a timeout, is a harness error with its output. */
+export async function waitFile(p: string, proc: ManagedProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!fs.existsSync(p)) {
+    if (proc.hasExited) throw new HarnessError(`${proc.label} exited (${proc.exitStatus}) before creating ${p}:\n${proc.output.trim()}`);
+    if (Date.now() > deadline) throw new HarnessError(`${proc.label} did not create ${p} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** Waits until `address` accepts connections, or fails with the process output. */
 export async function waitListening(address: Address, proc: ManagedProcess | undefined, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
