@@ -235,7 +235,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     cases++;
     inputs += inputCount(c);
     if (c.proto === 'qmp') qmpCases++;
-    const out = await runCase(t, c, o.timeoutMs);
+    const out = await confirmDeath(c, await runCase(t, c, o.timeoutMs));
     if (out.transmission) transmissionCases++;
     const fs_ = [...out.findings];
     if (fs_.length === 0 && (shrinking || cases % o.healthEvery === 0)) {
@@ -331,7 +331,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       const m = await minimize(c, async (cand) => {
         if (Date.now() > until) return false;
         await revive();
-        const out = await runCase(t, cand, o.timeoutMs);
+        const out = await confirmDeath(cand, await runCase(t, cand, o.timeoutMs));
         const hit = out.findings.some((f) => f.kind === primary);
         if (hit) failures.set(JSON.stringify(cand), [...out.findings].sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind)));
         return hit;
@@ -348,6 +348,31 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     await revive();
   }
 
+  /**
+   * A death is blamed on a case only if the case kills a fresh server too. A server that aborted
+   * on the previous case can still accept the next connection before its exit is seen (nbdkit's
+   * listener outlives the thread that asserted), and the next case, a shrink candidate say, would
+   * then be blamed: a shrink that drops the one flag that mattered. So: restart, run the case
+   * again, watch its processes as a replay does, and keep what that run finds.
+   */
+  async function confirmDeath(c: FuzzCase, out: CaseOutcome): Promise<CaseOutcome> {
+    if (!t.pids || !out.findings.some((f) => f.kind === 'dead')) return out;
+    t = await handle.restart();
+    resetClients();
+    const again = await runCase(t, c, o.timeoutMs);
+    const findings = [...again.findings];
+    const death = await watchDeath(t);
+    if (death && !findings.some((f) => f.kind === 'dead')) findings.push(death);
+    return { ...again, findings };
+  }
+
+  function resetClients(): void {
+    health.close();
+    const ref = t.exports.ro ?? t.exports.rw!;
+    health = new HealthClient(ref.address, ref.name, o.timeoutMs, expected);
+    rssPid = t.pids?.()[0];
+  }
+
   /** Restarts a dead target, with a new healthy client (the old connection died with it). */
   async function revive(): Promise<void> {
     const isDead = () => Boolean(t.died?.() || (t.pids?.() ?? []).some((x) => !pidAlive(x)));
@@ -362,11 +387,22 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
     }
     if (!isDead()) return;
     t = await handle.restart();
-    health.close();
-    const ref = t.exports.ro ?? t.exports.rw!;
-    health = new HealthClient(ref.address, ref.name, o.timeoutMs, expected);
-    rssPid = t.pids?.()[0];
+    resetClients();
   }
+}
+
+/**
+ * One case, so time is cheap: a server that aborted on it may not have been seen exiting yet (a
+ * loaded machine); watch its processes for two seconds before saying it survived.
+ */
+async function watchDeath(t: RunningTarget): Promise<Finding | undefined> {
+  for (let i = 0; i < 40 && t.pids; i++) {
+    const gone = t.pids().filter((pid) => !pidAlive(pid));
+    const died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
+    if (died) return { kind: 'dead', message: `the server died: ${died}\n    ${t.logs().trim().split('\n').slice(-12).join('\n    ')}` };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return undefined;
 }
 
 /** Runs one saved case on a freshly started target: the replay of a finding. */
@@ -377,16 +413,9 @@ export async function replayCase(def: TargetDef, file: ReplayFile, timeoutMs: nu
     checkCase(file.case);
     const out = await runCase(t, file.case, timeoutMs);
     const findings = [...out.findings];
-    // One case, so time is cheap: a server that aborted on it may not have been seen exiting yet
-    // (a loaded machine); watch its processes for two seconds before saying it survived.
-    for (let i = 0; i < 40 && t.pids && !findings.some((f) => f.kind === 'dead'); i++) {
-      const gone = t.pids().filter((pid) => !pidAlive(pid));
-      const died = t.died?.() ?? (gone.length ? `process ${gone.join(', ')} exited` : undefined);
-      if (died) {
-        findings.push({ kind: 'dead', message: `the server died: ${died}\n    ${t.logs().trim().split('\n').slice(-12).join('\n    ')}` });
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 50));
+    if (!findings.some((f) => f.kind === 'dead')) {
+      const death = await watchDeath(t);
+      if (death) findings.push(death);
     }
     if (findings.length === 0 && file.case.proto === 'qmp' && t.qmp) {
       const alive = await qmpServes(t.qmp, timeoutMs);
