@@ -16,6 +16,8 @@ const dir = `reports/mutation/${score}`;
 mkdirSync(dir, { recursive: true });
 // One line per command run of this Stryker run (scripts/mutation-conform.mjs); mutant ids are per run.
 rmSync(`${dir}/runs.jsonl`, { force: true });
+// The case-to-mutant map of the conformance score is per run too (scripts/mutation-conform.mjs).
+rmSync(`${dir}/coverage.json`, { force: true });
 const started = new Date();
 const stryker = spawnSync(
   process.execPath,

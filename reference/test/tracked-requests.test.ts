@@ -95,13 +95,13 @@ describe('range list', () => {
 
   it('abutting ranges do not conflict; waitAll waits until every overlapping entry is gone', async () => {
     const l = new RangeList();
-    const a = l.add(100, 100, 'a');
+    const a = l.add(100, 100);
     expect(l.findConflict(0, 100)).toBeUndefined(); // ends where a starts
     expect(l.findConflict(200, 50)).toBeUndefined(); // starts where a ends
     expect(l.findConflict(199, 1)).toBe(a);
     expect(l.findConflict(0, 101)).toBe(a);
     // reqlist_wait_all: a write over two frozen reads must outwait both, not just the first.
-    const b = l.add(150, 100, 'b');
+    const b = l.add(150, 100);
     const waited = l.waitAll(180, 10);
     l.remove(a);
     expect(await settled(waited)).toBe(false);

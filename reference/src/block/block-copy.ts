@@ -4,7 +4,6 @@
 // block_copy returns only when every cluster of its range is on the target (docs/requirements/qemu-fleecing.md §2.2).
 import { ClusterBitmap } from './bitmap.ts';
 import type { Breakpoints } from './breakpoints.ts';
-import { BlockError } from './errors.ts';
 import type { BdrvChild } from './node.ts';
 import { RangeList } from './reqlist.ts';
 
@@ -18,9 +17,9 @@ export interface BlockCopyOptions {
   readonly serialisingTargetWrites: boolean;
   /** Clusters to copy; all clusters when absent. */
   readonly initialBitmap?: ClusterBitmap;
-  readonly breakpoints?: Breakpoints;
+  readonly breakpoints: Breakpoints;
   /** The owning filter's node name, for breakpoint filters. */
-  readonly nodeName?: string;
+  readonly nodeName: string;
 }
 
 export class BlockCopyState {
@@ -30,7 +29,7 @@ export class BlockCopyState {
   readonly serialisingTargetWrites: boolean;
   /** Bytes copied so far (the backup job's `offset`). */
   bytesCopied = 0;
-  private readonly bp: Breakpoints | undefined;
+  private readonly bp: Breakpoints;
   private readonly nodeName: string;
 
   constructor(
@@ -42,7 +41,7 @@ export class BlockCopyState {
     this.serialisingTargetWrites = opts.serialisingTargetWrites;
     this.copyBitmap = opts.initialBitmap ?? new ClusterBitmap(source.node.length(), this.clusterSize, true);
     this.bp = opts.breakpoints;
-    this.nodeName = opts.nodeName ?? '';
+    this.nodeName = opts.nodeName;
   }
 
   /** block_copy: on return every cluster of [offset, offset+bytes) that needed copying is on the
@@ -67,20 +66,17 @@ export class BlockCopyState {
     const off = firstCluster * this.clusterSize;
     const end = Math.min(lastCluster * this.clusterSize, this.copyBitmap.length);
     this.copyBitmap.setClusters(firstCluster, lastCluster, false);
-    const task = this.tasks.add(off, end - off, 'copy');
+    const task = this.tasks.add(off, end - off);
     try {
-      const bp = this.bp;
-      if (bp?.armed) await bp.reach('cbw-source-read', this.nodeName, off, end - off);
       const data = await this.source.read(off, end - off);
-      if (bp?.armed) await bp.reach('cbw-target-write', this.nodeName, off, end - off);
+      if (this.bp.armed) await this.bp.reach('cbw-target-write', this.nodeName, off, end - off);
       await this.target.write(off, data, { serialising: this.serialisingTargetWrites });
       this.bytesCopied += end - off;
     } catch (e) {
+      // Passed on as it is: copy-before-write keeps the target's own errno for the guest under
+      // break-guest-write (and makes anything that is not a BlockError EIO).
       this.copyBitmap.setClusters(firstCluster, lastCluster, true);
-      if (e instanceof BlockError) throw e;
-      throw new BlockError('EIO', `copy-before-write of [${off}, ${end}) failed: ${(e as Error).message}`, {
-        offset: off, bytes: end - off,
-      });
+      throw e;
     } finally {
       this.tasks.remove(task);
     }

@@ -15,8 +15,6 @@ export const BREAKPOINT_EVENTS = [
   'overlay-lookup-done',
   /** overlay or qcow2: about to read an unallocated range from the backing. */
   'overlay-backing-read',
-  /** block-copy: about to read the old data from the source. */
-  'cbw-source-read',
   /** block-copy: about to write the old data to the target. */
   'cbw-target-write',
   /** copy-before-write: done bits set for the clusters of a guest request (the hit carries the

@@ -9,7 +9,6 @@ export class RangeReq {
   constructor(
     public offset: number,
     public bytes: number,
-    readonly tag: string,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
   }
@@ -35,8 +34,8 @@ export class RangeList {
   private readonly reqs: RangeReq[] = [];
 
   /** reqlist_init_req */
-  add(offset: number, bytes: number, tag = ''): RangeReq {
-    const r = new RangeReq(offset, bytes, tag);
+  add(offset: number, bytes: number): RangeReq {
+    const r = new RangeReq(offset, bytes);
     this.reqs.push(r);
     return r;
   }

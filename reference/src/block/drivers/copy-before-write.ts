@@ -257,7 +257,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     // in 8.0 by "hbitmap: fix hbitmap_status() return value for first dirty bit case").
     if (this.hbitmapStatusBug && st.set && st.bytes < bytes) st = { set: false, bytes: st.bytes };
     const list = st.set ? this.targetReadReqs : this.frozenReadReqs;
-    const req = list.add(offset, st.bytes, op);
+    const req = list.add(offset, st.bytes);
     return { fromTarget: st.set, bytes: st.bytes, unlock: () => list.remove(req) };
   }
 

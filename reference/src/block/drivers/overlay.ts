@@ -90,7 +90,7 @@ export class OverlayNode extends BlockNode {
         await this.file.write(pos, seg, { fua: flags.fua });
       } else {
         // Allocating write: copy the rest of the cluster from the backing (COW), then mark.
-        const alloc = this.allocating.add(cStart, cEnd - cStart, 'allocate');
+        const alloc = this.allocating.add(cStart, cEnd - cStart);
         try {
           let buf = seg;
           let at = pos;
