@@ -25,6 +25,12 @@ const stryker = spawnSync(
   { stdio: 'inherit' },
 );
 const finished = new Date();
+if (stryker.signal || stryker.status === null || stryker.status >= 128) {
+  // Stopped from outside: Stryker wrote no report and no incremental file, so the summary and the
+  // last run's info stay those of the last run that finished.
+  process.stderr.write(`mutate: stryker stopped (${stryker.signal ?? `exit ${stryker.status}`}); summary.md not regenerated\n`);
+  process.exit(1);
+}
 writeFileSync(
   `${dir}/run-info.json`,
   JSON.stringify(

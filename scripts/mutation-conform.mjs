@@ -113,7 +113,14 @@ async function mapCoverage() {
   let next = 0;
   const worker = async () => {
     while (next < ids.length) {
-      const r = await mapCase(ids[next++]);
+      const id = ids[next++];
+      let r = await mapCase(id);
+      // A case that fails alone on the unmutated reference is retried twice before it stops the
+      // run: a mapping of 177 cases should not be lost to one slow start; the retry is logged.
+      for (let retry = 1; r.code !== 0 && retry <= 2; retry++) {
+        log({ mapRetry: id, retry, exit: r.code, failing: r.failing, stderr: tail(r.stderr, 5) });
+        r = await mapCase(id);
+      }
       if (r.code !== 0) problems.push(`${r.id}: exit ${r.code} alone on the unmutated reference${r.failing.length ? `: ${r.failing.join(', ')}` : `\n${tail(r.stderr, 5)}`}`);
       for (const m of r.ids) (byMutant[m] ??= []).push(r.id);
     }

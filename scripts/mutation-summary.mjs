@@ -6,7 +6,7 @@
 // Run by scripts/mutate.mjs after each Stryker run; `npm run mutation-summary` reruns it alone.
 //
 // survivors.json: [{ "file", "line", "column"? (when one line has two alike), "mutator", "replacement", "verdict": "equivalent" |
-//   "not yet killed" | "killed by", "case"? and "since"? (with "killed by": the case that now kills it, and the date it was
+//   "not yet killed" | "killed by" | "timeout" (a Timeout mutant: why the hang is the mutant's doing; only then is it a kill), "case"? and "since"? (with "killed by": the case that now kills it, and the date it was
 //   added; the mutant survived the last Stryker run, which predates the case), "reason", "score"?: "conform" | "unit" }]
 //   (no score: applies to both). A "killed by" entry whose mutant a later run reports Killed is spent, not stale.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -99,9 +99,12 @@ function section(score) {
   const total = Object.fromEntries(counted.map((k) => [k, 0]));
   const survivors = [];
   const exit2 = [];
+  const timeouts = [];
+  total.TimeoutUnexplained = 0;
   for (const f of files) {
     const { source, mutants } = report.files[f];
     const c = Object.fromEntries(counted.map((k) => [k, 0]));
+    c.TimeoutUnexplained = 0;
     const byPlace = (a, b) => a.location.start.line - b.location.start.line || a.location.start.column - b.location.start.column;
     for (const m of [...mutants].sort(byPlace)) {
       c[m.status] = (c[m.status] ?? 0) + 1;
@@ -110,9 +113,22 @@ function section(score) {
       const what = `${m.mutatorName} ${code(original(source, m.location))} -> ${code(m.replacement ?? '')}`;
       if (m.status === 'Survived' || m.status === 'NoCoverage')
         survivors.push(`- \`${where}\` ${what}${m.status === 'NoCoverage' ? ' (no test reaches it)' : ''}: ${reasonFor(score.key, f, m)}`);
-      if (m.status === 'Killed' || m.status === 'Timeout') {
+      if (m.status === 'Killed') {
         const k = findReason(score.key, f, m);
         if (k >= 0 && annotations[k].verdict === 'killed by') used.add(k);
+      }
+      if (m.status === 'Timeout') {
+        // A timeout is a kill only with a stated reason (verdict "timeout" in survivors.json):
+        // a mutant that hangs the judge may as well be one the judge never decides.
+        const k = findReason(score.key, f, m);
+        if (k >= 0 && annotations[k].verdict === 'timeout') {
+          used.add(k);
+          timeouts.push(`- \`${where}\` ${what}: ${annotations[k].reason}`);
+        } else {
+          c.TimeoutUnexplained++;
+          total.TimeoutUnexplained++;
+          timeouts.push(`- \`${where}\` ${what}: not yet reviewed (counted as survived)`);
+        }
       }
       if (m.status === 'Killed' && /fleece conform exit 2/.test(m.statusReason ?? ''))
         exit2.push(`- \`${where}\` ${what}: ${oneLine((m.statusReason ?? '').replace(/^fleece conform exit 2:?/, ''), 160) || 'no verdicts (a target did not start)'}`);
@@ -124,14 +140,19 @@ function section(score) {
   out.push('| file | mutants | killed | timeout | survived | no coverage | errors | score | score of covered |');
   out.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const [f, c] of rows) {
-    const n = Object.values(c).reduce((s, v) => s + v, 0);
-    const detected = c.Killed + c.Timeout;
+    const n = counted.reduce((s, k) => s + c[k], 0);
+    const detected = c.Killed + c.Timeout - c.TimeoutUnexplained;
     out.push(
-      `| ${f.startsWith('*') ? f : `\`${f}\``} | ${n} | ${c.Killed} | ${c.Timeout} | ${c.Survived} | ${c.NoCoverage} | ${c.RuntimeError + c.CompileError} | ${pct(detected, valid(c))} | ${pct(detected, detected + c.Survived)} |`,
+      `| ${f.startsWith('*') ? f : `\`${f}\``} | ${n} | ${c.Killed} | ${c.Timeout} | ${c.Survived} | ${c.NoCoverage} | ${c.RuntimeError + c.CompileError} | ${pct(detected, valid(c))} | ${pct(detected, c.Killed + c.Timeout + c.Survived)} |`,
     );
   }
-  out.push('', 'Score = (killed + timeout) / (killed + timeout + survived + no coverage), as Stryker computes it.', '');
+  out.push(
+    '',
+    'Score = (killed + timeout) / (killed + timeout + survived + no coverage), as Stryker computes it, except that a timeout counts as killed only where the Timeouts list below says why (otherwise it counts as survived); score of covered leaves out no coverage.',
+    '',
+  );
   out.push(`### Survivors (${survivors.length})`, '', ...(survivors.length ? survivors : ['None.']), '');
+  out.push(`### Timeouts (${timeouts.length})`, '', ...(timeouts.length ? timeouts : ['None.']), '');
   if (score.key === 'conform') {
     out.push(
       `### Killed only by a harness error (exit 2: ${exit2.length})`,
