@@ -65,7 +65,9 @@ const pct = (n, d) => (d === 0 ? 'n/a' : `${((100 * n) / d).toFixed(1)}%`);
 
 function section(score) {
   const out = [`## ${score.title}`, ''];
-  const report = readJson(`${DIR}/${score.key}/mutation.json`);
+  // mutation.json is not committed; the committed incremental file has the same schema and
+  // results, so a fresh clone regenerates the same summary.
+  const report = readJson(`${DIR}/${score.key}/mutation.json`) ?? readJson(`${DIR}/${score.key}/stryker-incremental.json`);
   out.push(`Judge: ${score.judge}. Command: \`${score.command}\`.`, '');
   if (!report) {
     out.push('Not run yet.', '');
